@@ -1,0 +1,38 @@
+# The two commands: `make demo` and `make test`. Both create .venv and install what is missing.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEVSTAMP:= $(VENV)/.installed-dev
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test lint install install-dev clean bench
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .
+	touch $(STAMP)
+
+$(DEVSTAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(DEVSTAMP)
+
+install: $(STAMP)
+install-dev: $(DEVSTAMP)
+
+demo: $(STAMP)
+	$(BIN)/aligncap demo --out $(DEMO_OUT)
+
+test: $(DEVSTAMP)
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(DEVSTAMP)
+	$(BIN)/ruff check aligncap_core tasks flows tests bench
+
+clean:
+	rm -rf runs .pytest_cache
