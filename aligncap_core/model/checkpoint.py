@@ -1,0 +1,332 @@
+"""Checkpoint I/O: one directory per checkpoint, one loader for every kind and location.
+
+Layout (FORMAT_VERSION 1):
+    meta.json          stage, round, step, kind, base model, data fingerprint, metrics, created
+    config.yaml        the resolved run config
+    tokenizer/         tokenizer with the audio tokens
+    adapters/<name>/   kind="adapter": peft adapter(s) (LoRA + trainable audio-token rows)
+    audio_rows.safetensors  kind="adapter": base embedding rows of the audio tokens, so the
+                       base can be grown to the checkpoint's vocabulary exactly as it was trained
+    model/             kind="full": `save_pretrained` of the whole model (the from-scratch
+                       teacher trains every weight)
+    trainer_state.pt   optional: optimizer, scheduler, step, RNG states, data position
+
+Written with `utils.atomic_dir` (temporary sibling + rename): a crash never leaves a half
+checkpoint, and `latest_checkpoint` never sees one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from aligncap_core.errors import ConfigError, StorageError
+from aligncap_core.model.base import load_base
+from aligncap_core.utils import atomic_dir, atomic_write
+
+FORMAT_VERSION = 1
+AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>")
+_CACHE = Path(os.environ.get("ALIGNCAP_CACHE", Path.home() / ".cache" / "aligncap"))
+
+
+def capture_rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _raw_weight(module: Any) -> torch.Tensor:
+    """The frozen base weight under any peft wrappers (TrainableTokensWrapper, LoRA layer)."""
+    while True:
+        if hasattr(module, "token_adapter"):
+            module = module.token_adapter.base_layer
+        elif hasattr(module, "base_layer"):
+            module = module.base_layer
+        else:
+            return module.weight
+
+
+def _audio_ids(tokenizer: Any) -> list[int]:
+    return sorted(i for i, t in tokenizer.added_tokens_decoder.items()
+                  if AUDIO_TOKEN_RE.fullmatch(t.content))
+
+
+def _is_peft(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: str, step: int,
+                    base_model: str, run_config: dict[str, Any] | None = None,
+                    round: int = 0, data_fingerprint: str | None = None,
+                    metrics: dict[str, float] | None = None,
+                    trainer_state: dict[str, Any] | None = None,
+                    full_weights: bool = False) -> Path:
+    """Write a checkpoint directory atomically and return its path.
+
+    model: a PeftModel (kind="adapter": every adapter it holds is saved) or, with
+        `full_weights=True`, any model (a PeftModel is merged on a copy first).
+    base_model: what the adapters were trained on: a hub id, a base directory or another
+        checkpoint (e.g. the teacher's); local paths are stored absolute.
+    trainer_state: free-form dict for resuming (optimizer/scheduler state_dicts, step, data
+        position); the RNG states are added here as `rng`.
+    """
+    if not full_weights and not _is_peft(model):
+        raise ConfigError("save_checkpoint: model has no adapters; pass full_weights=True to "
+                          "save the whole model")
+    if Path(base_model).exists():
+        base_model = str(Path(base_model).resolve())
+    meta = {
+        "format_version": FORMAT_VERSION, "kind": "full" if full_weights else "adapter",
+        "stage": stage, "round": round, "step": int(step), "base_model": base_model,
+        "data_fingerprint": data_fingerprint, "metrics": metrics or {},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    with atomic_dir(out_dir) as tmp:
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        if full_weights:
+            # merge_and_unload mutates the base in place; the caller may keep training, so
+            # a PeftModel is merged on a copy
+            m = copy.deepcopy(model).merge_and_unload() if _is_peft(model) else model
+            m.save_pretrained(tmp / "model")
+        else:
+            _save_adapters(model, tokenizer, tmp, meta)
+        with atomic_write(tmp / "config.yaml") as f:
+            yaml.safe_dump(run_config or {}, f, sort_keys=False)
+        if trainer_state is not None:
+            torch.save({**trainer_state, "rng": capture_rng_state()}, tmp / "trainer_state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    return Path(out_dir)
+
+
+def _save_adapters(model: Any, tokenizer: Any, tmp: Path, meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    names = list(model.peft_config)
+    with_tokens = {n for n in names if model.peft_config[n].trainable_token_indices}
+    for name in names:
+        if with_tokens and name not in with_tokens:
+            # peft 0.21 cannot save a LoRA-only adapter (a "teacher") next to one with
+            # trainable tokens (KeyError on the token wrapper): write it in peft's format here
+            _save_lora_only(model, name, tmp / "adapters" / name)
+            continue
+        # one folder per adapter; peft nests non-"default" names under a subfolder itself.
+        # save_embedding_layers=False: peft would otherwise store the whole resized embedding
+        # (vocab x hidden: GBs for a hub model) in every checkpoint; the audio rows below and
+        # the adapter's trainable-token rows are all that differ from the base.
+        model.save_pretrained(tmp / "adapters", selected_adapters=[name],
+                              save_embedding_layers=False)
+    meta["adapters"] = names
+    meta["active_adapter"] = model.active_adapter
+    ids = _audio_ids(tokenizer)
+    if ids:
+        base = model.get_base_model()
+        idx = torch.tensor(ids)
+        rows = {"ids": idx, "input": _raw_weight(base.get_input_embeddings())[idx].detach().cpu()}
+        out = base.get_output_embeddings()
+        if out is not None and not base.config.get_text_config().tie_word_embeddings:
+            rows["output"] = _raw_weight(out)[idx].detach().cpu()
+        save_file({k: v.contiguous() for k, v in rows.items()}, str(tmp / "audio_rows.safetensors"))
+
+
+def _save_lora_only(model: Any, name: str, out: Path) -> None:
+    """peft's on-disk format for a plain LoRA adapter: config + weights keyed without the
+    adapter name (`...q_proj.lora_A.weight`), loadable by `PeftModel.load_adapter`."""
+    from safetensors.torch import save_file
+
+    tag = f".{name}."
+    sd = {k.replace(tag, "."): v.detach().cpu().contiguous()
+          for k, v in model.state_dict().items() if "lora_" in k and tag in k}
+    out.mkdir(parents=True, exist_ok=True)
+    model.peft_config[name].save_pretrained(str(out))
+    save_file(sd, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def _adapter_dir(root: Path, name: str) -> Path:
+    return root / "adapters" / name if (root / "adapters" / name).is_dir() else root / "adapters"
+
+
+def _upgrade_meta(meta: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Shim: bring any older meta.json to FORMAT_VERSION. Pre-versioned checkpoints (no
+    `format_version`) are read by inspecting what is on disk; add a step per future version."""
+    version = meta.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise ConfigError(f"{root}: checkpoint format {version} is newer than this aligncap "
+                          f"understands ({FORMAT_VERSION}); upgrade aligncap")
+    if version == 0:
+        meta.setdefault("kind", "full" if (root / "model").is_dir() else "adapter")
+        if meta["kind"] == "adapter" and "adapters" not in meta:
+            sub = [p.name for p in (root / "adapters").iterdir() if p.is_dir()]
+            meta["adapters"] = sub or ["default"]
+        meta.setdefault("active_adapter", meta.get("adapters", ["default"])[0])
+        for k, v in (("stage", "unknown"), ("round", 0), ("step", 0), ("metrics", {}),
+                     ("data_fingerprint", None), ("created", None)):
+            meta.setdefault(k, v)
+        meta["format_version"] = FORMAT_VERSION
+    return meta
+
+
+def read_meta(uri: str | Path) -> dict[str, Any]:
+    root = fetch_to_local(uri)
+    path = root / "meta.json"
+    if not path.exists():
+        raise StorageError(f"{uri}: not a checkpoint (no meta.json)")
+    return _upgrade_meta(json.loads(path.read_text()), root)
+
+
+def load_checkpoint(uri: str | Path, *, dtype: torch.dtype | str | None = None,
+                    device: str | torch.device | None = None,
+                    trainable: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """Load any checkpoint (local path or `s3://`) -> (model, tokenizer, meta).
+
+    kind="full": the saved model. kind="adapter": the base (`meta["base_model"]`, itself loaded
+    with this function when it is a checkpoint) grown to the tokenizer's vocabulary with the
+    saved audio rows, then every saved adapter; `meta["active_adapter"]` is active and, with
+    `trainable=True`, trainable (to resume training).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = fetch_to_local(uri)
+    meta = read_meta(root)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    if meta["kind"] == "full":
+        from aligncap_core.model.base import _as_dtype
+
+        model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=_as_dtype(dtype))
+        if device is not None:
+            model.to(device)
+        return model, tokenizer, meta
+    model = _load_adapter_base(meta["base_model"], dtype, device)
+    _grow_to(model, tokenizer, root)
+    from peft import PeftModel
+
+    names = meta["adapters"]
+    active = meta["active_adapter"]
+    model = PeftModel.from_pretrained(model, _adapter_dir(root, names[0]), adapter_name=names[0],
+                                      is_trainable=trainable and names[0] == active)
+    for name in names[1:]:
+        model.load_adapter(_adapter_dir(root, name), adapter_name=name,
+                           is_trainable=trainable and name == active)
+    model.set_adapter(active, inference_mode=not trainable)
+    if device is not None:
+        model.to(device)
+    return model, tokenizer, meta
+
+
+def _load_adapter_base(base_model: str, dtype: Any, device: Any) -> Any:
+    try:
+        is_ckpt = (fetch_to_local(base_model) / "meta.json").exists()
+    except StorageError:
+        is_ckpt = False
+    if not is_ckpt:
+        return load_base(base_model, dtype=dtype, device=device)[0]
+    model, _, _ = load_checkpoint(base_model, dtype=dtype, device=device)
+    # an adapter checkpoint used as a base (a text-LoRA teacher) is folded into the weights
+    return model.merge_and_unload() if _is_peft(model) else model
+
+
+def _grow_to(model: Any, tokenizer: Any, root: Path) -> None:
+    path = root / "audio_rows.safetensors"
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        # the saved rows overwrite what mean_resizing would compute: skip that work
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if not path.exists():
+        return
+    from safetensors.torch import load_file
+
+    rows = load_file(str(path))
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[rows["ids"]] = rows["input"].to(emb)
+        if "output" in rows:
+            out = model.get_output_embeddings().weight
+            out[rows["ids"]] = rows["output"].to(out)
+
+
+def load_trainer_state(uri: str | Path, restore_rng: bool = True) -> dict[str, Any] | None:
+    """The checkpoint's trainer_state (None if it has none); restores the RNG states by default.
+
+    weights_only=False: the RNG states are numpy/python objects; only load checkpoints you
+    wrote yourself.
+    """
+    path = fetch_to_local(uri) / "trainer_state.pt"
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if restore_rng and "rng" in state:
+        restore_rng_state(state["rng"])
+    return state
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step (ties: newest) under `run_dir`, or None.
+    Temporary `.tmp-*` directories of an interrupted save are ignored."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    found = []
+    for p in run_dir.iterdir():
+        if p.name.startswith(".") or not (p / "meta.json").is_file():
+            continue
+        try:
+            meta = _upgrade_meta(json.loads((p / "meta.json").read_text()), p)
+        except (ValueError, ConfigError):
+            continue
+        found.append((int(meta["step"]), str(meta.get("created") or ""), p))
+    return max(found)[2] if found else None
+
+
+def fetch_to_local(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local directory for `uri`: local paths are returned as they are; `s3://bucket/prefix`
+    is downloaded (boto3; endpoint and credentials from the usual AWS_* environment) into
+    `cache_dir` (default ~/.cache/aligncap/s3/bucket/prefix), atomically."""
+    s = str(uri)
+    if not s.startswith("s3://"):
+        return Path(s)
+    bucket, _, prefix = s[5:].partition("/")
+    prefix = prefix.strip("/")
+    if not bucket or not prefix:
+        raise StorageError(f"{s}: expected s3://bucket/prefix")
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    dest = Path(cache_dir or _CACHE / "s3") / bucket / prefix
+    try:
+        client = boto3.client("s3")
+        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix + "/") for o in page.get("Contents", [])]
+        if not keys:
+            raise StorageError(f"{s}: no objects under this prefix")
+        with atomic_dir(dest) as tmp:
+            for key in keys:
+                target = tmp / key[len(prefix) + 1:]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, key, str(target))
+    except (BotoCoreError, ClientError) as e:
+        raise StorageError(f"{s}: cannot download ({e})") from e
+    return dest

@@ -1,0 +1,130 @@
+"""The speech student: LoRA adapters + trainable audio-token rows on one frozen base.
+
+Teacher and student share one copy of the base weights (ARCHITECTURE.md step 4-5):
+- from-scratch base: the teacher *is* the base (text-trained in full in the teacher stage);
+  its pass runs with the student adapter disabled (`teacher_pass(model)`);
+- hub base: the teacher may be a separate text LoRA adapter ("teacher") on the same base;
+  its pass switches to that adapter (`teacher_pass(model, "teacher")`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from aligncap_core.errors import ConfigError
+from aligncap_core.model.config import LoraSettings
+
+
+def _embedding_module_name(model: Any) -> str:
+    emb = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is emb:
+            return name.rsplit(".", 1)[-1]
+    raise ConfigError(f"{type(model).__name__}: cannot find the input embedding module")
+
+
+def lora_config(lora_cfg: LoraSettings, new_token_ids: Sequence[int] = (),
+                embedding_name: str = "embed_tokens") -> Any:
+    """The peft `LoraConfig` for `lora_cfg`; new-token rows trainable when asked and given."""
+    from peft import LoraConfig
+
+    indices = None
+    if lora_cfg.train_new_token_rows and len(new_token_ids):
+        # peft TrainableTokens: only these rows get a trainable copy; the embedding matrix stays
+        # frozen and bit-identical. With tied embeddings the same rows serve the output layer.
+        indices = {embedding_name: sorted(set(int(i) for i in new_token_ids))}
+    return LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        trainable_token_indices=indices,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def make_student(model: Any, new_token_ids: Sequence[int], lora_cfg: LoraSettings,
+                 adapter_name: str = "student") -> Any:
+    """Wrap `model` (a causal LM or a PeftModel that already holds e.g. a "teacher" adapter)
+    with a new LoRA adapter `adapter_name` and make it the active, only trainable one.
+
+    Trainable: LoRA A/B of the target projections and (if `lora_cfg.train_new_token_rows`) the
+    embedding rows `new_token_ids`. Everything else, including every other adapter and the old
+    embedding rows, is frozen. Returns the PeftModel.
+    """
+    from peft import PeftModel, get_peft_model
+
+    is_peft = isinstance(model, PeftModel)
+    base = model.get_base_model() if is_peft else model
+    n_rows = base.get_input_embeddings().weight.shape[0]
+    bad = [i for i in new_token_ids if not 0 <= int(i) < n_rows]
+    if bad:
+        raise ConfigError(f"make_student: token ids {bad[:5]} are outside the embedding "
+                          f"({n_rows} rows); call add_audio_tokens first")
+    cfg = lora_config(lora_cfg, new_token_ids, _embedding_module_name(base))
+    if is_peft:
+        if adapter_name in model.peft_config:
+            raise ConfigError(f"make_student: adapter {adapter_name!r} already exists")
+        model.add_adapter(adapter_name, cfg)
+        peft_model = model
+    else:
+        peft_model = get_peft_model(model, cfg, adapter_name=adapter_name)
+    peft_model.set_adapter(adapter_name)
+    # set_adapter leaves the other adapters' requires_grad as they were: freeze them explicitly
+    # so a loaded teacher adapter can never drift.
+    for name, p in peft_model.named_parameters():
+        p.requires_grad_(f".{adapter_name}" in name and _is_adapter_param(name))
+    return peft_model
+
+
+def _is_adapter_param(name: str) -> bool:
+    return "lora_" in name or "trainable_tokens_delta" in name
+
+
+@contextlib.contextmanager
+def teacher_pass(model: Any, teacher_adapter: str | None = None) -> Iterator[Any]:
+    """Run the frozen teacher on the student's shared base, under `no_grad`.
+
+    teacher_adapter=None: every adapter is disabled (the base *is* the teacher).
+    teacher_adapter="teacher": that adapter is active inside the block. The student adapter is
+    re-activated and its parameters trainable again on exit, even after an exception.
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        with torch.no_grad():
+            yield model
+        return
+    if teacher_adapter is None:
+        with torch.no_grad(), model.disable_adapter():
+            yield model
+        return
+    if teacher_adapter not in model.peft_config:
+        raise ConfigError(f"teacher adapter {teacher_adapter!r} not loaded "
+                          f"(adapters: {', '.join(model.peft_config)})")
+    active = model.active_adapter
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    try:
+        model.set_adapter(teacher_adapter, inference_mode=True)
+        with torch.no_grad():
+            yield model
+    finally:
+        model.set_adapter(active)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in trainable)
+
+
+def trainable_parameter_names(model: Any) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def count_parameters(model: Any) -> dict[str, int]:
+    """{'trainable': n, 'total': n} (peft trainable-token copies count as trainable)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}

@@ -1,0 +1,44 @@
+"""Shared micro-model builders for the model-core tests (built once per test process)."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+CORPUS = [
+    "A woman speaks quickly in a high, trembling voice, sounding excited.",
+    "A man speaks slowly in a low, heavy voice, sounding sad.",
+    "The speaker sounds calm and talks at a normal pace.",
+    "Kids are talking by the door.",
+    "Dogs are sitting by the door.",
+    "Emotional clues: pitch high; speed fast; tone trembling, excited. Describe how the speaker sounds.",
+    "Describe how the speaker sounds.",
+    "A loud, angry male voice shouts fast.",
+    "She whispers softly, sounding fearful.",
+] * 4
+
+
+def audio_vocab(n_q: int = 2, codebook_size: int = 16) -> list[str]:
+    """Local stand-in for codec.audio_token_vocab (small codebooks keep the tests fast)."""
+    return ["<audio>", "</audio>"] + [f"<a{q}_{c}>" for q in range(n_q) for c in range(codebook_size)]
+
+
+@functools.lru_cache(maxsize=1)
+def micro_base_dir() -> Path:
+    from aligncap_core.model.base import build_tiny_base
+
+    out = Path(tempfile.mkdtemp(prefix="aligncap-micro-")) / "base"
+    return build_tiny_base("micro", CORPUS, out, seed=0)
+
+
+def micro_model_with_audio():
+    """(model, tokenizer, audio_ids) on a fresh copy of the micro base, fp32."""
+    import torch
+
+    from aligncap_core.model.base import add_audio_tokens, load_base
+
+    model, tok = load_base(micro_base_dir(), dtype=torch.float32)
+    torch.manual_seed(1)
+    ids = add_audio_tokens(model, tok, audio_vocab())
+    return model, tok, ids
