@@ -1,0 +1,298 @@
+"""One PO-Regularization round: DPO (TRL) on the speech student with the KD term kept
+(ARCHITECTURE.md step 6; AlignCap "PO-Regularization", SpeechAlign-style rounds).
+
+    L = L_DPO(chosen, rejected | policy, reference) + lambda_kd * L_KD(chosen)
+
+L_DPO: TRL's DPO loss (Rafailov et al. 2023, eq. 7) on summed caption log-probs.
+L_KD:  `model.losses.kd_loss` = T^2 * KL(p_teacher || p_student) over the chosen caption's
+       tokens; the teacher reads the text input (transcript + P_act) under `no_grad` on the same
+       base (adapters disabled, or the "teacher" adapter); lambda_kd=0 skips the teacher pass.
+
+Reference = the round-k policy, not the base. TRL's peft default (`ref_model=None`) would score
+the reference with the adapters disabled, i.e. the bare base: wrong here, because the student
+adapter *is* the policy. (TRL's other peft path, copying the adapter into a frozen "ref"
+adapter, assumes the adapter is named "default"; ours is "student".) So the trainer gets an
+explicit frozen copy of the round-k policy (`frozen_reference`: the policy with its active
+adapter merged into the weights, a plain model TRL's fused log-prob head can patch), and
+`precompute_ref_log_probs=True` scores every pair with it once, before the first update; the
+copy is then released. Round k+1's reference log-probs therefore equal the round-k policy's
+(up to merge rounding, ~1e-6; tests/core/test_dpo.py checks it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aligncap_core.errors import ConfigError
+from aligncap_core.model.checkpoint import load_checkpoint, save_checkpoint
+from aligncap_core.model.lora import teacher_pass
+from aligncap_core.model.losses import align_caption_logits, kd_loss
+from aligncap_core.prefs.dpo_data import (
+    TEACHER_COLUMN,
+    TEACHER_KEYS,
+    POCollator,
+    TeacherInfo,
+    pair_dataset,
+)
+from aligncap_core.prefs.pairs import read_pairs
+from aligncap_core.utils import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DPORoundConfig:
+    """One preference round.
+
+    beta: DPO temperature on the log-ratio (TRL default 0.1; smaller = further from reference).
+    lambda_kd: weight of the KD regulariser on the chosen caption (0: plain DPO, the ablation;
+        no teacher pass is run). kd_temperature: T of the KD term (as in distillation).
+    learning_rate: LoRA DPO usually wants ~10x less than SFT; 5e-5 for the small adapters here.
+    epochs / max_steps: passes over the pairs (max_steps > 0 overrides epochs).
+    batch_size: pairs per step (each step runs 2x batch_size policy rows: chosen + rejected).
+    grad_accum: steps accumulated per update. max_length: prompt + caption tokens (prompts are
+        cut from the left, captions kept whole). loss_type: TRL DPO loss ("sigmoid" = DPO).
+    round: round number written to the checkpoint (None: the policy checkpoint's round + 1).
+    seed: TRL/transformers seed. logging_steps: metrics cadence. show_progress: tqdm bars.
+    """
+
+    beta: float = 0.1
+    lambda_kd: float = 0.5
+    kd_temperature: float = 1.0
+    learning_rate: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int | None = 1024
+    loss_type: str = "sigmoid"
+    round: int | None = None
+    seed: int = 0
+    logging_steps: int = 10
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"dpo.beta must be > 0, got {self.beta}")
+        if self.lambda_kd < 0:
+            raise ConfigError(f"dpo.lambda_kd must be >= 0, got {self.lambda_kd}")
+        if self.kd_temperature <= 0:
+            raise ConfigError(f"dpo.kd_temperature must be > 0, got {self.kd_temperature}")
+        if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("dpo: learning_rate must be > 0, batch_size and grad_accum >= 1")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("dpo: set epochs > 0 or max_steps > 0")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError(f"dpo.max_length too small: {self.max_length}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> DPORoundConfig:
+        d = dict(d or {})
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"dpo config: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def frozen_reference(policy: Any) -> Any:
+    """A frozen, stand-alone copy of the policy: its active adapter (LoRA + trainable token
+    rows) merged into a copy of the base, every other adapter dropped. Costs one extra copy
+    of the base while the reference log-probs are precomputed."""
+    from peft import PeftModel
+
+    if not isinstance(policy, PeftModel):
+        ref = copy.deepcopy(policy)
+    else:
+        ref = copy.deepcopy(policy).merge_and_unload(adapter_names=[policy.active_adapter])
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _dpo_trainer_class() -> type:
+    # TRL imports in ~10 s: build the subclass on first use, not when aligncap imports
+    from trl import DPOTrainer
+
+    class PORegularizedDPOTrainer(DPOTrainer):
+        """DPOTrainer + lambda_kd * KD(teacher || student) on the chosen caption."""
+
+        def __init__(self, *args: Any, lambda_kd: float = 0.0, kd_temperature: float = 1.0,
+                     teacher_adapter: str | None = None, **kwargs: Any):
+            self.lambda_kd = lambda_kd
+            self.kd_temperature = kd_temperature
+            self.teacher_adapter = teacher_adapter
+            self.teacher_passes = 0  # counted, so the ablation can prove it ran none
+            super().__init__(*args, **kwargs)
+            if self.args.precompute_ref_log_probs:
+                # the reference log-probs now travel with the dataset rows; the copy is
+                # never read again, so free its memory for training
+                self.ref_model = None
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            # rows arrive tokenized by dpo_data.pair_dataset (see its module doc for why)
+            missing = {"prompt_ids", "chosen_ids", "rejected_ids"} - set(dataset.column_names)
+            if missing:
+                raise ConfigError(f"dpo {dataset_name} dataset lacks {sorted(missing)}; build it "
+                                  "with prefs.dpo_data.pair_dataset")
+            return dataset
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if TEACHER_COLUMN not in self._signature_columns:
+                # keep the teacher inputs through remove_unused_columns
+                self._signature_columns = [*self._signature_columns, TEACHER_COLUMN]
+
+        def compute_ref_log_probs(self, model, inputs):
+            return super().compute_ref_log_probs(model, _without_teacher(inputs))
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, _without_teacher(inputs), return_outputs,
+                                       num_items_in_batch)
+            if self.lambda_kd == 0:
+                return out
+            dpo = out[0] if return_outputs else out
+            kd = self._kd_term(model, inputs)
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["dpo_loss"].append(float(dpo.detach()))
+            self._metrics[mode]["kd_loss"].append(float(kd.detach()))
+            loss = dpo + self.lambda_kd * kd
+            return (loss, out[1]) if return_outputs else loss
+
+        def _kd_term(self, model, inputs) -> torch.Tensor:
+            """kd_loss(student logits on the chosen caption, teacher logits on the same caption
+            ids read after the teacher's text input). TRL's policy forward uses a fused LM head
+            that never builds the logits, so the student's chosen rows run once more here."""
+            if "teacher_input_ids" not in inputs:
+                raise ConfigError("lambda_kd > 0 but the batch has no teacher inputs; build the "
+                                  "dataset with a TeacherInfo")
+            n = inputs["input_ids"].shape[0] // 2  # batch is [chosen; rejected]
+            cmask = inputs["completion_mask"][:n]
+            cap_len = cmask.sum(1)
+            cap_start = cmask.argmax(1)  # right padding: first completion position
+            s_logits = model(input_ids=inputs["input_ids"][:n],
+                             attention_mask=inputs["attention_mask"][:n], use_cache=False).logits
+            s_cap, mask = align_caption_logits(s_logits, cap_start, cap_len)
+            if not torch.equal(inputs["teacher_caption_len"].to(cap_len), cap_len):
+                raise ConfigError("KD: teacher and student chosen captions differ in length")
+            unwrapped = self.accelerator.unwrap_model(model)
+            with teacher_pass(unwrapped, self.teacher_adapter) as teacher:
+                t_logits = teacher(input_ids=inputs["teacher_input_ids"],
+                                   attention_mask=inputs["teacher_attention_mask"],
+                                   use_cache=False).logits
+                t_cap, _ = align_caption_logits(t_logits, inputs["teacher_caption_start"],
+                                                inputs["teacher_caption_len"])
+                del t_logits  # full-vocab teacher logits: free before the backward pass
+            self.teacher_passes += 1
+            return kd_loss(s_cap, t_cap, mask, self.kd_temperature)
+
+    return PORegularizedDPOTrainer
+
+
+def _without_teacher(inputs: dict) -> dict:
+    # TRL passes every non-DPO key to the model's forward: the teacher tensors must not reach it
+    return {k: v for k, v in inputs.items() if k not in TEACHER_KEYS}
+
+
+def build_dpo_trainer(policy: Any, tokenizer: Any, pairs: list[dict],
+                      teacher_info: TeacherInfo | dict | None, cfg: DPORoundConfig,
+                      work_dir: str | Path) -> Any:
+    """The PO-Regularized DPO trainer for `policy` (a PeftModel whose active adapter is the
+    trainable student) on `pairs` (rows of `prefs.pairs.read_pairs`). Building it precomputes
+    the reference log-probs with a frozen copy of `policy` (module doc)."""
+    from trl import DPOConfig
+
+    teacher = TeacherInfo.coerce(teacher_info)
+    _expose_lm_head_bias(policy)
+    dataset = pair_dataset(tokenizer, pairs, teacher if cfg.lambda_kd > 0 else None,
+                           cfg.max_length)
+    cuda = torch.cuda.is_available()
+    args = DPOConfig(
+        output_dir=str(work_dir), beta=cfg.beta, loss_type=[cfg.loss_type],
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        precompute_ref_log_probs=True, max_length=None,  # lengths are handled in pair_dataset
+        bf16=False, fp16=False, use_cpu=not cuda,  # TRL defaults bf16=True: fails on CPU
+        gradient_checkpointing=False,  # TRL default True: slow on CPU, pointless for LoRA-small
+        report_to=[], save_strategy="no", push_to_hub=False, logging_steps=cfg.logging_steps,
+        seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
+        disable_tqdm=not cfg.show_progress,
+    )
+    trainer_cls = _dpo_trainer_class()
+    return trainer_cls(
+        model=policy, ref_model=frozen_reference(policy), args=args, train_dataset=dataset,
+        processing_class=tokenizer, data_collator=POCollator(tokenizer.pad_token_id),
+        lambda_kd=cfg.lambda_kd, kd_temperature=cfg.kd_temperature,
+        teacher_adapter=teacher.adapter,
+    )
+
+
+def _expose_lm_head_bias(model: Any) -> None:
+    """TRL's fused log-prob head reads `lm_head.bias`; peft's TrainableTokensWrapper (the tied
+    lm_head when the audio-token rows are trainable) forwards `.weight` (base + trained rows)
+    but not `.bias` (AttributeError). Expose the wrapped layer's bias (None for Llama)."""
+    head = model.get_output_embeddings()
+    if head is None or hasattr(head, "bias"):
+        return
+    base = head
+    while hasattr(base, "token_adapter") or hasattr(base, "base_layer"):
+        base = base.token_adapter.base_layer if hasattr(base, "token_adapter") else base.base_layer
+    head.bias = getattr(base, "bias", None)
+
+
+def _summary(log_history: list[dict]) -> dict[str, float]:
+    """Last logged value of each numeric training metric (the final state of the round)."""
+    out: dict[str, float] = {}
+    for entry in log_history:
+        for k, v in entry.items():
+            if isinstance(v, int | float) and k not in ("epoch", "step"):
+                out[k] = float(v)
+    return out
+
+
+def _norm_uri(uri: Any) -> str:
+    s = str(uri)
+    return s if s.startswith("s3://") else str(Path(s).resolve())
+
+
+def run_dpo_round(policy_ckpt: str | Path, pairs_path: str | Path,
+                  teacher_info: TeacherInfo | dict | None, out_dir: str | Path,
+                  cfg: DPORoundConfig | dict | None = None) -> Path:
+    """Train one DPO round from the round-k policy checkpoint on the pairs file; save the new
+    policy (stage "dpo", round k+1 unless cfg.round) to `out_dir` and return its path."""
+    cfg = cfg if isinstance(cfg, DPORoundConfig) else DPORoundConfig.from_dict(cfg)
+    pairs = read_pairs(pairs_path)
+    if not pairs:
+        raise ConfigError(f"{pairs_path}: no preference pairs")
+    device = "cuda" if torch.cuda.is_available() else None
+    policy, tokenizer, meta = load_checkpoint(policy_ckpt, device=device, trainable=True)
+    if not any(p.requires_grad for p in policy.parameters()):
+        raise ConfigError(f"{policy_ckpt}: no trainable adapter (kind={meta['kind']}); DPO "
+                          "trains the student adapter of a distill/dpo checkpoint")
+    round_k = cfg.round if cfg.round is not None else int(meta.get("round", 0)) + 1
+    built_from = {_norm_uri(p.get("provenance", {}).get("policy")) for p in pairs}
+    if _norm_uri(policy_ckpt) not in built_from:
+        log.warning("dpo: pairs in %s were sampled from %s, not from the policy %s",
+                    pairs_path, sorted(built_from), policy_ckpt)
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dpo-work-", dir=Path(out_dir).parent) as work:
+        trainer = build_dpo_trainer(policy, tokenizer, pairs, teacher_info, cfg, work)
+        trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    metrics = _summary(trainer.state.log_history)
+    run_config = {"dpo": cfg.to_dict(), "policy": str(policy_ckpt), "pairs": str(pairs_path),
+                  "teacher_adapter": TeacherInfo.coerce(teacher_info).adapter,
+                  "n_pairs": len(trainer.train_dataset)}
+    return save_checkpoint(out_dir, model, tokenizer, stage="dpo", round=round_k,
+                           step=trainer.state.global_step, base_model=meta["base_model"],
+                           run_config=run_config, data_fingerprint=sha256_file(pairs_path)[:16],
+                           metrics=metrics)
