@@ -68,7 +68,7 @@ def generic_rate(preds: Sequence[ClueResult]) -> float | None:
     return sum(1 for p in preds if not clue_keys(p)) / len(preds)
 
 
-def _known(attrs: dict | None) -> dict[str, str]:
+def known_attributes(attrs: dict | None) -> dict[str, str]:
     """Ground-truth attributes that can be compared: vocabulary names with vocabulary values."""
     return {k: v for k, v in (attrs or {}).items() if k in ATTRIBUTES and v in ATTRIBUTES[k]}
 
@@ -84,7 +84,7 @@ def hallucination_rate(preds: Sequence[ClueResult], attributes: Sequence[dict | 
     """
     rows = hallucinated = 0
     for p, attrs in zip(preds, attributes, strict=True):
-        truth = _known(attrs)
+        truth = known_attributes(attrs)
         if not truth:
             continue
         rows += 1
@@ -105,7 +105,7 @@ def attribute_accuracy(preds: Sequence[ClueResult], attributes: Sequence[dict | 
     for a in ATTRIBUTES:
         rows = correct = mentioned = 0
         for p, attrs in zip(preds, attributes, strict=True):
-            truth = _known(attrs).get(a)
+            truth = known_attributes(attrs).get(a)
             if truth is None:
                 continue
             rows += 1

@@ -64,7 +64,7 @@ def compute_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
                             "pass one entry per prediction (an empty list / None where there is none)")
 
     out: dict = dict.fromkeys(metric_keys())
-    out.update(n=n, n_with_refs=0, n_with_attributes=sum(1 for a in attributes if cm._known(a)))
+    out.update(n=n, n_with_refs=0, n_with_attributes=sum(1 for a in attributes if cm.known_attributes(a)))
     if n == 0:
         out["meteor_error"] = "no captions to score" if meteor else "not computed (meteor=False)"
         return out

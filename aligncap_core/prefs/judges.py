@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from aligncap_core.clues import ClueResult, EmotionClueParser
 from aligncap_core.errors import ConfigError
-from aligncap_core.eval.clue_metrics import _known as known_attributes
+from aligncap_core.eval.clue_metrics import known_attributes
 from aligncap_core.eval.clue_metrics import clue_keys
 
 # Bump when the rubric (criteria, prompt, weights) changes: cached LLM judgments are keyed by it.
