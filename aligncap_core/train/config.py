@@ -1,0 +1,232 @@
+"""Typed configs of the two training stages, loaded from / dumped to YAML.
+
+Every field is documented where it is declared. `from_dict` rejects unknown keys at any depth
+(`train.lrr` -> ConfigError naming `train.lrr`), so a typo never silently trains with a default.
+
+Defaults target the offline default: the `tiny` preset (hidden 256, 4 layers, ~5M parameters)
+on a 2-core CPU, where ENVIRONMENT.md measured ~3k tokens/s forward+backward and ~1 s per KD
+step of batch 16. Teacher sequences are short text (~80 tokens), student sequences carry ~150
+audio tokens per second of speech, so the budgets below are a few minutes per stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from aligncap_core.errors import ConfigError
+from aligncap_core.model.config import LoraSettings
+
+# The student's text instruction before the audio tokens. It ends like the acoustic prompt
+# ("Describe how the speaker sounds.") so that both sides ask the same question right before
+# the caption, which is where the KL compares them.
+DEFAULT_INSTRUCTION = "Listen to the speech and describe how the speaker sounds."
+SCRATCH_BASE = "tiny"  # TeacherConfig.base value meaning "build a from-scratch Llama"
+
+SCHEDULES = ("cosine", "linear", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop shared by both stages (`train.loop.fit`)."""
+
+    lr: float = 1e-3  # peak AdamW lr; small models from scratch and LoRA both take ~1e-3
+    weight_decay: float = 0.01  # on matrices only; norms and biases are never decayed
+    warmup_steps: int = 50  # linear warm-up: Adam's second moments are noisy for the first steps
+    schedule: str = "cosine"  # after warm-up: cosine / linear decay to 0, or constant
+    max_grad_norm: float = 1.0  # clip the global grad norm (0 = off); guards early from-scratch spikes
+    max_steps: int = 600  # optimizer steps (not micro-batches)
+    batch_size: int = 16  # sequences per micro-batch (ENVIRONMENT.md speed figures use 16)
+    grad_accum: int = 1  # micro-batches per optimizer step; effective batch = batch_size x this
+    eval_every: int = 100  # optimizer steps between validation passes (0 = never)
+    eval_batches: int = 8  # validation micro-batches per pass (0 = the whole valid split)
+    early_stopping_patience: int = 5  # validation passes without improvement before stopping (0 = off)
+    checkpoint_every: int = 200  # optimizer steps between resumable checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2  # newest step checkpoints kept on disk; the best one is always kept
+    seed: int = 0  # seeds init, data order (seed + epoch) and dropout
+    device: str = "auto"  # auto = cuda when available, else cpu
+    dtype: str = "auto"  # autocast dtype; auto = bf16 on a GPU that supports it, else fp32
+    max_len: int = 1024  # tokens per sequence (capped at the model's positions); prompt cut on the left
+    num_threads: int = 0  # torch CPU threads (0 = torch's default: all cores)
+    log_every: int = 10  # optimizer steps between metric logs
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"train.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _choice("train.device", self.device, DEVICES)
+        _choice("train.dtype", self.dtype, DTYPES)
+        for k in ("max_steps", "batch_size", "grad_accum", "max_len", "log_every"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("warmup_steps", "eval_every", "eval_batches", "early_stopping_patience",
+                  "checkpoint_every", "seed", "num_threads"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"train.{k} must be >= 0, got {getattr(self, k)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"train.keep_checkpoints must be >= 1 (resuming needs one), "
+                              f"got {self.keep_checkpoints}")
+
+
+def _teacher_train() -> TrainConfig:
+    # The from-scratch teacher learns a language model of captions from nothing: more steps, and
+    # weight decay 0.1 (the usual value for pretraining) since every weight is trained.
+    return TrainConfig(lr=1e-3, weight_decay=0.1, max_steps=800, batch_size=16)
+
+
+def _student_train() -> TrainConfig:
+    # LoRA + audio rows on a trained base: the KD step costs ~1 s at batch 16 on 2 cores, so
+    # 600 steps is ~10 minutes.
+    return TrainConfig(lr=1e-3, weight_decay=0.0, max_steps=600, batch_size=16)
+
+
+@dataclass
+class TeacherConfig:
+    """Stage 1: the text teacher reads transcript + acoustic prompt and writes the caption."""
+
+    base: str = SCRATCH_BASE  # "tiny": from-scratch Llama (architecture: `preset`); else a HF id/path
+    preset: str = "tiny"  # architecture of the from-scratch base ("micro" is for tests)
+    acoustic_prompt: bool = True  # teacher reads P_act after the transcript (False: transcript only)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # hub bases: the "teacher" adapter
+    train: TrainConfig = field(default_factory=_teacher_train)
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            raise ConfigError("teacher.base is empty: use 'tiny' or a Hugging Face model id/path")
+        if self.base == SCRATCH_BASE:
+            from aligncap_core.model.config import get_preset
+
+            get_preset(self.preset)  # fail at load time, not after the data is tokenized
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.base == SCRATCH_BASE
+
+
+@dataclass
+class StudentConfig:
+    """Stage 2: the speech student (LoRA) reads audio tokens; KD from the frozen teacher."""
+
+    lambda_kd: float = 1.0  # weight of KL(p_teacher || p_student); 0 = SFT-only baseline
+    temperature: float = 1.0  # KD temperature T; token-level sequence KD works best near 1
+    instruction: str = DEFAULT_INSTRUCTION  # text before the audio tokens
+    keep_q: int | None = None  # read only the first keep_q codebooks (None: all the codec has)
+    acoustic_prompt: bool = True  # the teacher's input during KD includes P_act
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=_student_train)
+
+    def __post_init__(self) -> None:
+        if self.lambda_kd < 0:
+            raise ConfigError(f"lambda_kd must be >= 0, got {self.lambda_kd}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.keep_q is not None and self.keep_q < 1:
+            raise ConfigError(f"keep_q must be >= 1 or null, got {self.keep_q}")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+# ---- dict / YAML round trip ------------------------------------------------------------------
+C = TypeVar("C")
+
+
+def from_dict(cls: type[C], data: dict[str, Any] | None, path: str = "") -> C:
+    """Build dataclass `cls` from a (YAML) dict; nested dataclasses from nested dicts.
+
+    Unknown keys raise ConfigError naming the dotted key and the known ones; a value of the
+    wrong type raises ConfigError naming the key. Missing keys take the field default.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown config key {path + str(unknown[0])!r} "
+                          f"(known: {', '.join(known)})")
+    kwargs = {k: _coerce(hints[k], v, f"{path}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, name + ".")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, name)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        return tuple(value)
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}[tp]
+    if not ok(value):
+        raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) that `yaml.safe_dump` writes and `from_dict` reads back."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def load_config(cls: type[C], path: str | Path | None, **overrides: Any) -> C:
+    """`cls` from a YAML file (None: defaults) with `overrides` applied on top.
+
+    overrides: dotted keys (`"train.max_steps": 10`) or top-level names; None values are skipped
+    (CLI options the user did not give).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(cls, data)
+
+
+def dump_config(cfg: Any, path: str | Path) -> Path:
+    from aligncap_core.utils import atomic_write
+
+    with atomic_write(path) as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    return Path(path)

@@ -1,0 +1,122 @@
+"""Training examples from a prepared, clue-annotated, tokenized dataset directory.
+
+Every reference caption of a clip is one example (all references, one example each): the
+teacher reads `teacher_input(transcript, p_act)`, the student reads `instruction + <audio>...`,
+and both predict that same caption, so the KL compares the same tokens position by position.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aligncap_core.errors import DataError
+from aligncap_core.model.batching import (
+    CaptionExample,
+    KDCollator,
+    encode_student_example,
+    encode_teacher_example,
+    pad_examples,
+)
+from aligncap_core.utils import read_jsonl, sha256_file
+
+MANIFEST = "manifest.jsonl"
+CODEBOOK_SIZE = 1024  # EnCodec 24 kHz; a codec.json may name another size
+
+
+def read_rows(data_dir: str | Path, split: str | None = None) -> list[dict]:
+    """Manifest rows (of one split, if given)."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `aligncap data prepare` (or `data synth`) first")
+    rows = read_jsonl(path)
+    return [r for r in rows if split is None or r.get("split") == split]
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """Hash of the manifest as trained on. Not prepare's fingerprint.json: `data clues` and
+    `data tokenize` rewrite the manifest afterwards, and both change what the model reads."""
+    return sha256_file(Path(data_dir) / MANIFEST)[:16]
+
+
+def codec_layout(data_dir: str | Path, rows: Sequence[dict]) -> tuple[int, int]:
+    """(n_q, codebook_size) of the codes the rows point to, from the codes folder's codec.json
+    (written by `tokenize_dataset`); n_q falls back to the codes' shape."""
+    from aligncap_core.codec import load_codes
+
+    coded = [r for r in rows if r.get("codes")]
+    if not coded:
+        raise DataError(f"{data_dir}: no row has codes; run `aligncap data tokenize` first")
+    codecs = {r["codes"]["codec"] for r in coded}
+    if len(codecs) > 1:
+        raise DataError(f"{data_dir}: rows were tokenized by {len(codecs)} different codecs "
+                        f"({', '.join(sorted(codecs))}); re-run `aligncap data tokenize`")
+    shard = Path(coded[0]["codes"]["shard"])
+    shard = shard if shard.is_absolute() else Path(data_dir) / shard
+    meta_path = shard.parent / "codec.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    n_q = int(meta.get("n_q") or load_codes(data_dir, coded[0]).shape[0])
+    return n_q, int(meta.get("codebook_size", CODEBOOK_SIZE))
+
+
+def teacher_text(row: dict, acoustic_prompt: bool) -> str:
+    from aligncap_core.clues.prompt import teacher_input
+
+    p_act = row.get("p_act")
+    if acoustic_prompt and not p_act:
+        raise DataError(f"{row.get('id')}: no p_act (acoustic prompt); run `aligncap data clues` "
+                        "first, or train without the acoustic prompt")
+    return teacher_input(row.get("transcript"), p_act or "", use_prompt=acoustic_prompt)
+
+
+def _captions(row: dict) -> list[str]:
+    caps = [c for c in row.get("captions") or [] if c and c.strip()]
+    if not caps:
+        raise DataError(f"{row.get('id')}: split {row.get('split')!r} needs at least one caption")
+    return caps
+
+
+def corpus_texts(rows: Sequence[dict], instruction: str) -> list[str]:
+    """What the from-scratch tokenizer is trained on: everything the LM reads or writes."""
+    texts = [instruction]
+    for r in rows:
+        texts.append(teacher_text(r, acoustic_prompt=bool(r.get("p_act"))))
+        texts.extend(_captions(r))
+    return texts
+
+
+def teacher_examples(tokenizer: Any, rows: Sequence[dict], acoustic_prompt: bool,
+                     max_len: int) -> list[CaptionExample]:
+    return [encode_teacher_example(tokenizer, teacher_text(r, acoustic_prompt), cap, max_len)
+            for r in rows for cap in _captions(r)]
+
+
+def student_examples(tokenizer: Any, data_dir: str | Path, rows: Sequence[dict], *,
+                     instruction: str, keep_q: int | None, max_len: int,
+                     acoustic_prompt: bool, with_teacher: bool) -> list[dict[str, CaptionExample]]:
+    """One `{"student": ..., "teacher": ...}` pair per (clip, caption); no "teacher" entry when
+    `with_teacher` is False (the SFT-only baseline never runs the teacher)."""
+    from aligncap_core.codec import codes_to_tokens, load_codes
+
+    out = []
+    for r in rows:
+        audio = codes_to_tokens(load_codes(data_dir, r), keep_q=keep_q)
+        text = teacher_text(r, acoustic_prompt) if with_teacher else ""
+        for cap in _captions(r):
+            pair = {"student": encode_student_example(tokenizer, instruction, audio, cap, max_len)}
+            if with_teacher:
+                pair["teacher"] = encode_teacher_example(tokenizer, text, cap, max_len)
+            out.append(pair)
+    return out
+
+
+def teacher_collator(pad_id: int) -> Callable[[list[CaptionExample]], dict]:
+    return lambda examples: pad_examples(examples, pad_id)
+
+
+def student_collator(pad_id: int, with_teacher: bool) -> Callable[[list[dict]], dict]:
+    if with_teacher:
+        return KDCollator(pad_id)  # also checks both sides hold the same caption ids
+    return lambda pairs: {"student": pad_examples([p["student"] for p in pairs], pad_id)}

@@ -1,0 +1,347 @@
+"""One training loop for every stage: setup -> train -> cleanup.
+
+A stage describes *what* to train as a `TrainTask` (model, examples, collate, loss, save); `fit`
+does the rest the same way for the teacher and the student: AdamW over the trainable parameters,
+warm-up + decay schedule, gradient accumulation, autocast, validation, early stopping, atomic
+checkpoints with a full `trainer_state`, and resume from the newest checkpoint of the run dir.
+
+Resume is exact (same weights as an uninterrupted run, to float rounding): the data order of
+epoch e is a permutation seeded by (seed, e), the position inside it is saved, and the optimizer,
+scheduler, grad scaler, trainable weights and RNG states are restored. So a killed run restarted
+with the same command continues where its last checkpoint left off, and a finished run is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import shutil
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aligncap_core.errors import ConfigError
+from aligncap_core.model.checkpoint import (
+    capture_rng_state,
+    checkpoint_name,
+    latest_checkpoint,
+    load_trainer_state,
+    restore_rng_state,
+)
+from aligncap_core.train.config import TrainConfig
+from aligncap_core.train.loggers import Logger
+from aligncap_core.utils import atomic_write, progress
+
+STEP_DIR = re.compile(r"step-\d+")
+
+
+# ---- what a stage hands to the loop ------------------------------------------------------------
+@dataclass
+class StepOutput:
+    """loss: scalar (with graph in training); metrics: detached floats (e.g. ce, kl) averaged
+    like the loss; n_tokens: non-padding tokens forwarded (all passes), for tokens/s."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    n_tokens: int
+
+
+@dataclass
+class TrainTask:
+    """name: stage name (progress bar, metrics). model: trained in place; its `requires_grad`
+    parameters are the ones optimized. compute_loss(model, batch) runs under autocast; batch is
+    `collate(examples)` moved to the device. save(path, step, metrics, trainer_state) writes a
+    checkpoint directory (atomically) and returns its path."""
+
+    name: str
+    model: torch.nn.Module
+    train_set: Sequence[Any]
+    valid_set: Sequence[Any]
+    collate: Callable[[list[Any]], Any]
+    compute_loss: Callable[[Any, Any], StepOutput]
+    save: Callable[[Path, int, dict[str, float], dict[str, Any]], Path]
+
+
+@dataclass
+class LoopState:
+    """Everything besides tensors that a resumed run needs (saved in trainer_state["loop"])."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_loss: float | None = None
+    best_checkpoint: str | None = None  # directory name inside the run dir
+    bad_evals: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class FitResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    step: int
+    best_valid_loss: float | None
+    stopped_early: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ---- small pieces ------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def resolve_autocast(name: str, device: torch.device) -> torch.dtype | None:
+    """None = plain fp32. Weights stay fp32 either way (mixed precision): the optimizer updates
+    of a small LoRA/embedding row would round away in bf16 weights."""
+    if name == "auto":
+        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if ok else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of epoch `epoch`: a permutation that depends only on (seed, epoch), so a resumed
+    run replays exactly the order the uninterrupted run would have used."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    return [perm[i: i + batch_size] for i in range(0, n, batch_size)]
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: decaying norm gains and biases pulls them towards 0, not towards a
+    sensible value (the usual GPT/Llama recipe)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ConfigError("the model has no trainable parameters")
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise ConfigError(f"checkpoint parameters not in the model: {missing[:3]}; the run dir "
+                          "belongs to a different model or config (use a new --out)")
+    with torch.no_grad():
+        for n, v in state.items():
+            params[n].copy_(v)
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger | None = None,
+        show_progress: bool = True) -> FitResult:
+    """Train `task.model` in place per `cfg`, checkpointing into `run_dir`; resumes from the
+    newest checkpoint there. Returns the best (lowest valid loss) and last checkpoints."""
+    # ---- setup
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not task.train_set:
+        raise ConfigError(f"{task.name}: no training examples")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_autocast(cfg.dtype, device)
+    seed_everything(cfg.seed)
+    model = task.model.to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  fused=device.type == "cuda")
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule, optimizer,
+        num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+    # fp16 needs loss scaling (its exponent range underflows small grads); bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    state = LoopState()
+    last_path: Path | None = None
+
+    resume_from = latest_checkpoint(run_dir)
+    if resume_from is not None:
+        ts = load_trainer_state(resume_from, restore_rng=False)
+        if ts is None or "loop" not in ts:
+            raise ConfigError(f"{resume_from}: checkpoint has no trainer_state to resume from; "
+                              "use a new --out directory")
+        _load_trainable_state(model, ts["model"])
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        scaler.load_state_dict(ts["scaler"])
+        state = LoopState(**ts["loop"])
+        last_path = resume_from
+        restore_rng_state(ts["rng"])  # last: nothing after this may draw random numbers
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    def save(metrics: dict[str, float]) -> Path:
+        trainer_state = {
+            "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "loop": asdict(state),
+            "rng": capture_rng_state(),  # save_checkpoint captures the same; kept for any saver
+        }
+        path = task.save(run_dir / checkpoint_name(state.step), state.step, metrics, trainer_state)
+        _prune(run_dir, cfg.keep_checkpoints, keep=state.best_checkpoint)
+        return path
+
+    # ---- train
+    window: dict[str, float] = defaultdict(float)  # sums since the last log line
+    last_metrics: dict[str, float] = {}
+    n_window, t_window, tok_window = 0, 0.0, 0  # t_window: seconds spent in train steps
+    order: tuple[int, list[list[int]]] = (-1, [])  # (epoch, its batches), computed per epoch
+    done = state.step >= cfg.max_steps or state.stopped_early
+    bar_ctx = progress(disable=not show_progress or done)
+    with bar_ctx as bar:
+        bar_task = bar.add_task(task.name, total=cfg.max_steps, completed=state.step)
+        while not done:
+            t_step = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            for _ in range(cfg.grad_accum):
+                if order[0] != state.epoch:
+                    order = (state.epoch, batch_order(len(task.train_set), cfg.batch_size,
+                                                      cfg.seed, state.epoch))
+                batches = order[1]
+                idx = batches[state.batch_in_epoch]
+                state.batch_in_epoch += 1
+                if state.batch_in_epoch == len(batches):
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                batch = to_device(task.collate([task.train_set[i] for i in idx]), device)
+                with autocast():
+                    out = task.compute_loss(model, batch)
+                # mean of micro-batch means: each micro-batch weighs the same, as one big batch
+                # would if the micro-batches hold equally many caption tokens
+                scaler.scale(out.loss / cfg.grad_accum).backward()
+                window["loss"] += out.loss.item() / cfg.grad_accum
+                for k, v in out.metrics.items():
+                    window[k] += v / cfg.grad_accum
+                tok_window += out.n_tokens
+                del out, batch
+            scaler.unscale_(optimizer)
+            if cfg.max_grad_norm > 0:
+                window["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            state.step += 1
+            n_window += 1
+            t_window += time.perf_counter() - t_step  # eval and saving are not training time
+
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                dt = max(t_window, 1e-9)
+                logged = {f"train/{k}": v / n_window for k, v in window.items()}
+                logged.update({"lr": scheduler.get_last_lr()[0], "steps_per_s": n_window / dt,
+                               "tokens_per_s": tok_window / dt})
+                if logger:
+                    logger.log_metrics(logged, state.step)
+                last_metrics.update(logged)
+                kl = logged.get("train/kl")
+                bar.update(bar_task, description=(
+                    f"{task.name} loss {logged['train/loss']:.3f}"
+                    + (f" kl {kl:.3f}" if kl is not None else "")
+                    + f" {logged['tokens_per_s']:.0f} tok/s"))
+                window.clear()
+                n_window, t_window, tok_window = 0, 0.0, 0
+            bar.update(bar_task, completed=state.step)
+
+            improved = False
+            if cfg.eval_every and task.valid_set and state.step % cfg.eval_every == 0:
+                val = evaluate(task, model, cfg, device, autocast)
+                if logger:
+                    logger.log_metrics(val, state.step)
+                last_metrics.update(val)
+                if state.best_loss is None or val["valid/loss"] < state.best_loss:
+                    state.best_loss, state.bad_evals, improved = val["valid/loss"], 0, True
+                    state.best_checkpoint = checkpoint_name(state.step)
+                else:
+                    state.bad_evals += 1
+                    patience = cfg.early_stopping_patience
+                    state.stopped_early = bool(patience) and state.bad_evals >= patience
+            done = state.step >= cfg.max_steps or state.stopped_early
+            due = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
+            if improved or due or done:
+                last_path = save(last_metrics)
+
+    # ---- cleanup
+    assert last_path is not None  # the loop ran at least once or resumed from a checkpoint
+    best = run_dir / state.best_checkpoint if state.best_checkpoint else last_path
+    result = FitResult(best_checkpoint=best, last_checkpoint=last_path, step=state.step,
+                       best_valid_loss=state.best_loss, stopped_early=state.stopped_early,
+                       metrics=last_metrics)
+    with atomic_write(run_dir / "train_summary.json") as f:
+        json.dump({**asdict(result), "best_checkpoint": str(best),
+                   "last_checkpoint": str(last_path)}, f, indent=2)
+    if state.stopped_early and show_progress:
+        print(f"{task.name}: early stop at step {state.step} (no valid improvement in "
+              f"{state.bad_evals} evals)", file=sys.stderr)
+    return result
+
+
+@torch.no_grad()
+def evaluate(task: TrainTask, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
+             autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
+    """Mean loss (and the task's metrics) over the first `eval_batches` valid batches, in file
+    order: the same examples at every evaluation, so values are comparable across steps."""
+    model.eval()
+    sums: dict[str, float] = defaultdict(float)
+    n = 0
+    try:
+        starts = range(0, len(task.valid_set), cfg.batch_size)
+        if cfg.eval_batches:
+            starts = starts[: cfg.eval_batches]
+        for s in starts:
+            chunk = list(task.valid_set[s: s + cfg.batch_size])
+            with autocast():
+                out = task.compute_loss(model, to_device(task.collate(chunk), device))
+            sums["loss"] += out.loss.item() * len(chunk)  # weighted: the last batch may be short
+            for k, v in out.metrics.items():
+                sums[k] += v * len(chunk)
+            n += len(chunk)
+    finally:
+        model.train()
+    return {f"valid/{k}": v / n for k, v in sums.items()}
+
+
+def _prune(run_dir: Path, keep_last: int, keep: str | None) -> None:
+    """Delete all but the newest `keep_last` step checkpoints, never `keep` (the best)."""
+    steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name))
+    for p in steps[:-keep_last]:
+        if p.name != keep:
+            shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,214 @@
+"""The two AlignCap training stages (ARCHITECTURE.md, method steps 4-5) as recipes on `fit`.
+
+train_teacher: text teacher, `transcript + P_act -> caption`.
+    base "tiny": tokenizer trained on the corpus, a from-scratch Llama with the audio tokens
+    already added (so the student inherits the vocabulary), every weight trained; saved as a
+    full checkpoint. Hub base: a LoRA adapter named "teacher"; saved as an adapter checkpoint.
+train_student: speech student, `instruction + <audio>...</audio> -> caption`, LoRA + audio-token
+    rows on the frozen teacher weights, loss = CE + lambda_kd * KL(p_teacher || p_student).
+
+Both return the best (lowest valid loss) checkpoint directory inside `out_dir`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aligncap_core.errors import ConfigError
+from aligncap_core.model.checkpoint import save_checkpoint
+from aligncap_core.model.losses import align_caption_logits, caption_ce_loss, kd_loss
+from aligncap_core.train import data
+from aligncap_core.train.config import (
+    DEFAULT_INSTRUCTION,
+    StudentConfig,
+    TeacherConfig,
+    dump_config,
+    to_dict,
+)
+from aligncap_core.train.loggers import JsonlLogger, Logger
+from aligncap_core.train.loop import StepOutput, TrainTask, fit
+
+TEACHER_ADAPTER = "teacher"
+
+
+def _max_len(cfg_max_len: int, model: Any) -> int:
+    # never longer than the positions the model has (the micro preset has 256)
+    return min(cfg_max_len, int(getattr(model.config, "max_position_embeddings", cfg_max_len)))
+
+
+def _forward_ce(model: Any, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    return logits, caption_ce_loss(logits, b["labels"])
+
+
+# ---- stage 1: teacher --------------------------------------------------------------------------
+def build_teacher_model(data_dir: Path, out_dir: Path, cfg: TeacherConfig) -> tuple[Any, Any, str]:
+    """(model, tokenizer, base_model) ready to train: audio tokens added, trainable set chosen."""
+    from aligncap_core.codec import audio_token_vocab
+    from aligncap_core.model.base import BASE_INFO, add_audio_tokens, build_tiny_base, load_base
+
+    rows = data.read_rows(data_dir)
+    vocab = audio_token_vocab(*data.codec_layout(data_dir, rows))
+    if cfg.from_scratch:
+        base_dir = out_dir / "base"
+        if not (base_dir / BASE_INFO).is_file():  # a resumed run reuses the base it started from
+            texts = data.corpus_texts([r for r in rows if r.get("split") == "train"],
+                                      DEFAULT_INSTRUCTION)
+            build_tiny_base(cfg.preset, texts, base_dir, seed=cfg.train.seed)
+        base_model = str(base_dir)
+    else:
+        base_model = cfg.base
+    model, tok = load_base(base_model, dtype=torch.float32)
+    torch.manual_seed(cfg.train.seed)  # mean_resizing samples the new rows
+    add_audio_tokens(model, tok, vocab)
+    if not cfg.from_scratch:
+        from peft import get_peft_model
+
+        from aligncap_core.model.lora import lora_config
+
+        # text-only adapter: the teacher never reads audio, so no trainable audio rows
+        model = get_peft_model(model, lora_config(cfg.lora), adapter_name=TEACHER_ADAPTER)
+    return model, tok, base_model
+
+
+def train_teacher(data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig | None = None,
+                  logger: Logger | None = None, show_progress: bool = True) -> Path:
+    """Train the text teacher on every (train clip, caption); returns the best checkpoint dir.
+
+    Re-running with the same `out_dir` resumes from its newest checkpoint (a finished run
+    returns at once).
+    """
+    cfg = cfg or TeacherConfig()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out_dir / "config.yaml")
+    logger = logger or JsonlLogger(out_dir / "metrics.jsonl")
+    logger.log_params({"stage": "teacher", **to_dict(cfg)})
+
+    model, tok, base_model = build_teacher_model(data_dir, out_dir, cfg)
+    max_len = _max_len(cfg.train.max_len, model)
+    train_set = data.teacher_examples(tok, data.read_rows(data_dir, "train"),
+                                      cfg.acoustic_prompt, max_len)
+    valid_set = data.teacher_examples(tok, data.read_rows(data_dir, "valid"),
+                                      cfg.acoustic_prompt, max_len)
+    fp = data.data_fingerprint(data_dir)
+
+    def compute_loss(m: Any, batch: dict[str, torch.Tensor]) -> StepOutput:
+        _, ce = _forward_ce(m, batch)
+        return StepOutput(ce, {"ce": ce.item()}, int(batch["attention_mask"].sum()))
+
+    def save(path: Path, step: int, metrics: dict[str, float], state: dict[str, Any]) -> Path:
+        return save_checkpoint(path, model, tok, stage="teacher", step=step,
+                               base_model=base_model, run_config=to_dict(cfg),
+                               data_fingerprint=fp, metrics=metrics, trainer_state=state,
+                               full_weights=cfg.from_scratch)
+
+    task = TrainTask("teacher", model, train_set, valid_set, data.teacher_collator(tok.pad_token_id),
+                     compute_loss, save)
+    return fit(task, cfg.train, out_dir, logger, show_progress).best_checkpoint
+
+
+# ---- stage 2: student --------------------------------------------------------------------------
+def build_student_model(data_dir: Path, teacher_ckpt: str | Path,
+                        cfg: StudentConfig) -> tuple[Any, Any, str, str | None]:
+    """(student PeftModel, tokenizer, base_model for its checkpoints, teacher adapter or None)."""
+    from aligncap_core.codec import audio_token_vocab
+    from aligncap_core.model.base import add_audio_tokens
+    from aligncap_core.model.checkpoint import load_checkpoint
+    from aligncap_core.model.lora import make_student
+
+    model, tok, meta = load_checkpoint(teacher_ckpt, dtype=torch.float32)
+    if meta["kind"] == "full":
+        # the from-scratch teacher *is* the base: its pass runs with the student adapter off
+        teacher_adapter, base_model = None, str(teacher_ckpt)
+    else:
+        if TEACHER_ADAPTER not in meta.get("adapters", []):
+            raise ConfigError(f"{teacher_ckpt}: adapter checkpoint without a "
+                              f"{TEACHER_ADAPTER!r} adapter is not a teacher")
+        # student checkpoints hold both adapters on the hub base (not on the teacher checkpoint,
+        # which load_checkpoint would merge into the base weights)
+        teacher_adapter, base_model = TEACHER_ADAPTER, meta["base_model"]
+    vocab = audio_token_vocab(*data.codec_layout(data_dir, data.read_rows(data_dir)))
+    # already in the teacher's vocabulary (added in the teacher stage): this just returns ids
+    audio_ids = add_audio_tokens(model, tok, vocab)
+    torch.manual_seed(cfg.train.seed)  # LoRA A init
+    return make_student(model, audio_ids, cfg.lora), tok, base_model, teacher_adapter
+
+
+def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str | Path,
+                  cfg: StudentConfig | None = None, logger: Logger | None = None,
+                  show_progress: bool = True) -> Path:
+    """Distil the teacher into the speech student; returns the best checkpoint dir.
+
+    lambda_kd=0 is the SFT-only baseline: the teacher pass is skipped entirely (no teacher
+    inputs are even built). Re-running with the same `out_dir` resumes.
+    """
+    cfg = cfg or StudentConfig()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out_dir / "config.yaml")
+    logger = logger or JsonlLogger(out_dir / "metrics.jsonl")
+    logger.log_params({"stage": "student", "teacher_checkpoint": str(teacher_ckpt),
+                       **to_dict(cfg)})
+
+    model, tok, base_model, teacher_adapter = build_student_model(data_dir, teacher_ckpt, cfg)
+    use_kd = cfg.lambda_kd > 0
+    max_len = _max_len(cfg.train.max_len, model)
+
+    def examples(split: str) -> list[dict]:
+        return data.student_examples(
+            tok, data_dir, data.read_rows(data_dir, split), instruction=cfg.instruction,
+            keep_q=cfg.keep_q, max_len=max_len, acoustic_prompt=cfg.acoustic_prompt,
+            with_teacher=use_kd)
+
+    train_set, valid_set = examples("train"), examples("valid")
+    fp = data.data_fingerprint(data_dir)
+
+    def compute_loss(m: Any, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
+        s = batch["student"]
+        n_tokens = int(s["attention_mask"].sum())
+        if use_kd:
+            t_cap, n_teacher = teacher_caption_logits(m, batch["teacher"], teacher_adapter)
+            n_tokens += n_teacher
+        logits, ce = _forward_ce(m, s)
+        if not use_kd:
+            return StepOutput(ce, {"ce": ce.item()}, n_tokens)
+        s_cap, mask = align_caption_logits(logits, s["caption_start"], s["caption_len"])
+        kl = kd_loss(s_cap, t_cap, mask, cfg.temperature)
+        loss = ce + cfg.lambda_kd * kl
+        return StepOutput(loss, {"ce": ce.item(), "kl": kl.item()}, n_tokens)
+
+    def save(path: Path, step: int, metrics: dict[str, float], state: dict[str, Any]) -> Path:
+        return save_checkpoint(path, model, tok, stage="student", step=step,
+                               base_model=base_model, run_config=to_dict(cfg),
+                               data_fingerprint=fp, metrics=metrics, trainer_state=state)
+
+    collate = data.student_collator(tok.pad_token_id, with_teacher=use_kd)
+    task = TrainTask("student", model, train_set, valid_set, collate, compute_loss, save)
+    return fit(task, cfg.train, out_dir, logger, show_progress).best_checkpoint
+
+
+def teacher_caption_logits(model: Any, t: dict[str, torch.Tensor],
+                           teacher_adapter: str | None) -> tuple[torch.Tensor, int]:
+    """The frozen teacher's logits over the caption tokens, (batch, L_cap, vocab), no graph.
+
+    Runs before the student's forward: the full (batch, seq, vocab) teacher logits are freed
+    here, right after the caption positions are gathered, so they never coexist with the
+    student's activations and never stay alive through backward (which would raise peak memory
+    by a whole logits tensor: batch x seq x vocab, 150k-wide for a hub vocabulary).
+    """
+    was_training = model.training
+    model.eval()  # a teacher adapter's LoRA dropout must not make the targets noisy
+    try:
+        from aligncap_core.model.lora import teacher_pass
+
+        with teacher_pass(model, teacher_adapter) as teacher:
+            logits = teacher(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+            t_cap, _ = align_caption_logits(logits, t["caption_start"], t["caption_len"])
+            del logits
+    finally:
+        model.train(was_training)
+    return t_cap, int(t["attention_mask"].sum())
