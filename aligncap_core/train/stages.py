@@ -166,6 +166,9 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
 
     train_set, valid_set = examples("train"), examples("valid")
     fp = data.data_fingerprint(data_dir)
+    from aligncap_core.inference.speech import attach_codec, find_codec
+
+    codec = find_codec(data_dir)  # copied into every checkpoint: they caption raw audio alone
 
     def compute_loss(m: Any, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
         s = batch["student"]
@@ -182,9 +185,10 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
         return StepOutput(loss, {"ce": ce.item(), "kl": kl.item()}, n_tokens)
 
     def save(path: Path, step: int, metrics: dict[str, float], state: dict[str, Any]) -> Path:
-        return save_checkpoint(path, model, tok, stage="student", step=step,
-                               base_model=base_model, run_config=to_dict(cfg),
-                               data_fingerprint=fp, metrics=metrics, trainer_state=state)
+        saved = save_checkpoint(path, model, tok, stage="student", step=step,
+                                base_model=base_model, run_config=to_dict(cfg),
+                                data_fingerprint=fp, metrics=metrics, trainer_state=state)
+        return attach_codec(saved, codec, instruction=cfg.instruction, keep_q=cfg.keep_q)
 
     collate = data.student_collator(tok.pad_token_id, with_teacher=use_kd)
     task = TrainTask("student", model, train_set, valid_set, collate, compute_loss, save)

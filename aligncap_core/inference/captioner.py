@@ -1,0 +1,187 @@
+"""Caption raw audio with a speech-student checkpoint.
+
+    cap = Captioner.load("runs/student/step-00000600")        # or s3://..., codec_dir=...
+    cap.caption_files(["a.wav", "b.flac"], GenerationSettings(num_beams=4))
+    cap.caption_codes([codes_a, codes_b])                      # (n_q, T) int arrays
+
+Audio path: decode (any soundfile format, any rate), downmix, resample to the codec's rate
+(data/audio.py), encode with the checkpoint's codec (batched), then `instruction + <audio>...`
+prompts through batched generation. The codec runs on the CPU (its batching is written for
+CPU tensors); the LM runs on `device`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aligncap_core.errors import ConfigError, DataError
+from aligncap_core.inference.speech import SpeechSettings, resolve_speech
+from aligncap_core.model.generate import GenerationSettings, generate_captions
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def check_clip(path: str | os.PathLike) -> None:
+    """Fail fast (before a model loads) on a missing or undecodable file: reads the header only."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: audio file not found")
+    try:
+        info = sf.info(str(p))
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types for bad input
+        raise DataError(f"{path}: cannot decode audio ({str(e).splitlines()[0][:200]}); "
+                        "use WAV/FLAC/OGG or convert the file") from e
+    if info.frames <= 0:
+        raise DataError(f"{path}: audio has no samples; re-export the clip")
+
+
+def read_clip(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples of an audio file at `sample_rate` Hz; DataError naming the file."""
+    from aligncap_core.data.audio import AudioProblem, decode, resample, to_mono
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: audio file not found")
+    try:
+        x, rate = decode(p)
+        x = to_mono(x)
+    except AudioProblem as e:
+        raise DataError(f"{path}: {e.message}") from e
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: audio has NaN/inf samples; the file is corrupt")
+    return resample(x, rate, sample_rate)
+
+
+@dataclass
+class Captioner:
+    """A loaded student (model + tokenizer), its speech codec and prompt settings."""
+
+    model: Any
+    tokenizer: Any
+    codec: Any  # a codec.SpeechTokenizer
+    speech: SpeechSettings
+    meta: dict
+    config: dict  # the checkpoint's resolved run config (config.yaml; {} when absent)
+    max_len: int  # tokens a sequence may hold (the model's positions, capped by the train config)
+    codec_batch_size: int = 4  # CPU EnCodec is fastest at small batches (codec.dataset)
+
+    @classmethod
+    def load(cls, ckpt_uri: str | os.PathLike, device: str = "auto",
+             codec_dir: str | os.PathLike | None = None, dtype: torch.dtype | None = None) -> Captioner:
+        """Load a student checkpoint (local path or s3://) and its codec.
+
+        codec_dir: a saved codec folder, for checkpoints without one (older runs) or to
+        override it; its fingerprint must match the one the checkpoint records, if any.
+        dtype: default float32 on CPU, bfloat16 on a GPU that supports it.
+        """
+        from aligncap_core.codec import EncodecTokenizer
+        from aligncap_core.model.checkpoint import fetch_to_local, load_checkpoint, read_meta
+
+        root = fetch_to_local(ckpt_uri)
+        if not (root / "meta.json").is_file():
+            raise ConfigError(f"{ckpt_uri}: not a checkpoint (no meta.json); pass a student "
+                              "checkpoint folder such as RUN/step-00000600")
+        if read_meta(root).get("stage") == "teacher":
+            raise ConfigError(f"{ckpt_uri}: a teacher checkpoint reads text, not audio; pass a "
+                              "student checkpoint")
+        speech = resolve_speech(root, codec_dir)
+        codec = EncodecTokenizer.from_pretrained(speech.codec, n_q=speech.n_q)
+        if speech.codec_fingerprint and codec.fingerprint != speech.codec_fingerprint:
+            raise ConfigError(f"codec {speech.codec} (fingerprint {codec.fingerprint}) is not the one "
+                              f"{ckpt_uri} was trained with ({speech.codec_fingerprint}); pass the "
+                              "training data's codec with --codec-dir")
+        # what was actually loaded: older checkpoints record neither
+        speech = dataclasses.replace(speech, n_q=codec.n_q, codec_fingerprint=codec.fingerprint)
+        dev = pick_device(device)
+        if dtype is None:
+            dtype = (torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported()
+                     else torch.float32)
+        model, tok, meta = load_checkpoint(root, dtype=dtype, device=dev)
+        model.eval()
+        n_pos = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        config = _run_config(root)
+        cfg_len = (config.get("train") or {}).get("max_len") or n_pos
+        cap = cls(model, tok, codec, speech, meta, config, min(n_pos, cfg_len),
+                  codec_batch_size=16 if dev.type == "cuda" else 4)
+        cap._check_vocab()
+        return cap
+
+    def _check_vocab(self) -> None:
+        vocab = self.tokenizer.get_vocab()
+        q = (self.speech.keep_q or self.codec.n_q) - 1
+        if f"<a{q}_0>" not in vocab:
+            raise ConfigError(f"the checkpoint's tokenizer has no tokens for codebook {q}; the codec "
+                              f"({self.speech.codec}, n_q={self.codec.n_q}) does not match it")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- prompts --------------------------------------------------------------------------
+    def prompt_ids(self, codes: np.ndarray, max_new_tokens: int) -> list[int]:
+        """bos + instruction + `<audio>...</audio>` ids for `(n_q, T)` codes. Over the length
+        budget, prompt tokens after bos are dropped from the left, as in training
+        (`batching.build_example`): the audio right before the caption is kept."""
+        from aligncap_core.codec import codes_to_tokens
+        from aligncap_core.model.batching import student_prompt_ids
+
+        ids = student_prompt_ids(self.tokenizer, self.speech.instruction,
+                                 codes_to_tokens(codes, keep_q=self.speech.keep_q))
+        budget = self.max_len - max_new_tokens
+        if budget < 2:
+            raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt "
+                              f"(the model holds {self.max_len} tokens)")
+        return ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]
+
+    # ---- captioning -----------------------------------------------------------------------
+    def caption_codes(self, codes: Sequence[np.ndarray],
+                      settings: GenerationSettings | None = None) -> list[str]:
+        """One caption per `(n_q, T)` codes array, in order. Prompts are generated longest
+        first, so each batch carries little left padding."""
+        from aligncap_core.prefs.candidates import audio_token_ids_of
+
+        s = settings or GenerationSettings()
+        if not codes:
+            return []
+        prompts = [self.prompt_ids(np.asarray(c), s.max_new_tokens) for c in codes]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        texts = generate_captions(self.model, self.tokenizer, [prompts[i] for i in order], s,
+                                  suppress_token_ids=audio_token_ids_of(self.tokenizer))
+        out = [""] * len(prompts)
+        for i, t in zip(order, texts, strict=True):
+            out[i] = t
+        return out
+
+    def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
+        """Codes `(n_q, T)` of each file. Every file is read (and checked) before any encoding,
+        so a bad file fails fast with its name."""
+        wavs = [read_clip(p, self.codec.sample_rate) for p in paths]
+        return self.codec.encode(wavs, batch_size=self.codec_batch_size)
+
+    def caption_files(self, paths: Sequence[str | os.PathLike],
+                      settings: GenerationSettings | None = None) -> list[str]:
+        """One caption per audio file (WAV/FLAC/OGG, any rate, mono or stereo), in order."""
+        return self.caption_codes(self.encode_files(paths), settings)
+
+
+def _run_config(root: Path) -> dict:
+    import yaml
+
+    path = root / "config.yaml"
+    return (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}

@@ -1,0 +1,313 @@
+"""Evaluate a speech-student checkpoint on held-out clips (ARCHITECTURE.md, method step 7).
+
+    report = evaluate_checkpoint("runs/student/step-00000600", "data/", "eval/report.json")
+    report["metrics"]["valid"]["cider"], report["metrics"]["all"]["kl_gap"]
+
+Input: a prepared data dir (its codes are used when they come from the checkpoint's codec) or a
+raw manifest / manifest folder (prepared into `<out>.data/prepared`). When codes or acoustic
+prompts are missing, the selected rows are copied (absolute audio paths) into
+`<out>.data/clips`, tokenized there with the checkpoint's codec and annotated with clues, so the
+caller's data dir is never rewritten. Both steps are cached: a re-run encodes nothing new.
+
+Output: `out_json` (metrics per split and "all", plus what was evaluated) and
+`predictions.jsonl` beside it: one {id, split, prediction, references, attributes} per clip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aligncap_core.errors import ConfigError, DataError
+from aligncap_core.inference.captioner import Captioner
+from aligncap_core.model.generate import GenerationSettings
+from aligncap_core.utils import atomic_write, progress, read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.jsonl"
+
+
+# ---- data --------------------------------------------------------------------------------------
+def _is_prepared(source: str) -> bool:
+    p = Path(source)
+    if not (p.is_dir() and (p / MANIFEST).is_file()):
+        return False
+    return (p / "fingerprint.json").is_file() or any(r.get("codes") for r in read_jsonl(p / MANIFEST))
+
+
+def select_rows(rows: Sequence[dict], splits: Sequence[str] | None, limit: int | None) -> list[dict]:
+    """Rows of `splits` (default: every split but "train", or all rows when there is no other),
+    at most `limit` per split, in manifest order."""
+    present = list(dict.fromkeys(str(r.get("split")) for r in rows))
+    if splits:
+        missing = [s for s in splits if s not in present]
+        if missing:
+            raise DataError(f"split(s) {', '.join(missing)} not in the data (it has: {', '.join(present)})")
+        wanted = list(splits)
+    else:
+        wanted = [s for s in present if s != "train"] or present
+    out, count = [], dict.fromkeys(wanted, 0)
+    for r in rows:
+        s = str(r.get("split"))
+        if s in count and (limit is None or count[s] < limit):
+            out.append(r)
+            count[s] += 1
+    return out
+
+
+def _absolute_audio(row: dict, data_dir: Path) -> dict:
+    audio = str(row.get("audio") or "")
+    if audio and not audio.startswith("s3://") and not os.path.isabs(audio):
+        audio = str((data_dir / audio).resolve())
+    return {k: v for k, v in row.items() if k not in ("codes", "n_frames")} | {"audio": audio}
+
+
+def eval_data(source: str | os.PathLike, work_dir: Path, cap: Captioner, *,
+              splits: Sequence[str] | None, limit: int | None, need_p_act: bool,
+              show_progress: bool = True) -> tuple[Path, list[dict], dict]:
+    """(data dir, selected rows with codes from the checkpoint's codec (and p_act when
+    `need_p_act`), info about what was done)."""
+    from aligncap_core.codec import tokenize_dataset
+    from aligncap_core.train.data import read_rows
+
+    source = str(source)
+    info: dict[str, Any] = {"source": source}
+    if _is_prepared(source):
+        data_dir = Path(source)
+    else:
+        from aligncap_core.data.prepare import prepare_dataset
+
+        data_dir = work_dir / "prepared"
+        summary = prepare_dataset(source, data_dir, sample_rate=cap.codec.sample_rate,
+                                  progress=show_progress)
+        info["prepare"] = {k: summary[k] for k in ("kept", "rejected", "rejects_by_reason")}
+        if summary["rejected"]:
+            log.warning("%d rows rejected while preparing %s: see %s", summary["rejected"], source,
+                        data_dir / "rejects.jsonl")
+    rows = select_rows(read_rows(data_dir), splits, limit)
+    if not rows:
+        raise DataError(f"{source}: no rows to evaluate")
+    fp = cap.codec.fingerprint
+    has_codes = all((r.get("codes") or {}).get("codec") == fp for r in rows)
+    has_p_act = not need_p_act or all(r.get("p_act") for r in rows if r.get("captions"))
+    if has_codes and has_p_act:
+        return data_dir, rows, info
+    clips = work_dir / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    write_jsonl(clips / MANIFEST, [_absolute_audio(r, data_dir.resolve()) for r in rows])
+    if not has_p_act:
+        from aligncap_core.clues.annotate import add_clues
+
+        add_clues(clips, progress=show_progress)
+        info["clues"] = "added (default template)"
+    tokenize_dataset(clips, codec=str(cap.speech.codec), n_q=cap.codec.n_q,
+                     batch_size=cap.codec_batch_size, progress=show_progress)
+    info["tokenized"] = str(clips)
+    return clips, read_rows(clips), info
+
+
+# ---- KL gap ------------------------------------------------------------------------------------
+def _teacher_adapter(meta: dict) -> str | None:
+    from aligncap_core.train.stages import TEACHER_ADAPTER
+
+    return TEACHER_ADAPTER if TEACHER_ADAPTER in meta.get("adapters", []) else None
+
+
+@torch.no_grad()
+def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, batch_size: int,
+                    acoustic_prompt: bool, teacher: tuple[Any, Any] | None = None,
+                    show_progress: bool = True) -> dict[str, tuple[float | None, int]]:
+    """{split: (mean KL(teacher || student) per caption token, tokens)} over every reference
+    caption of the captioned rows.
+
+    Teacher: the student's own base with the student adapter off (or its "teacher" adapter)
+    reading transcript + P_act, exactly the KD teacher of training; or `teacher` = (model,
+    tokenizer) of another checkpoint, whose tokenizer must give the same caption ids.
+    """
+    from aligncap_core.eval.kl import kl_gap
+    from aligncap_core.model.batching import encode_teacher_example, pad_examples
+    from aligncap_core.model.losses import align_caption_logits
+    from aligncap_core.train import data
+    from aligncap_core.train.stages import teacher_caption_logits
+
+    model, tok = cap.model, cap.tokenizer
+    adapter = _teacher_adapter(cap.meta)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: dict[str, tuple[float | None, int]] = {}
+    by_split: dict[str, list[dict]] = {}
+    for r in rows:
+        if any(c and c.strip() for c in r.get("captions") or []):
+            by_split.setdefault(str(r.get("split")), []).append(r)
+    with progress(disable=not show_progress) as bar:
+        for split, split_rows in by_split.items():
+            pairs = data.student_examples(tok, data_dir, split_rows, instruction=cap.speech.instruction,
+                                          keep_q=cap.speech.keep_q, max_len=cap.max_len,
+                                          acoustic_prompt=acoustic_prompt, with_teacher=True)
+            if teacher is not None:
+                pairs = _retokenize_teacher(pairs, split_rows, teacher[1], acoustic_prompt,
+                                            cap.max_len, encode_teacher_example)
+            pairs.sort(key=lambda p: -len(p["student"].input_ids))  # little padding per batch
+            task = bar.add_task(f"KL gap ({split})", total=len(pairs))
+            seen = {"tokens": 0}
+
+            def batches(pairs=pairs, task=task, seen=seen) -> Iterator[tuple]:
+                for b in range(0, len(pairs), batch_size):
+                    chunk = pairs[b:b + batch_size]
+                    s = {k: v.to(cap.device) for k, v in
+                         pad_examples([p["student"] for p in chunk], pad).items()}
+                    t = {k: v.to(cap.device) for k, v in
+                         pad_examples([p["teacher"] for p in chunk], pad).items()}
+                    if teacher is None:
+                        t_cap, _ = teacher_caption_logits(model, t, adapter)
+                    else:
+                        t_logits = teacher[0](input_ids=t["input_ids"],
+                                              attention_mask=t["attention_mask"]).logits
+                        t_cap, _ = align_caption_logits(t_logits, t["caption_start"], t["caption_len"])
+                    logits = model(input_ids=s["input_ids"], attention_mask=s["attention_mask"]).logits
+                    s_cap, mask = align_caption_logits(logits, s["caption_start"], s["caption_len"])
+                    seen["tokens"] += int(mask.sum())
+                    bar.update(task, advance=len(chunk))
+                    yield s_cap, t_cap.to(s_cap.device), mask
+
+            value = kl_gap(batches())
+            out[split] = (value, seen["tokens"])
+    return out
+
+
+def _retokenize_teacher(pairs: list[dict], rows: Sequence[dict], teacher_tok: Any,
+                        acoustic_prompt: bool, max_len: int, encode: Any) -> list[dict]:
+    """Teacher examples built with a separate teacher's tokenizer; its caption ids must equal
+    the student's, otherwise a token-level KL compares different tokens."""
+    from aligncap_core.train.data import _captions, teacher_text
+
+    teacher_examples = [encode(teacher_tok, teacher_text(r, acoustic_prompt), c, max_len)
+                        for r in rows for c in _captions(r)]
+    for p, t in zip(pairs, teacher_examples, strict=True):
+        s = p["student"]
+        if s.input_ids[s.caption_start:] != t.input_ids[t.caption_start:]:
+            raise ConfigError("--teacher: its tokenizer encodes the captions differently from the "
+                              "student's; the KL gap needs the same vocabulary (use the student's "
+                              "own teacher, the default)")
+        p["teacher"] = t
+    return pairs
+
+
+# ---- the evaluation ----------------------------------------------------------------------------
+def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str | os.PathLike,
+                        out_json: str | os.PathLike, *, splits: Sequence[str] | None = None,
+                        settings: GenerationSettings | None = None, batch_size: int = 16,
+                        kl_gap: bool = True, teacher_ckpt: str | os.PathLike | None = None,
+                        limit: int | None = None, codec_dir: str | os.PathLike | None = None,
+                        device: str = "auto", meteor: bool = True,
+                        show_progress: bool = True) -> dict:
+    """Caption the held-out clips, score them, measure the speech-text KL gap; write the report.
+
+    splits: which splits (default every split but "train"); limit: at most N clips per split.
+    settings: decoding (default greedy, 64 new tokens); batch_size: clips per generation batch
+    and examples per KL forward (overrides settings.batch_size).
+    kl_gap: also compute KL(teacher || student) on the reference captions (needs captions; rows
+    without p_act get clues first). teacher_ckpt: another teacher (default: the student's base).
+    codec_dir: codec for a checkpoint without one (default: the data dir's, if it has one).
+
+    Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
+    {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap and kl_tokens.
+    """
+    from aligncap_core.eval import compute_metrics
+
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    out_json = Path(out_json)
+    settings = dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
+    cap = Captioner.load(ckpt_uri, device=device,
+                         codec_dir=codec_dir or _data_codec(ckpt_uri, manifest_or_data_dir))
+    acoustic = _acoustic_prompt(cap)
+    data_dir, rows, info = eval_data(manifest_or_data_dir, out_json.with_suffix(".data"), cap,
+                                     splits=splits, limit=limit, need_p_act=kl_gap and acoustic,
+                                     show_progress=show_progress)
+    preds = _caption_rows(cap, data_dir, rows, settings, show_progress)
+
+    teacher = None
+    if kl_gap and teacher_ckpt is not None:
+        from aligncap_core.model.checkpoint import load_checkpoint
+
+        t_model, t_tok, _ = load_checkpoint(teacher_ckpt, dtype=next(cap.model.parameters()).dtype,
+                                            device=cap.device)
+        teacher = (t_model.eval(), t_tok)
+    kls = kl_gap_by_split(cap, data_dir, rows, batch_size=batch_size, acoustic_prompt=acoustic,
+                          teacher=teacher, show_progress=show_progress) if kl_gap else {}
+
+    from aligncap_core.clues import EmotionClueParser
+
+    parser = EmotionClueParser()  # one spaCy load for every split
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(str(r.get("split")), []).append(i)
+    metrics: dict[str, dict] = {}
+    for name, idx in groups.items():
+        metrics[name] = compute_metrics([preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
+                                        [rows[i].get("attributes") for i in idx],
+                                        parser=parser, meteor=meteor)
+        kl, n = kls.get(name, (None, 0))
+        metrics[name].update(kl_gap=kl, kl_tokens=n)
+    if len(groups) == 1:
+        metrics["all"] = dict(next(iter(metrics.values())))
+    else:
+        metrics["all"] = compute_metrics(preds, [r.get("captions") or [] for r in rows],
+                                         [r.get("attributes") for r in rows], parser=parser, meteor=meteor)
+        tokens = sum(n for _, n in kls.values())
+        weighted = sum(v * n for v, n in kls.values() if v is not None)
+        metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens)
+
+    report = {
+        "checkpoint": str(ckpt_uri), "step": cap.meta.get("step"), "stage": cap.meta.get("stage"),
+        "codec": cap.codec.fingerprint, "speech": dataclasses.asdict(cap.speech),
+        "data": {**info, "evaluated_from": str(data_dir), "splits": list(groups)},
+        "generation": dataclasses.asdict(settings), "kl_teacher": str(teacher_ckpt or "student base"),
+        "metrics": metrics,
+    }
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_json.parent / "predictions.jsonl", (
+        {"id": r.get("id"), "split": r.get("split"), "prediction": p,
+         "references": r.get("captions") or [], "attributes": r.get("attributes")}
+        for r, p in zip(rows, preds, strict=True)))
+    with atomic_write(out_json) as f:
+        json.dump(report, f, indent=2, default=str)
+    return report
+
+
+def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict],
+                  settings: GenerationSettings, show_progress: bool) -> list[str]:
+    from aligncap_core.codec import load_codes
+
+    preds: list[str] = []
+    chunk = settings.batch_size * 4  # several generation batches per progress update
+    with progress(disable=not show_progress) as bar:
+        task = bar.add_task("caption", total=len(rows))
+        for b in range(0, len(rows), chunk):
+            part = rows[b:b + chunk]
+            preds += cap.caption_codes([load_codes(data_dir, r) for r in part], settings)
+            bar.update(task, advance=len(part))
+    return preds
+
+
+def _acoustic_prompt(cap: Captioner) -> bool:
+    """Whether the student was distilled from a teacher reading P_act (its config says)."""
+    return bool(cap.config.get("acoustic_prompt", True))
+
+
+def _data_codec(ckpt_uri: str | os.PathLike, source: str | os.PathLike) -> str | None:
+    """The prepared data dir's codec, for a checkpoint that carries none (older runs)."""
+    from aligncap_core.inference.speech import find_codec
+    from aligncap_core.model.checkpoint import read_meta
+
+    if (read_meta(ckpt_uri).get("speech") or {}).get("codec") or not _is_prepared(str(source)):
+        return None
+    src = find_codec(source).source
+    return src if src and Path(src).is_dir() else None

@@ -1,0 +1,206 @@
+"""Inference: self-contained student checkpoints, captioning raw audio, evaluation + KL gap.
+
+A 24-clip corpus of real WAVs (tones whose pitch/speed follow the emotion) is tokenized with a
+tiny calibrated EnCodec (16-entry codebooks, 4 filters: the micro LM's audio vocabulary is
+2 x 16), then the real teacher and student stages train on it, so `train_student` attaches
+that codec to the checkpoint exactly as in a real run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from aligncap_core.errors import ConfigError, DataError
+from aligncap_core.inference.captioner import Captioner
+from aligncap_core.inference.evaluate import evaluate_checkpoint
+from aligncap_core.model.generate import GenerationSettings
+from aligncap_core.train import stages
+from aligncap_core.train.config import StudentConfig, TeacherConfig
+from aligncap_core.utils import read_jsonl, write_jsonl
+from tests.core.test_train import EMOTIONS, TRANSCRIPTS, quick
+
+SR = 24000
+TINY_CODEC = {"codebook_size": 16, "num_filters": 4, "hidden_size": 16}
+REPORT_KEYS = ("n", "bleu1", "bleu4", "meteor", "rouge_l", "cider", "clue_precision", "clue_recall",
+               "clue_f1", "hallucination_rate", "generic_rate", "distinct2", "acc_emotion", "kl_gap")
+
+
+def tone(emotion: str, rng: np.random.Generator, sr: int = SR) -> np.ndarray:
+    pitch, speed = EMOTIONS[emotion]
+    f0 = {"low": 120, "normal": 200, "high": 320}[pitch] * rng.uniform(0.95, 1.05)
+    dur = {"slow": 0.55, "fast": 0.35}[speed] * rng.uniform(0.95, 1.05)  # >= prepare's 0.3 s
+    t = np.arange(int(sr * dur)) / sr
+    return (0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.3 * np.sin(2 * np.pi * 5 * t))).astype(np.float32)
+
+
+def raw_corpus(root: Path, n: int = 24, n_valid: int = 8) -> Path:
+    """Manifest + audio/ as a user would hand it in: no codes, no clues."""
+    rng = np.random.default_rng(0)
+    (root / "audio").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        emotion = list(EMOTIONS)[i % 3]
+        pitch, speed = EMOTIONS[emotion]
+        sf.write(root / "audio" / f"clip-{i:03d}.wav", tone(emotion, rng), SR)
+        rows.append({
+            "id": f"clip-{i:03d}", "audio": f"audio/clip-{i:03d}.wav",
+            "split": "valid" if i >= n - n_valid else "train",
+            "transcript": TRANSCRIPTS[i % len(TRANSCRIPTS)],
+            "captions": [f"A person speaks {speed} in a {pitch} voice, sounding {emotion}.",
+                         f"The speaker sounds {emotion}."][: 1 + i % 2],
+            "attributes": {"emotion": emotion, "pitch": pitch, "speed": speed},
+        })
+    write_jsonl(root / "manifest.jsonl", rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A prepared, clue-annotated data dir tokenized with the tiny codec saved in DATA_DIR/codec."""
+    from aligncap_core.codec import calibrate_encodec, read_audio, tokenize_dataset
+
+    root = raw_corpus(tmp_path_factory.mktemp("infer") / "data")
+    rows = read_jsonl(root / "manifest.jsonl")
+    wavs = [read_audio(root / r["audio"], SR) for r in rows if r["split"] == "train"]
+    codec = calibrate_encodec(lambda i: wavs[i], [len(w) for w in wavs], n_q=2, iters=5,
+                              config_overrides=TINY_CODEC)
+    codec.save(root / "codec")
+    tokenize_dataset(root, codec=str(root / "codec"), n_q=2, progress=False)
+    rows = read_jsonl(root / "manifest.jsonl")
+    for r in rows:  # what `data clues` writes, without loading spaCy for the whole corpus
+        a = r["attributes"]
+        r["p_act"] = (f"Emotional clues: pitch {a['pitch']}; speed {a['speed']}; emotion "
+                      f"{a['emotion']}. Describe how the speaker sounds.")
+    write_jsonl(root / "manifest.jsonl", rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def student(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    teacher = stages.train_teacher(corpus, out / "teacher",
+                                   TeacherConfig(preset="micro", train=quick(max_steps=20)),
+                                   show_progress=False)
+    return stages.train_student(corpus, teacher, out / "student",
+                                StudentConfig(train=quick(max_steps=6, eval_every=0)),
+                                show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def captioner(student) -> Captioner:
+    return Captioner.load(student, device="cpu")
+
+
+def test_student_checkpoint_carries_its_codec(student, corpus):
+    meta = json.loads((student / "meta.json").read_text())
+    speech = meta["speech"]
+    assert speech["codec"] == "codec" and speech["n_q"] == 2 and speech["keep_q"] is None
+    assert speech["instruction"] == StudentConfig().instruction
+    saved = json.loads((student / "codec" / "codec.json").read_text())
+    assert saved["fingerprint"] == speech["codec_fingerprint"] == read_jsonl(
+        corpus / "manifest.jsonl")[0]["codes"]["codec"]
+
+
+def test_caption_files_any_rate_and_channels(captioner, tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, sr, stereo, fmt in (("a.wav", 16000, False, "WAV"), ("b.wav", 44100, True, "WAV"),
+                                  ("c.flac", 24000, False, "FLAC"), ("d.wav", 22050, True, "WAV")):
+        x = tone(list(EMOTIONS)[len(paths) % 3], rng, sr)
+        sf.write(tmp_path / name, np.stack([x, 0.5 * x], 1) if stereo else x, sr, format=fmt)
+        paths.append(tmp_path / name)
+    s = GenerationSettings(max_new_tokens=12, batch_size=4)
+    caps = captioner.caption_files(paths, s)
+    assert len(caps) == 4 and all(isinstance(c, str) and c for c in caps)
+    codes = captioner.encode_files(paths)
+    assert [c.shape[0] for c in codes] == [2] * 4
+    assert [captioner.caption_codes([c], s)[0] for c in codes] == caps  # batched == alone
+    beams = captioner.caption_codes(codes[:2], GenerationSettings(max_new_tokens=12, num_beams=2))
+    assert len(beams) == 2
+
+
+def test_missing_or_unreadable_audio_names_the_file(captioner, tmp_path):
+    with pytest.raises(DataError, match="nope.wav: audio file not found"):
+        captioner.caption_files([tmp_path / "nope.wav"])
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    with pytest.raises(DataError, match="bad.wav: cannot decode"):
+        captioner.caption_files([bad])
+
+
+def test_cli_caption(student, tmp_path):
+    from typer.testing import CliRunner
+
+    from aligncap_core.cli import app
+
+    sf.write(tmp_path / "x.wav", tone("sad", np.random.default_rng(2)), SR)
+    res = CliRunner().invoke(app, ["caption", str(tmp_path / "x.wav"), "--model", str(student),
+                                   "--max-new-tokens", "8", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    path, caption = res.stdout.strip().split("\t")
+    assert path == str(tmp_path / "x.wav") and caption
+    res = CliRunner().invoke(app, ["caption", str(tmp_path / "missing.wav"), "--model", str(student)])
+    assert isinstance(res.exception, DataError) and "missing.wav" in str(res.exception)
+
+
+def test_checkpoint_without_codec_needs_codec_dir(student, corpus, tmp_path):
+    old = shutil.copytree(student, tmp_path / "old")
+    shutil.rmtree(old / "codec")
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["speech"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="--codec-dir"):
+        Captioner.load(old, device="cpu")
+    cap = Captioner.load(old, device="cpu", codec_dir=corpus / "codec")
+    assert cap.codec.fingerprint == json.loads((student / "meta.json").read_text())["speech"]["codec_fingerprint"]
+
+
+def test_evaluate_prepared_dir(student, corpus, tmp_path):
+    before = (corpus / "manifest.jsonl").read_bytes()
+    out = tmp_path / "eval" / "report.json"
+    report = evaluate_checkpoint(student, corpus, out, settings=GenerationSettings(max_new_tokens=12),
+                                 batch_size=4, meteor=False, show_progress=False)
+    assert (corpus / "manifest.jsonl").read_bytes() == before  # the caller's data is untouched
+    saved = json.loads(out.read_text())
+    assert set(saved["metrics"]) == {"valid", "all"} and saved["data"]["evaluated_from"] == str(corpus)
+    for split in ("valid", "all"):
+        m = saved["metrics"][split]
+        assert all(k in m for k in REPORT_KEYS), [k for k in REPORT_KEYS if k not in m]
+        assert m["n"] == 8 and m["kl_gap"] is not None and m["kl_gap"] >= 0 and m["kl_tokens"] > 0
+    preds = read_jsonl(out.parent / "predictions.jsonl")
+    assert len(preds) == 8 and {p["split"] for p in preds} == {"valid"}
+    assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes"}
+    assert report["metrics"]["valid"]["bleu1"] == saved["metrics"]["valid"]["bleu1"]
+
+
+def test_evaluate_raw_manifest_prepares_tokenizes_and_adds_clues(student, tmp_path):
+    raw = raw_corpus(tmp_path / "raw", n=6, n_valid=3)
+    out = tmp_path / "rep" / "report.json"
+    report = evaluate_checkpoint(student, raw / "manifest.jsonl", out, splits=["train", "valid"],
+                                 limit=2, settings=GenerationSettings(max_new_tokens=8),
+                                 batch_size=4, meteor=False, show_progress=False)
+    m = report["metrics"]
+    assert set(m) == {"train", "valid", "all"} and m["all"]["n"] == 4
+    assert m["all"]["kl_gap"] >= 0 and m["all"]["kl_tokens"] == m["train"]["kl_tokens"] + m["valid"]["kl_tokens"]
+    clips = read_jsonl(out.with_suffix(".data") / "clips" / "manifest.jsonl")
+    assert all(r["p_act"] and r["codes"]["codec"] == report["codec"] for r in clips)
+    with pytest.raises(DataError, match="test"):
+        evaluate_checkpoint(student, raw / "manifest.jsonl", out, splits=["test"], meteor=False,
+                            kl_gap=False, show_progress=False)
+
+
+def test_dpo_checkpoint_inherits_the_policys_speech_settings(student, tmp_path):
+    from aligncap_core.inference.speech import resolve_speech
+
+    dpo = tmp_path / "dpo"
+    dpo.mkdir()
+    (dpo / "meta.json").write_text(json.dumps({"stage": "dpo", "step": 1}))
+    (dpo / "config.yaml").write_text(f"policy: {student}\n")
+    s = resolve_speech(dpo)
+    assert s.codec == str(student / "codec") and s.n_q == 2
