@@ -1,0 +1,151 @@
+"""The calibrated offline codec: EnCodec 24 kHz architecture, random init, k-means codebooks.
+
+A random-init EncodecModel has all-zero RVQ codebooks (the original trains them from a k-means
+init), so every frame maps to code 0 (ENVIRONMENT.md). Fitting codebook q by k-means on the
+residual left by codebooks 0..q-1 over encoder latents of the training audio gives well-spread
+codes without any download. The random encoder is a fixed (seeded) projection of the waveform;
+the weights are saved, so reproducibility never depends on the RNG of a future torch version.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from aligncap_core.codec.tokenizer import EncodecTokenizer, length_buckets, torch_threads
+
+log = logging.getLogger(__name__)
+CALIBRATION_VERSION = 1  # bump when the procedure changes, so old calibrations are refitted
+
+
+def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances `(N, K)` between rows of x `(N, D)` and c `(K, D)`."""
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(1)[None]).clamp_min_(0)
+
+
+def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid index `(N,)` and its squared distance `(N,)`, chunked to bound memory."""
+    idx, dist = [], []
+    for s in range(0, len(x), chunk):
+        d = _sq_dists(x[s : s + chunk], c)
+        m = d.min(1)
+        idx.append(m.indices)
+        dist.append(m.values)
+    return torch.cat(idx), torch.cat(dist)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0, init_sample: int = 20000) -> torch.Tensor:
+    """k-means++ init + Lloyd iterations. x `(N, D)` float32 -> centroids `(k, D)`.
+
+    With fewer distinct points than k, the extra centroids duplicate data points: they are never
+    selected (argmin picks the first of equal distances), i.e. unused codes, not wrong ones.
+    Empty clusters are re-seeded at the points worst served by the current centroids.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = x.float()
+    n = len(x)
+    if n == 0:
+        raise ValueError("kmeans: no points")
+    if n <= k:
+        extra = torch.randint(n, (k - n,), generator=g)
+        return torch.cat([x, x[extra]])
+    # k-means++ on a subsample: k sequential D^2-weighted draws.
+    sub = x[torch.randperm(n, generator=g)[: max(init_sample, k)]]
+    c = torch.empty(k, x.shape[1])
+    c[0] = sub[torch.randint(len(sub), (1,), generator=g)]
+    d2 = _sq_dists(sub, c[:1])[:, 0]
+    for j in range(1, k):
+        if d2.sum() <= 0:  # fewer distinct points than k: pad with random points
+            c[j:] = sub[torch.randint(len(sub), (k - j,), generator=g)]
+            break
+        c[j] = sub[torch.multinomial(d2, 1, generator=g)]
+        d2 = torch.minimum(d2, _sq_dists(sub, c[j : j + 1])[:, 0])
+    for _ in range(iters):
+        idx, dist = _assign(x, c)
+        counts = torch.bincount(idx, minlength=k).float()
+        sums = torch.zeros_like(c).index_add_(0, idx, x)
+        new = sums / counts.clamp_min(1)[:, None]
+        empty = counts == 0
+        if empty.any():
+            worst = dist.topk(int(empty.sum())).indices
+            new[empty] = x[worst]
+        shift = (new - c).pow(2).sum(1).max()
+        c = new
+        if shift < 1e-10:
+            break
+    return c
+
+
+def calibrate_encodec(
+    load_wav: Callable[[int], np.ndarray],
+    lengths: Sequence[int],
+    *,
+    n_q: int = 2,
+    seed: int = 0,
+    data_fingerprint: str = "",
+    max_frames: int = 60000,
+    iters: int = 25,
+    batch_size: int = 16,
+    config_overrides: dict | None = None,
+    num_threads: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    return_latents: bool = False,
+) -> EncodecTokenizer | tuple[EncodecTokenizer, list[torch.Tensor]]:
+    """Build the seeded random EnCodec 24 kHz model and fit its first `n_q` codebooks.
+
+    load_wav(i): clip i as 1-D float32 at 24 kHz; lengths[i]: its length in samples (for bucketing).
+    max_frames: latent frames (75/s) subsampled for k-means, 60k ~ 13 min of audio, plenty for
+    1024 codes. Returns the tokenizer (`save()` writes weights + codec.json); with return_latents
+    also each clip's `(D, T)` encoder latents, so the caller can quantize them instead of
+    encoding the calibration clips a second time.
+    """
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(seed)
+    model = EncodecModel(EncodecConfig(**(config_overrides or {})))
+    tok = EncodecTokenizer(model, n_q=n_q)
+    g = torch.Generator().manual_seed(seed)
+    per_clip: list[torch.Tensor] = [torch.empty(0)] * len(lengths)  # (D, T) latents, input order
+    with torch_threads(num_threads):
+        for batch in length_buckets(list(lengths), batch_size):
+            for i, z in zip(batch, tok.latents([load_wav(i) for i in batch]), strict=True):
+                per_clip[i] = z
+            if on_batch:
+                on_batch(len(batch))
+        x = torch.cat([z.T for z in per_clip])  # (frames, D)
+        n_total = len(x)
+        if n_total > max_frames:
+            x = x[torch.randperm(n_total, generator=g)[:max_frames]]
+        residual = x
+        k = tok.codebook_size
+        for q, layer in enumerate(model.quantizer.layers[:n_q]):
+            c = kmeans(residual, k, iters=iters, seed=seed + q)
+            idx, _ = _assign(residual, c)
+            cb = layer.codebook
+            cb.embed.copy_(c)
+            cb.embed_avg.copy_(c)
+            cb.cluster_size.copy_(torch.bincount(idx, minlength=k).float())
+            residual = residual - c[idx]
+            log.info("codebook %d: %d codes used, residual rms %.4f", q, int((cb.cluster_size > 0).sum()), residual.pow(2).mean().sqrt())
+    tok.meta.update(
+        source="calibrated",
+        fitted_codebooks=n_q,
+        seed=seed,
+        calibration={
+            "data_fingerprint": data_fingerprint,
+            "version": CALIBRATION_VERSION,
+            "clips": len(lengths),
+            "frames_total": n_total,
+            "frames_fit": len(x),
+            "max_frames": max_frames,
+            "iters": iters,
+            "config_overrides": config_overrides or {},
+        },
+    )
+    tok._fp = None
+    if return_latents:
+        return tok, per_clip
+    return tok

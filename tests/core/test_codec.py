@@ -1,0 +1,202 @@
+"""Speech tokens: batch invariance, caching/resume, calibrated codec reproducibility, layout."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from aligncap_core.codec import (
+    EncodecTokenizer,
+    audio_token_vocab,
+    codes_to_tokens,
+    load_codes,
+    probe_dataset,
+    tokenize_dataset,
+    tokens_to_codes,
+)
+from aligncap_core.utils import read_jsonl, write_jsonl
+
+
+def _clip(rng: np.random.Generator, kind: int, sr: int, dur: float, level: float) -> np.ndarray:
+    t = np.arange(int(sr * dur)) / sr
+    f0 = rng.uniform(100, 400)
+    if kind == 0:
+        x = np.sin(2 * np.pi * f0 * t)
+    elif kind == 1:  # chirp
+        x = np.sin(2 * np.pi * (f0 * t + 300 * t**2))
+    else:
+        x = rng.standard_normal(len(t))
+    return (level * x).astype(np.float32)
+
+
+def make_dataset(root: Path, n: int = 24, seed: int = 0) -> Path:
+    """Sines/chirps/noise at two levels; mixed 22,050 / 24,000 Hz files (so resampling runs)."""
+    rng = np.random.default_rng(seed)
+    (root / "audio").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        sr = 22050 if i % 2 else 24000
+        loud = i % 3 == 0
+        wav = _clip(rng, i % 3, sr, rng.uniform(0.3, 1.2), 0.5 if loud else 0.05)
+        sf.write(root / "audio" / f"c{i:03d}.wav", wav, sr)
+        rows.append({
+            "id": f"c{i:03d}", "audio": f"audio/c{i:03d}.wav", "split": "valid" if i % 4 == 3 else "train",
+            "attributes": {"volume": "loud" if loud else "soft"}, "extra": i,
+        })
+    write_jsonl(root / "manifest.jsonl", rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory) -> tuple[Path, dict]:
+    d = make_dataset(tmp_path_factory.mktemp("codec") / "data")
+    return d, tokenize_dataset(d, n_q=2, batch_size=4, shard_size=8, progress=False)
+
+
+def _copy(src: Path, dst: Path, with_codes: bool) -> Path:
+    shutil.copytree(src, dst, ignore=None if with_codes else shutil.ignore_patterns("codes"))
+    if not with_codes:  # back to an untokenized manifest
+        rows = read_jsonl(dst / "manifest.jsonl")
+        write_jsonl(dst / "manifest.jsonl", [{k: v for k, v in r.items() if k not in ("codes", "n_frames")} for r in rows])
+    return dst
+
+
+def test_tokenize_summary_and_manifest(tokenized):
+    d, s = tokenized
+    assert s["n"] == 24 and s["encoded"] == 24 and s["cached"] == 0 and s["n_q"] == 2
+    assert s["encoded_during_calibration"] == 18  # train clips: quantized from calibration latents
+    rows = read_jsonl(d / "manifest.jsonl")
+    for r in rows:
+        c = load_codes(d, r)
+        n = math.ceil(sf.info(str(d / r["audio"])).duration * 75 - 1e-6)
+        assert c.shape == (2, r["n_frames"]) and abs(r["n_frames"] - n) <= 1
+        assert r["codes"]["codec"] == s["codec"] and r["extra"] == int(r["id"][1:])  # unknown keys kept
+    cfg = json.loads((d / "codec" / "codec.json").read_text())
+    assert cfg["n_q"] == 2 and cfg["bandwidth_kbps"] == 1.5 and cfg["seed"] == 0
+    assert cfg["fingerprint"] == s["codec"] and cfg["calibration"]["data_fingerprint"]
+
+
+def test_cached_rerun_encodes_nothing(tokenized, monkeypatch):
+    d, s = tokenized
+    calls = []
+    monkeypatch.setattr(EncodecTokenizer, "encode", lambda self, *a, **k: calls.append(1))
+    s2 = tokenize_dataset(d, n_q=2, batch_size=4, progress=False)
+    assert s2["encoded"] == 0 and s2["cached"] == 24 and s2["codec"] == s["codec"] and not calls
+
+
+def test_same_codes_alone_and_in_padded_batch(tokenized):
+    d, _ = tokenized
+    tok = EncodecTokenizer.from_pretrained(d / "codec")
+    rng = np.random.default_rng(1)
+    # lengths around hop (320) and frame boundaries, incl. clips shorter than MIN_FRAMES
+    lengths = [100, 319, 320, 321, 2561, 7000, 12345, 24000, 24001]
+    wavs = [_clip(rng, i % 3, 24000, n / 24000, 0.3) for i, n in enumerate(lengths)]
+    alone = [tok.encode([w])[0] for w in wavs]
+    batched = tok.encode(wavs, batch_size=len(wavs))  # one batch padded to the longest
+    bucketed = tok.encode(wavs[::-1], batch_size=3)[::-1]
+    for n, a, b, c in zip(lengths, alone, batched, bucketed, strict=True):
+        assert a.shape == (2, math.ceil(n * 75 / 24000))
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_calibrated_codec_reproducible_and_not_degenerate(tokenized):
+    d, s = tokenized
+    a, b = EncodecTokenizer.from_pretrained(d / "codec"), EncodecTokenizer.from_pretrained(d / "codec")
+    assert a.fingerprint == b.fingerprint == s["codec"]
+    rows = read_jsonl(d / "manifest.jsonl")
+    from aligncap_core.codec import read_audio
+
+    wavs = [read_audio(d / r["audio"], 24000) for r in rows[:6]]
+    for c, r in zip(a.encode(wavs), rows[:6], strict=True):
+        np.testing.assert_array_equal(c, load_codes(d, r))  # reloaded codec == codes in cache
+    all_codes = np.concatenate([load_codes(d, r) for r in rows], axis=1)
+    # codebook 1 uses fewer: with fewer training frames than codes, codebook 0 fits them exactly
+    assert len(np.unique(all_codes[0])) > 200 and len(np.unique(all_codes[1])) > 20
+    # contrast: the same architecture without calibration maps everything to code 0
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(0)
+    raw = EncodecTokenizer(EncodecModel(EncodecConfig()), n_q=2).encode(wavs[:2])
+    assert all((c == 0).all() for c in raw)
+
+
+def test_interrupted_run_resumes(tokenized, tmp_path, monkeypatch):
+    d = _copy(tokenized[0], tmp_path / "data", with_codes=False)  # keeps the calibrated codec
+    real, calls = EncodecTokenizer.encode, []
+
+    def flaky(self, wavs, *a, **k):
+        calls.append(len(wavs))
+        if len(calls) == 3:  # batches 1-2 (4 clips) filled the first shard of 4
+            raise KeyboardInterrupt
+        return real(self, wavs, *a, **k)
+
+    monkeypatch.setattr(EncodecTokenizer, "encode", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_dataset(d, n_q=2, batch_size=2, shard_size=4, progress=False)
+    assert "codes" not in read_jsonl(d / "manifest.jsonl")[0]  # manifest untouched until the end
+    monkeypatch.setattr(EncodecTokenizer, "encode", real)
+    s = tokenize_dataset(d, n_q=2, batch_size=2, shard_size=4, progress=False)
+    assert s["cached"] == 4 and s["encoded"] == 20
+    for r, r0 in zip(read_jsonl(d / "manifest.jsonl"), read_jsonl(tokenized[0] / "manifest.jsonl"), strict=True):
+        np.testing.assert_array_equal(load_codes(d, r), load_codes(tokenized[0], r0))
+
+
+def test_recalibrates_when_training_audio_changes(tokenized, tmp_path):
+    d = _copy(tokenized[0], tmp_path / "data", with_codes=True)
+    rows = read_jsonl(d / "manifest.jsonl")
+    write_jsonl(d / "manifest.jsonl", [r for r in rows if r["id"] != "c000"])  # a train clip left
+    s = tokenize_dataset(d, n_q=2, batch_size=8, progress=False)
+    assert s["codec"] != tokenized[1]["codec"] and s["encoded"] == 23
+
+
+def test_pretrained_local_dir(tmp_path, tokenized):
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(0)
+    model = EncodecModel(EncodecConfig(num_filters=4, hidden_size=16, codebook_size=64, num_lstm_layers=1))
+    for layer in model.quantizer.layers[:4]:
+        layer.codebook.embed.normal_()  # "pretrained" codebooks
+    model.save_pretrained(tmp_path / "tiny")
+    tok = EncodecTokenizer.from_pretrained(tmp_path / "tiny", n_q=4)
+    assert tok.n_q == 4 and tok.bandwidth_kbps == pytest.approx(4 * 6 * 75 / 1000)
+    w = _clip(np.random.default_rng(0), 1, 24000, 0.5, 0.3)
+    np.testing.assert_array_equal(tok.encode([w])[0], EncodecTokenizer(model, n_q=4).encode([w])[0])
+    d = _copy(tokenized[0], tmp_path / "data", with_codes=False)
+    s = tokenize_dataset(d, codec=str(tmp_path / "tiny"), n_q=4, batch_size=8, progress=False)
+    assert s["encoded"] == 24 and s["n_q"] == 4 and s["codec"] == tok.fingerprint
+    assert load_codes(d, read_jsonl(d / "manifest.jsonl")[0]).max() < 64
+
+
+def test_token_layout():
+    codes = np.array([[12, 55, 7], [907, 3, 1]])
+    toks = codes_to_tokens(codes)
+    assert toks == ["<audio>", "<a0_12>", "<a1_907>", "<a0_55>", "<a1_3>", "<a0_7>", "<a1_1>", "</audio>"]
+    assert codes_to_tokens(codes, keep_q=1) == ["<audio>", "<a0_12>", "<a0_55>", "<a0_7>", "</audio>"]
+    np.testing.assert_array_equal(tokens_to_codes(toks), codes)
+    with pytest.raises(ValueError):
+        codes_to_tokens(codes, keep_q=3)
+    vocab = audio_token_vocab(2)
+    assert len(vocab) == 2 + 2 * 1024 and len(set(vocab)) == len(vocab)
+    assert set(toks) <= set(vocab) and "<a1_1023>" in vocab
+
+
+def test_probe_and_cli(tokenized):
+    from typer.testing import CliRunner
+
+    from aligncap_core.cli import app
+
+    d, _ = tokenized
+    res = probe_dataset(d)
+    assert res["volume"]["n_eval"] == 6 and 0 <= res["volume"]["accuracy"] <= 1
+    assert "pitch" in res["skipped"]
+    out = CliRunner().invoke(app, ["data", "tokenize", str(d), "--n-q", "2", "--batch-size", "4"])
+    assert out.exit_code == 0, out.output
+    assert '"encoded": 0' in out.output
