@@ -20,7 +20,8 @@ app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Training: the text teacher and the KD speech student.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, messages, errors
+stdout = Console()  # machine-readable summaries (JSON), so `> summary.json` works
 
 
 @data_app.command("synth")
@@ -34,7 +35,7 @@ def data_synth(
     from aligncap_core.data.synth import synthesize_corpus
 
     summary = synthesize_corpus(n=n, seed=seed, out_dir=out, workers=workers)
-    console.print_json(json.dumps(summary))
+    stdout.print_json(json.dumps(summary))
 
 
 @data_app.command("prepare")
@@ -61,7 +62,7 @@ def data_prepare(
         caption_column=caption_column,
         split=split,
     )
-    console.print_json(json.dumps(summary))
+    stdout.print_json(json.dumps(summary))
 
 
 @data_app.command("tokenize")
@@ -81,7 +82,7 @@ def data_tokenize(
         data_dir, codec=codec, n_q=n_q, batch_size=batch_size, codec_dir=codec_dir, cache_dir=cache_dir,
         num_threads=threads or None,
     )
-    console.print_json(json.dumps(summary))
+    stdout.print_json(json.dumps(summary))
 
 
 @data_app.command("probe")
@@ -93,7 +94,7 @@ def data_probe(
     """Linear probes (train -> valid) of attributes from bag-of-codes features, with chance levels."""
     from aligncap_core.codec import probe_dataset
 
-    console.print_json(json.dumps(probe_dataset(data_dir, keep_q=keep_q, bigrams=bigrams)))
+    stdout.print_json(json.dumps(probe_dataset(data_dir, keep_q=keep_q, bigrams=bigrams)))
 
 
 @data_app.command("clues")
@@ -107,7 +108,7 @@ def data_clues(
     from aligncap_core.clues.prompt import template_from_option
 
     summary = add_clues(data_dir, template=template_from_option(template), backend=backend)
-    console.print_json(json.dumps(summary))
+    stdout.print_json(json.dumps(summary))
 
 
 def _train_logger(out: Path):
@@ -129,7 +130,7 @@ def train_teacher_cmd(
 
     cfg = load_config(TeacherConfig, config, **{"train.max_steps": max_steps})
     best = train_teacher(data_dir, out, cfg, logger=_train_logger(out))
-    console.print_json(json.dumps({"best_checkpoint": str(best)}))
+    stdout.print_json(json.dumps({"best_checkpoint": str(best)}))
 
 
 @train_app.command("student")
@@ -150,7 +151,7 @@ def train_student_cmd(
         "train.max_steps": max_steps, "lambda_kd": lambda_kd,
         "acoustic_prompt": False if no_acoustic_prompt else None})
     best = train_student(data_dir, teacher, out, cfg, logger=_train_logger(out))
-    console.print_json(json.dumps({"best_checkpoint": str(best)}))
+    stdout.print_json(json.dumps({"best_checkpoint": str(best)}))
 
 
 StackHome = Annotated[Path, typer.Option("--home", help="Stack folder: databases, logs, stack.json, env.sh.")]
@@ -286,8 +287,9 @@ def improve_cmd(
                                    "model": judge_model}.items() if v is not None}
     cfg = load_improve_config(config, rounds=rounds, judge=judge_cfg or None)
     summary = self_improve(from_ckpt, str(data), str(out), cfg, logger=_train_logger(out))
-    Console().print(rounds_table(summary))
-    console.print_json(json.dumps({"champion": summary["champion"], "best_round": summary["best_round"],
+    # piped output has no terminal width: rich would squeeze the columns into 80 characters
+    Console(width=None if sys.stdout.isatty() else 160).print(rounds_table(summary))
+    stdout.print_json(json.dumps({"champion": summary["champion"], "best_round": summary["best_round"],
                                    "summary": str(out / "improve.json")}))
 
 

@@ -1,0 +1,231 @@
+"""The steps of one preference round, each a function of paths and small dicts.
+
+    cands = generate_candidates_step(policy, data_dir, "r1/candidates.jsonl", cfg, round=1)
+    judged = judge_step(cands, cfg["judge"], "r1/judged.jsonl")
+    pairs = pairs_step(judged, cfg, "r1/pairs.jsonl", round=1, policy_ckpt=policy)
+    ckpt = dpo_step(policy, pairs["path"], data_dir, "r1/policy", cfg, round=1)
+    metrics = evaluate_step(ckpt, data_dir, "r1/eval/report.json", ["valid"], limit=100)
+
+Models never leave a step (the Prefect tasks of `flows/` wrap each one); every output file is
+written atomically, so a file that exists is complete. `cfg` is an `ImproveConfig` dict.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from aligncap_core.errors import ConfigError, DataError
+from aligncap_core.improve.config import ImproveConfig
+from aligncap_core.improve.policy import (
+    check_codec,
+    inherit_student_settings,
+    policy_prompt,
+    teacher_adapter_of,
+)
+from aligncap_core.utils import read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+# the per-split numbers a round reports (the full report stays in the eval json)
+SUMMARY_KEYS = ("n", "clue_f1", "hallucination_rate", "generic_rate", "kl_gap", "bleu4", "meteor",
+                "rouge_l", "cider", "acc_emotion")
+# the round's seed stride: seed + start of each generation batch must not reach the next round
+SEED_STRIDE = 1_000_003
+
+
+def _free() -> None:
+    """Release a finished step's model memory before the next step loads one (the caching
+    allocator keeps GPU blocks after the last reference goes)."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def select_clips(data_dir: str | Path, clips_per_round: int | None, seed: int) -> list[dict]:
+    """Train rows with captions and codes; a seeded subsample of `clips_per_round` of them (kept
+    in manifest order) when there are more."""
+    from aligncap_core.train.data import read_rows
+
+    rows = [r for r in read_rows(data_dir, "train")
+            if r.get("codes") and any(c and c.strip() for c in r.get("captions") or [])]
+    if not rows:
+        raise DataError(f"{data_dir}: no train rows with captions and codes to sample from; run "
+                        "`aligncap data tokenize` on a prepared data dir")
+    if clips_per_round is None or clips_per_round >= len(rows):
+        return rows
+    keep = set(random.Random(seed).sample(range(len(rows)), clips_per_round))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg: dict,
+                             round: int) -> str:
+    """Sample `cfg.n` captions per train clip (a fresh seeded subsample per round) from the
+    policy. Writes JSON Lines, one clip a line: {id, round, policy, instruction, prompt_ids
+    (exactly what the student reads), references, attributes, transcript, candidates,
+    sampling}; returns `out_path`."""
+    import torch
+
+    from aligncap_core.codec import codes_to_tokens, load_codes
+    from aligncap_core.model.batching import student_prompt_ids
+    from aligncap_core.model.checkpoint import load_checkpoint
+    from aligncap_core.prefs.candidates import sample_candidates
+
+    c = ImproveConfig.from_dict(cfg)
+    rows = select_clips(data_dir, c.clips_per_round, c.seed + round)
+    prompt = policy_prompt(policy_ckpt)
+    check_codec(policy_ckpt, prompt, rows)
+    device = "cuda" if torch.cuda.is_available() else None
+    model, tok, _ = load_checkpoint(policy_ckpt, device=device)
+    model.eval()
+    n_pos = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+    budget = min(n_pos, prompt.max_len or n_pos) - c.max_new_tokens
+    if budget < 2:
+        raise ConfigError(f"max_new_tokens={c.max_new_tokens} leaves no room for the prompt")
+    prompts = []
+    for r in rows:
+        ids = student_prompt_ids(tok, prompt.instruction,
+                                 codes_to_tokens(load_codes(data_dir, r), keep_q=prompt.keep_q))
+        # over budget: keep bos and the audio right before the caption (Captioner.prompt_ids)
+        prompts.append({"id": r["id"],
+                        "prompt_ids": ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]})
+    sampled = sample_candidates(model, tok, prompts, n=c.n, temperature=c.temperature,
+                                top_p=c.top_p, max_new_tokens=c.max_new_tokens,
+                                batch_size=c.sample_batch_size, seed=c.seed + SEED_STRIDE * round,
+                                show_progress=True)
+    del model
+    _free()
+    out = [{"id": r["id"], "round": round, "policy": str(policy_ckpt),
+            "instruction": prompt.instruction, "prompt_ids": p["prompt_ids"],
+            "references": [x for x in r.get("captions") or [] if x and x.strip()],
+            "attributes": r.get("attributes") or {}, "transcript": r.get("transcript") or "",
+            "candidates": s["candidates"], "sampling": s["sampling"]}
+           for r, p, s in zip(rows, prompts, sampled, strict=True)]
+    write_jsonl(out_path, out)
+    return str(out_path)
+
+
+def judge_step(candidates_path: str, judge_cfg: dict, out_path: str) -> str:
+    """Score every candidate *and* every reference caption with one judge (the golden_vs_sample
+    margin compares them on the same scale). Writes the candidate rows with `candidates` and
+    `references` as [[text, judgment dict]] and `judge` (the judge's name); returns out_path."""
+    from aligncap_core.prefs.judges import make_judge
+    from aligncap_core.prefs.pairs import judge_clips
+
+    rows = read_jsonl(candidates_path)
+    judge = make_judge(dict(judge_cfg or {"kind": "rubric"}))
+    judged = judge_clips(judge, rows)
+    for r in judged:
+        r["candidates"] = [[t, j.to_dict()] for t, j in r["candidates"]]
+        r["references"] = [[t, j.to_dict()] for t, j in r["references"]]
+        r["judge"] = judge.name
+    write_jsonl(out_path, judged)
+    return str(out_path)
+
+
+def pairs_step(judged_path: str, cfg: dict, out_path: str, round: int, policy_ckpt: str) -> dict:
+    """Chosen/rejected pairs from the judged candidates (cfg.pair_strategy; "both" = the union
+    of both strategies, a pair found by both kept once). Returns {path, n_pairs, by_strategy,
+    n_clips, skipped: {clips_without_pairs, skipped_judgments, duplicate_pairs}}."""
+    from aligncap_core.prefs.pairs import STRATEGIES, build_preference_pairs, write_pairs
+
+    c = ImproveConfig.from_dict(cfg)
+    judged = read_jsonl(judged_path)
+    sampled_from = {str(r.get("policy")) for r in judged}
+    if sampled_from - {str(policy_ckpt)}:
+        log.warning("pairs: candidates in %s were sampled from %s, not from %s", judged_path,
+                    sorted(sampled_from), policy_ckpt)
+    judge = next((r["judge"] for r in judged if r.get("judge")), "unknown")
+    strategies = STRATEGIES if c.pair_strategy == "both" else (c.pair_strategy,)
+    pairs: list[dict] = []
+    seen: set[tuple[str, str, str]] = set()
+    by_strategy: dict[str, int] = {}
+    duplicates = 0
+    for s in strategies:
+        found = build_preference_pairs(judged, s, c.min_margin, c.max_pairs_per_clip,
+                                       round=round, policy=str(policy_ckpt), judge=judge)
+        by_strategy[s] = len(found)
+        for p in found:
+            key = (p["id"], p["chosen"], p["rejected"])
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            pairs.append(p)
+    write_pairs(out_path, pairs)
+    with_pairs = {p["id"] for p in pairs}
+    skipped_judgments = sum(1 for r in judged for key in ("candidates", "references")
+                            for _, j in r.get(key) or [] if j.get("skipped"))
+    return {"path": str(out_path), "n_pairs": len(pairs), "by_strategy": by_strategy,
+            "n_clips": len(judged),
+            "skipped": {"clips_without_pairs": sum(r["id"] not in with_pairs for r in judged),
+                        "skipped_judgments": skipped_judgments, "duplicate_pairs": duplicates}}
+
+
+def teacher_texts(data_dir: str | Path, ids: set[str], acoustic_prompt: bool) -> dict[str, str]:
+    """clip id -> the KD teacher's input (transcript [+ P_act]) from the data dir's rows."""
+    from aligncap_core.train.data import read_rows, teacher_text
+
+    texts = {r["id"]: teacher_text(r, acoustic_prompt) for r in read_rows(data_dir)
+             if r.get("id") in ids}
+    missing = sorted(ids - set(texts))
+    if missing:
+        raise DataError(f"{data_dir}: pairs name clips that are not in its manifest "
+                        f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); pass the "
+                        "data dir the candidates were sampled from")
+    return texts
+
+
+def dpo_step(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg: dict,
+             round: int) -> str:
+    """One DPO round (+ lambda_kd * KD on the chosen caption; `cfg.dpo.lambda_kd = 0` runs plain
+    DPO without a teacher pass) from `policy_ckpt`, which is also the frozen reference. The KD
+    teacher reads the inputs built from the data dir's rows, exactly as in distillation. Saves
+    the new policy (stage "dpo", this round) as a self-contained student; returns its path."""
+    from aligncap_core.model.checkpoint import read_meta
+    from aligncap_core.prefs.dpo import run_dpo_round
+    from aligncap_core.prefs.dpo_data import TeacherInfo
+    from aligncap_core.prefs.pairs import read_pairs
+
+    c = ImproveConfig.from_dict(cfg)
+    dcfg = c.dpo_config(round)
+    teacher = None
+    if dcfg.lambda_kd > 0:
+        ids = {p["id"] for p in read_pairs(pairs_path)}
+        teacher = TeacherInfo(adapter=teacher_adapter_of(read_meta(policy_ckpt)),
+                              texts=teacher_texts(data_dir, ids, policy_prompt(policy_ckpt).acoustic_prompt))
+    out = run_dpo_round(policy_ckpt, pairs_path, teacher, out_dir, dcfg)
+    _free()
+    inherit_student_settings(policy_ckpt, out, data_dir)
+    return str(out)
+
+
+def present_splits(data_dir: str | Path, splits: Sequence[str]) -> list[str]:
+    """The requested splits the data has (absent ones are skipped with a warning)."""
+    from aligncap_core.train.data import read_rows
+
+    have = {str(r.get("split")) for r in read_rows(data_dir)}
+    missing = [s for s in splits if s not in have]
+    if missing:
+        log.warning("evaluate: %s has no split(s) %s; skipped", data_dir, ", ".join(missing))
+    return [s for s in splits if s in have]
+
+
+def evaluate_step(ckpt: str, data_dir: str, out_json: str, splits: list[str],
+                  limit: int | None) -> dict:
+    """Evaluate a policy on `splits` (at most `limit` clips each) with
+    `inference.evaluate_checkpoint` (report at out_json, predictions.jsonl beside it); returns
+    {split: {SUMMARY_KEYS present}}."""
+    from aligncap_core.inference.evaluate import evaluate_checkpoint
+
+    wanted = present_splits(data_dir, splits)
+    if not wanted:
+        raise DataError(f"{data_dir}: none of the evaluation splits {list(splits)} is in the data")
+    report = evaluate_checkpoint(ckpt, data_dir, out_json, splits=wanted, limit=limit)
+    _free()
+    return {s: {k: report["metrics"][s][k] for k in SUMMARY_KEYS if k in report["metrics"][s]}
+            for s in wanted}

@@ -1,0 +1,152 @@
+"""Flow `aligncap-pipeline`: the whole method end to end, one MLflow parent run per flow run.
+
+    synth (built-in corpus) -> prepare -> clues -> tokenize      (flow prepare-data, pool cpu)
+    -> teacher -> student (KD)                                   (flows train-teacher, distill: gpu)
+    -> R preference rounds                                       (flow self-improve: gpu)
+    -> evaluate every stage on valid, zeroshot and real data     (flow evaluate: cpu)
+    -> register the champion, OUT/champion, OUT/results.json
+
+Embedded (no server): `python -m flows.pipeline --out runs/demo` runs everything in this process
+on Prefect's ephemeral API. Under a server with deployments, the GPU flows are started with
+`run_deployment(..., as_subflow=True)` on pool `gpu` (see `use_deployments`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.common import call_stage, deployments_enabled, parent_run
+from flows.evaluate import evaluate
+from flows.improve import self_improve
+from flows.params import (
+    DataParams,
+    EvalParams,
+    ImproveParams,
+    StudentParams,
+    TeacherParams,
+    TrackingParams,
+)
+from flows.prepare import prepare_data
+from flows.train import distill, train_teacher
+from tasks import register
+
+
+def pick_champion(stages: dict[str, dict[str, dict]], cfg: dict[str, Any]) -> tuple[str, float | None]:
+    """The speech stage with the best selection score (ImproveConfig.select_metric on
+    select_split); the student when no stage has a score. Earlier stages win ties: a round must
+    really improve to replace its starting point."""
+    from aligncap_core.improve import selection_score
+
+    best, best_score = "student", None
+    for stage, by_split in stages.items():
+        if stage == "teacher":  # reads text, not audio: never a speech captioning champion
+            continue
+        score = selection_score(by_split.get(cfg["select_split"]), cfg["select_metric"])
+        if score is not None and (best_score is None or score > best_score):
+            best, best_score = stage, score
+    return best, best_score
+
+
+def _plot(stages: dict[str, dict[str, dict]], split: str, out_png: Path, t: Any) -> None:
+    from aligncap_core.tracking import plot_rounds
+
+    series = {s: m[split] for s, m in stages.items() if s != "teacher" and split in m}
+    if series:
+        plot_rounds(series, out_png, metrics=["bleu4", "cider", "clue_f1", "hallucination_rate"],
+                    run_id=t.parent_run_id, uri=t.uri)
+
+
+@flow(name="aligncap-pipeline", persist_result=True)
+def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataParams(),
+                      teacher: TeacherParams = TeacherParams(),
+                      student: StudentParams = StudentParams(),
+                      improve: ImproveParams = ImproveParams(),
+                      evaluation: EvalParams = EvalParams(),
+                      tracking: TrackingParams = TrackingParams(),
+                      use_deployments: bool | None = None) -> dict[str, Any]:
+    """Run every stage into `out_dir`; returns (and writes to OUT/results.json)
+    `{"stages": {stage: {split: metrics}}, "champion": stage, "wall_seconds": s, ...}`.
+
+    use_deployments: start the GPU flows through their deployments (True), in this process
+    (False), or auto (empty): through deployments when this run itself came from a deployment.
+    """
+    t0 = time.perf_counter()
+    log = get_run_logger()
+    out = Path(out_dir)
+    remote = deployments_enabled(use_deployments)
+    if tracking.enabled:
+        # resolved once here, so stages on other workers log to the same store
+        tracking = tracking.model_copy(update={"tracking_uri": tracking.uri(out_dir)})
+    cfg = improve.resolved(evaluation)
+    params = {"out_dir": out_dir, "data": data.model_dump(), "teacher": teacher.resolved(),
+              "student": student.resolved(), "improve": cfg, "evaluation": evaluation.model_dump(),
+              "use_deployments": remote}
+    with parent_run(tracking, out_dir, "pipeline", None, params) as t:
+        common = {"tracking": tracking, "parent_run_id": t.parent_run_id}
+        data_dir = prepare_data(out_dir, data, **common)
+        teacher_ckpt = call_stage(train_teacher, remote, data_dir=data_dir, out_dir=out_dir,
+                                  teacher=teacher, **common)
+        student_ckpt = call_stage(distill, remote, data_dir=data_dir, teacher_ckpt=teacher_ckpt,
+                                  out_dir=out_dir, student=student, **common)
+        improved = call_stage(self_improve, remote, data_dir=data_dir, out_dir=out_dir,
+                              start_checkpoint=student_ckpt, start_stage="student",
+                              improve=improve, evaluation=evaluation, **common)
+        checkpoints = {"teacher": teacher_ckpt, "student": student_ckpt,
+                       **{s: r["checkpoint"] for s, r in improved["rounds"].items()}}
+        stages = evaluate(checkpoints, data_dir, out_dir, evaluation, **common)
+        champion, score = pick_champion(stages, cfg)
+        published = register(checkpoints[champion], champion, str(out / "champion"),
+                             t.parent_run_id if tracking.register_champion else None, t.uri,
+                             tracking.model_name, score)
+        if t.parent_run_id:
+            _plot(stages, cfg["select_split"], out / "rounds.png", t)
+        results = {"stages": stages, "champion": champion, "champion_score": score,
+                   "select_metric": cfg["select_metric"], "champion_checkpoint": published["checkpoint"],
+                   "model_uri": published["model_uri"], "checkpoints": checkpoints,
+                   "mlflow_run_id": t.parent_run_id, "tracking_uri": t.uri,
+                   "wall_seconds": round(time.perf_counter() - t0, 1)}
+        from aligncap_core.utils import atomic_write
+
+        with atomic_write(out / "results.json") as f:
+            json.dump(results, f, indent=2, default=str)
+        if t.parent_run_id:
+            from aligncap_core.tracking import client
+
+            client(t.uri).log_artifact(t.parent_run_id, str(out / "results.json"))
+    log.info("champion: %s (%s = %s); results in %s (%.0f s)", champion, cfg["select_metric"],
+             score, out / "results.json", results["wall_seconds"])
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`python -m flows.pipeline --out runs/demo [--params params.yaml]`: the embedded pipeline."""
+    import os
+
+    import yaml
+
+    ap = argparse.ArgumentParser(description="Run the aligncap pipeline in this process "
+                                 "(Prefect ephemeral API, MLflow in OUT/mlflow.db).")
+    ap.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    ap.add_argument("--params", help="YAML/JSON file of flow parameters (data, teacher, student, "
+                    "improve, evaluation, tracking), as in prefect.yaml")
+    ap.add_argument("--n", type=int, help="built-in corpus size (data.synth_n)")
+    ap.add_argument("--rounds", type=int, help="preference rounds (improve.rounds)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    params: dict[str, Any] = yaml.safe_load(Path(args.params).read_text()) if args.params else {}
+    params["out_dir"] = args.out
+    if args.n is not None:
+        params.setdefault("data", {})["synth_n"] = args.n
+    if args.rounds is not None:
+        params.setdefault("improve", {})["rounds"] = args.rounds
+    return aligncap_pipeline(**params)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Data stages as Prefect tasks: synthesize, prepare, clues, tokenize.
+
+Each task calls one `aligncap_core` function with paths and returns its small JSON summary.
+They read and write files, so they retry (a flaky disk or S3 read is the usual failure); every
+library function is idempotent and reuses finished work, so a retry is cheap.
+
+clues and tokenize rewrite DATA_DIR/manifest.jsonl in place, so their cache keys use prepare's
+fingerprint.json (which they do not touch); a prepare that really ran writes a manifest without
+clues or codes, so the flow re-runs them after it (`flows.common.run_stage(refresh=...)`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from tasks.caching import make_key_fn, manifest_sha, path_key, prepared_fingerprint, result_storage
+from tasks.tracking import stage_run
+
+IO_RETRIES = dict(retries=2, retry_delay_seconds=[5, 30])
+PERSIST = dict(persist_result=True, result_storage=result_storage(), cache_result_in_memory=False)
+
+
+# ---- synth -------------------------------------------------------------------------------------
+def _synth_inputs(p: dict[str, Any]) -> list[Any] | None:
+    # the corpus is reproducible from (n, seed, captions_per_clip)
+    return [p["n"], p["seed"], p.get("captions_per_clip", 4), path_key(p["out_dir"])]
+
+
+@task(name="synth", cache_key_fn=make_key_fn("synth", _synth_inputs), **IO_RETRIES, **PERSIST)
+def synth(out_dir: str, n: int, seed: int = 0, workers: int = 0, captions_per_clip: int = 4) -> dict:
+    """Synthesize the built-in espeak-ng corpus into `out_dir`; returns the corpus summary."""
+    from aligncap_core.data.synth import synthesize_corpus
+
+    get_run_logger().info("synthesizing %d clips (seed %d) into %s", n, seed, out_dir)
+    return synthesize_corpus(n=n, seed=seed, out_dir=out_dir, workers=workers,
+                             captions_per_clip=captions_per_clip)
+
+
+# ---- prepare -----------------------------------------------------------------------------------
+def _prepare_inputs(p: dict[str, Any]) -> list[Any] | None:
+    return [manifest_sha(p["source"]), path_key(p["source"]), path_key(p["out_dir"]),
+            p.get("settings") or {}]
+
+
+@task(name="prepare", cache_key_fn=make_key_fn("prepare", _prepare_inputs), **IO_RETRIES, **PERSIST)
+def prepare(source: str, out_dir: str, settings: dict[str, Any] | None = None,
+            parent_run_id: str | None = None, tracking_uri: str | None = None) -> dict:
+    """Validate and normalise `source` (manifest, folder, s3:// or HF dataset) into `out_dir`.
+
+    settings: extra `prepare_dataset` keywords (sample_rate, min_duration, max_duration, ...).
+    Returns prepare's summary (kept, rejected, fingerprint, ...). Logs MLflow child `prepare`.
+    """
+    from aligncap_core.data.prepare import prepare_dataset
+
+    settings = dict(settings or {})
+    with stage_run(parent_run_id, "prepare", {"source": source, **settings}, tracking_uri) as run:
+        summary = prepare_dataset(source, out_dir, **settings)
+        if run:
+            from aligncap_core.tracking import client
+
+            client(tracking_uri).log_dict(run, summary, "prepare/summary.json")
+    get_run_logger().info("prepare: kept %s, rejected %s -> %s", summary["kept"],
+                          summary["rejected"], out_dir)
+    return summary
+
+
+# ---- clues -------------------------------------------------------------------------------------
+def _clues_inputs(p: dict[str, Any]) -> list[Any] | None:
+    return [prepared_fingerprint(p["data_dir"]), path_key(p["data_dir"]),
+            {"template": p.get("template"), "backend": p.get("backend", "auto")}]
+
+
+@task(name="clues", cache_key_fn=make_key_fn("clues", _clues_inputs), **IO_RETRIES, **PERSIST)
+def clues(data_dir: str, template: str | None = None, backend: str = "auto") -> dict:
+    """Parse every caption into emotional clues and the acoustic prompt P_act (in place)."""
+    from aligncap_core.clues.annotate import add_clues
+
+    summary = add_clues(data_dir, template=template, backend=backend)
+    get_run_logger().info("clues: %s rows, backend %s, coverage %s", summary["rows"],
+                          summary["backend"], summary["coverage"])
+    return summary
+
+
+# ---- tokenize ----------------------------------------------------------------------------------
+def _tokenize_inputs(p: dict[str, Any]) -> list[Any] | None:
+    return [prepared_fingerprint(p["data_dir"]), path_key(p["data_dir"]),
+            {"codec": p.get("codec", "calibrated"), "n_q": p.get("n_q", 2), "seed": p.get("seed", 0)}]
+
+
+@task(name="tokenize", cache_key_fn=make_key_fn("tokenize", _tokenize_inputs), **IO_RETRIES, **PERSIST)
+def tokenize(data_dir: str, codec: str = "calibrated", n_q: int = 2, seed: int = 0) -> dict:
+    """Encode every clip into EnCodec RVQ codes (resumable); returns the tokenize summary."""
+    from aligncap_core.codec import tokenize_dataset
+
+    summary = tokenize_dataset(data_dir, codec=codec, n_q=n_q, seed=seed)
+    get_run_logger().info("tokenize: %s clips (%s encoded, %s cached), codec %s", summary["n"],
+                          summary["encoded"], summary["cached"], summary["codec"])
+    return summary

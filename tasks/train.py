@@ -1,0 +1,64 @@
+"""Training stages as Prefect tasks: the text teacher and the KD speech student (distill).
+
+Configs cross the task boundary as plain dicts (the YAML form of TeacherConfig / StudentConfig)
+and are validated by `from_dict` inside the task, where they are used. The library resumes from
+the newest checkpoint in `out_dir`, so a Prefect retry (after an OOM kill or a preempted GPU
+node) continues training instead of starting over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from tasks.caching import checkpoint_fingerprint, make_key_fn, manifest_sha, path_key
+from tasks.data import PERSIST
+from tasks.tracking import stage_run, train_logger
+
+# One retry: enough to resume after a killed worker, not so many that a real bug loops for hours.
+TRAIN_RETRIES = dict(retries=1, retry_delay_seconds=10)
+
+
+def _teacher_inputs(p: dict[str, Any]) -> list[Any] | None:
+    return [manifest_sha(p["data_dir"]), path_key(p["out_dir"]), p.get("config") or {}]
+
+
+@task(name="train_teacher", cache_key_fn=make_key_fn("teacher", _teacher_inputs),
+      **TRAIN_RETRIES, **PERSIST)
+def train_teacher(data_dir: str, out_dir: str, config: dict[str, Any] | None = None,
+                  parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
+    """Train the text teacher; returns the best checkpoint's path. MLflow child run `teacher`."""
+    from aligncap_core.train.config import TeacherConfig, from_dict, to_dict
+    from aligncap_core.train.stages import train_teacher as run_stage
+
+    cfg = from_dict(TeacherConfig, config)
+    with stage_run(parent_run_id, "teacher", {"data_dir": data_dir, **to_dict(cfg)}, tracking_uri) as run, \
+            train_logger(run, tracking_uri) as logger:
+        ckpt = str(run_stage(data_dir, out_dir, cfg, logger=logger))
+    get_run_logger().info("teacher: best checkpoint %s", ckpt)
+    return ckpt
+
+
+def _student_inputs(p: dict[str, Any]) -> list[Any] | None:
+    return [manifest_sha(p["data_dir"]), checkpoint_fingerprint(p["teacher_ckpt"]),
+            path_key(p["out_dir"]), p.get("config") or {}]
+
+
+@task(name="train_student", cache_key_fn=make_key_fn("distill", _student_inputs),
+      **TRAIN_RETRIES, **PERSIST)
+def train_student(data_dir: str, teacher_ckpt: str, out_dir: str,
+                  config: dict[str, Any] | None = None, parent_run_id: str | None = None,
+                  tracking_uri: str | None = None) -> str:
+    """Distil the teacher into the speech student (CE + lambda_kd * KL); returns the best
+    checkpoint's path. MLflow child run `distill`."""
+    from aligncap_core.train.config import StudentConfig, from_dict, to_dict
+    from aligncap_core.train.stages import train_student as run_stage
+
+    cfg = from_dict(StudentConfig, config)
+    params = {"data_dir": data_dir, "teacher_checkpoint": teacher_ckpt, **to_dict(cfg)}
+    with stage_run(parent_run_id, "distill", params, tracking_uri) as run, \
+            train_logger(run, tracking_uri) as logger:
+        ckpt = str(run_stage(data_dir, teacher_ckpt, out_dir, cfg, logger=logger))
+    get_run_logger().info("distill: best checkpoint %s", ckpt)
+    return ckpt

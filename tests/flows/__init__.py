@@ -1,0 +1,1 @@
+"""Flow tests: one Prefect test harness per session (see conftest)."""

@@ -1,0 +1,160 @@
+"""The flows and prefect.yaml: entrypoints import and validate, prepare-data caches, and the
+whole pipeline runs end to end on micro settings with nested MLflow runs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT_YAML = REPO / "prefect.yaml"
+GPU_FLOWS = {"train-teacher", "distill", "self-improve"}
+
+
+def _deployments() -> list[dict]:
+    return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+
+
+def _load(entrypoint: str):
+    path, func = entrypoint.split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, func)
+
+
+@pytest.mark.parametrize("dep", _deployments(), ids=lambda d: d["entrypoint"])
+def test_entrypoint_imports_and_defaults_validate(dep):
+    from prefect import Flow
+
+    fn = _load(dep["entrypoint"])
+    assert isinstance(fn, Flow)
+    params = fn.validate_parameters(dep.get("parameters") or {})  # pydantic, as the server does
+    assert set(params) <= set(fn.parameters.properties)
+    pool = "gpu" if fn.name in GPU_FLOWS else "cpu"
+    assert dep["work_pool"]["name"] == pool
+
+
+def test_prefect_yaml_schedule_pull_and_deployment_names():
+    from flows.common import DEPLOYMENTS
+
+    config = yaml.safe_load(PREFECT_YAML.read_text())
+    step = config["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    assert step["directory"]
+    full = {f"{_load(d['entrypoint']).name}/{d['name']}": d for d in config["deployments"]}
+    assert set(DEPLOYMENTS.values()) <= set(full)  # run_deployment targets exist
+    (schedule,) = full["self-improve/gpu"]["schedules"]
+    assert schedule["active"] and len(schedule["cron"].split()) == 5
+    assert full["self-improve/gpu"]["parameters"]["start_checkpoint"] is None  # from champion
+
+
+def test_params_reject_typos_with_the_library_message():
+    from flows.params import ImproveParams, StudentParams, TeacherParams
+
+    with pytest.raises(ValidationError, match="train.lrr"):
+        TeacherParams(config={"train": {"lrr": 0.1}})
+    with pytest.raises(ValidationError, match="betta"):
+        ImproveParams(config={"dpo": {"betta": 0.1}})
+    with pytest.raises(ValidationError):
+        StudentParams(max_stepz=3)
+    assert TeacherParams(preset="micro", max_steps=5).resolved() == {"preset": "micro", "train": {"max_steps": 5}}
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def test_prepare_data_runs_then_hits_the_cache(tmp_path):
+    from flows.params import DataParams, TrackingParams
+    from flows.prepare import prepare_data
+
+    data = DataParams(synth_n=24, synth_workers=1, n_q=1)
+    off = TrackingParams(enabled=False)
+    first = prepare_data(str(tmp_path), data, off, return_state=True)
+    data_dir = Path(first.result())
+    manifest = data_dir / "manifest.jsonl"
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert len(rows) == 24 and all("codes" in r and "p_act" in r for r in rows)
+    mtime = manifest.stat().st_mtime_ns
+
+    second = prepare_data(str(tmp_path), data, off, return_state=True)
+    assert second.result() == str(data_dir)
+    states = _task_states(second.state_details.flow_run_id)
+    assert states == dict.fromkeys(["synth", "prepare", "clues", "tokenize"], "Cached")
+    assert manifest.stat().st_mtime_ns == mtime  # nothing rewrote the data
+
+    # a changed input (another codec setting) re-runs tokenize only
+    third = prepare_data(str(tmp_path), data.model_copy(update={"seed": 1}), off, return_state=True)
+    states = _task_states(third.state_details.flow_run_id)
+    assert states["tokenize"] == "Completed" and states["prepare"] == "Cached"
+
+
+MICRO_TRAIN = {"lr": 3e-3, "warmup_steps": 2, "batch_size": 8, "eval_every": 10, "eval_batches": 2,
+               "checkpoint_every": 0, "num_threads": 1, "log_every": 5}
+
+
+def test_pipeline_end_to_end_micro(tmp_path):
+    from mlflow import MlflowClient
+
+    from flows.params import (
+        DataParams,
+        EvalParams,
+        ImproveParams,
+        StudentParams,
+        TeacherParams,
+        TrackingParams,
+    )
+    from flows.pipeline import aligncap_pipeline
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    state = aligncap_pipeline(
+        out_dir=str(out),
+        data=DataParams(synth_n=40, synth_workers=1, n_q=1),
+        teacher=TeacherParams(preset="micro", max_steps=20, config={"train": MICRO_TRAIN}),
+        student=StudentParams(max_steps=6, config={"train": {**MICRO_TRAIN, "eval_every": 0}}),
+        improve=ImproveParams(rounds=1, config={
+            "patience": 0, "n": 2, "max_new_tokens": 12, "clips_per_round": 8, "min_margin": 0.0,
+            "dpo": {"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3, "max_length": 256}}),
+        evaluation=EvalParams(limit=3, realdata_limit=3, max_new_tokens=12, meteor=False,
+                              kl_gap=False, realdata=str(REPO.parent / "shared/realdata/manifest.jsonl")),
+        tracking=TrackingParams(tracking_uri=uri, experiment="flows-test"),
+        return_state=True)
+    results = state.result()
+
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["champion"] == results["champion"]
+    assert set(on_disk) >= {"stages", "champion", "wall_seconds"}
+    stages = on_disk["stages"]
+    assert set(stages) == {"teacher", "student", "round-1"}
+    assert "loss" in stages["teacher"]["valid"]
+    has_real = (REPO.parent / "shared/realdata/manifest.jsonl").is_file()
+    for stage in ("student", "round-1"):
+        expected = {"valid", "zeroshot"} | ({"realdata"} if has_real else set())
+        assert set(stages[stage]) == expected
+        assert {"bleu4", "cider", "clue_f1"} <= set(stages[stage]["valid"])
+    assert results["champion"] in {"student", "round-1"}
+    assert (out / "champion" / "meta.json").is_file()
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("flows-test")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("aligncap.role") == "parent"]
+    assert parent.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert parent.info.status == "FINISHED"
+    children = {r.data.tags["aligncap.stage"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"prepare", "teacher", "distill", "round-1"} <= set(children)
+    assert "train/loss" in children["teacher"].data.metrics  # step metrics from the loop
+    for name in ("distill", "round-1"):  # evaluation tables of the student and the round
+        assert any(k.startswith("eval/valid/") for k in children[name].data.metrics)
+    mv = client.get_model_version_by_alias("aligncap-sec", "champion")
+    assert mv.tags["stage"] == results["champion"]
