@@ -91,6 +91,35 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
+    """A YAML file whose top level is a mapping; ConfigError naming the file otherwise."""
+    import yaml
+
+    from aligncap_core.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what} keys at the top level")
+    return data
+
+
+def set_dotted(data: dict, overrides: dict[str, Any]) -> dict:
+    """Set `overrides` (dotted keys like `"train.max_steps"`) into `data` in place and return it.
+    None values are skipped: they stand for CLI options / form fields the user did not give."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return data
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

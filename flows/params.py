@@ -36,16 +36,10 @@ def _validate(build: Any, *args: Any) -> None:
 
 def _merge(config: dict[str, Any], **typed: Any) -> dict[str, Any]:
     """`config` with the typed knobs that were given (dotted keys) set on top."""
+    from aligncap_core.utils import set_dotted
+
     out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
-    for key, value in typed.items():
-        if value is None:
-            continue
-        *parents, leaf = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
+    return set_dotted(out, typed)
 
 
 class DataParams(_Params):

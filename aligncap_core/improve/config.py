@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from aligncap_core.errors import ConfigError
 from aligncap_core.prefs.dpo import DPORoundConfig
 from aligncap_core.prefs.pairs import STRATEGIES
+from aligncap_core.utils import read_yaml_mapping
 
 PAIR_STRATEGIES = (*STRATEGIES, "both")
 JUDGE_KINDS = ("rubric", "openai")
@@ -149,14 +148,7 @@ def load_improve_config(path: str | Path | None, **overrides: Any) -> ImproveCon
     """ImproveConfig from a YAML file (None: defaults) with top-level `overrides` applied (None
     values are skipped: CLI options the user did not give); `dpo`/`judge` overrides are merged
     into the file's mapping key by key (a judge of another kind replaces the file's judge)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read improve config {path}: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of improve config keys at the top level")
+    data: dict[str, Any] = read_yaml_mapping(path, "improve config") if path is not None else {}
     for k, v in overrides.items():
         if v is None:
             continue

@@ -205,22 +205,10 @@ def load_config(cls: type[C], path: str | Path | None, **overrides: Any) -> C:
     overrides: dotted keys (`"train.max_steps": 10`) or top-level names; None values are skipped
     (CLI options the user did not give).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        *parents, leaf = key.split(".")
-        node = data
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    from aligncap_core.utils import read_yaml_mapping, set_dotted
+
+    data = read_yaml_mapping(path) if path is not None else {}
+    set_dotted(data, overrides)
     return from_dict(cls, data)
 
 
