@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, help="preference rounds (improve.rounds)")
     args = ap.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the embedded API server can take well over the 20 s default to start on a busy 2-core box
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     params: dict[str, Any] = yaml.safe_load(Path(args.params).read_text()) if args.params else {}
     params["out_dir"] = args.out
     if args.n is not None:

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("ALIGNCAP_REALDATA", REPO.parent / "shared" / "realdata"))
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # slow shared CI boxes
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
