@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# KD student vs SFT-only student on the built-in corpus (issue: teacher + KD student).
+# Usage: bash docs/experiments/kd_vs_sft.sh [OUT] [N_CLIPS]
+set -euo pipefail
+OUT=${1:-runs/kd_vs_sft}; N=${2:-1200}
+A=.venv/bin/aligncap
+mkdir -p "$OUT"
+cat > "$OUT/teacher.yaml" <<YAML
+train: {max_steps: 500, eval_every: 100, checkpoint_every: 100}
+YAML
+cat > "$OUT/student.yaml" <<YAML
+keep_q: 1
+train: {max_steps: 400, eval_every: 100, checkpoint_every: 100}
+YAML
+t0=$(date +%s)
+$A data synth --n "$N" --seed 0 --out "$OUT/corpus" > "$OUT/synth.json"
+$A data prepare "$OUT/corpus/manifest.jsonl" --out "$OUT/data" > "$OUT/prepare.json"
+$A data clues "$OUT/data" > "$OUT/clues.json"
+$A data tokenize "$OUT/data" --codec calibrated --n-q 2 > "$OUT/tokenize.json"
+t1=$(date +%s)
+$A train teacher "$OUT/data" --out "$OUT/teacher" --config "$OUT/teacher.yaml" > "$OUT/teacher.out"
+T=$(python3 -c "import json;print(json.load(open('$OUT/teacher/train_summary.json'))['best_checkpoint'])")
+t2=$(date +%s)
+$A train student "$OUT/data" --teacher "$T" --out "$OUT/kd" --config "$OUT/student.yaml" --lambda-kd 1.0 > "$OUT/kd.out"
+t3=$(date +%s)
+$A train student "$OUT/data" --teacher "$T" --out "$OUT/sft" --config "$OUT/student.yaml" --lambda-kd 0 > "$OUT/sft.out"
+t4=$(date +%s)
+for v in kd sft; do
+  C=$(python3 -c "import json;print(json.load(open('$OUT/$v/train_summary.json'))['best_checkpoint'])" 2>/dev/null || ls -d "$OUT/$v"/step-* | tail -1)
+  $A evaluate --model "$C" --manifest "$OUT/data" --out "$OUT/eval-$v/report.json" --split valid --split zeroshot > "$OUT/eval-$v.out" 2>&1
+done
+t5=$(date +%s)
+echo "{\"data_s\": $((t1-t0)), \"teacher_s\": $((t2-t1)), \"kd_s\": $((t3-t2)), \"sft_s\": $((t4-t3)), \"eval_s\": $((t5-t4))}" > "$OUT/timing.json"
+cat "$OUT/timing.json"
