@@ -42,3 +42,21 @@ def micro_model_with_audio():
     torch.manual_seed(1)
     ids = add_audio_tokens(model, tok, audio_vocab())
     return model, tok, ids
+
+
+def perturbed_student(seed: int = 0, scale: float = 0.05):
+    """(student, tokenizer): a LoRA student on the micro base whose trainable weights are
+    nudged off their init, so the policy differs from the base without any training."""
+    import torch
+
+    from aligncap_core.model.config import LoraSettings
+    from aligncap_core.model.lora import make_student
+
+    model, tok, ids = micro_model_with_audio()
+    student = make_student(model, ids, LoraSettings(r=4, alpha=8, dropout=0.0))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in student.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+    return student, tok

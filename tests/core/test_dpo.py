@@ -10,14 +10,17 @@ import torch
 
 from aligncap_core.errors import ConfigError
 from aligncap_core.model.checkpoint import load_checkpoint, save_checkpoint
-from aligncap_core.model.config import LoraSettings
-from aligncap_core.model.lora import make_student
 from aligncap_core.prefs import dpo as dpo_mod
 from aligncap_core.prefs.candidates import sample_candidates, student_prompt_text
 from aligncap_core.prefs.dpo import DPORoundConfig, build_dpo_trainer, run_dpo_round
 from aligncap_core.prefs.dpo_data import TEACHER_COLUMN, TeacherInfo, encode_pair
 from aligncap_core.prefs.pairs import read_pairs, write_pairs
-from tests.core.model_helpers import audio_vocab, micro_base_dir, micro_model_with_audio
+from tests.core.model_helpers import (
+    audio_vocab,
+    micro_base_dir,
+    micro_model_with_audio,
+    perturbed_student,
+)
 
 INSTRUCTION = "Describe how the speaker sounds."
 CAPTIONS = [("A man speaks slowly in a low, heavy voice, sounding sad.",
@@ -39,13 +42,7 @@ def round0(tmp_path_factory):
     """A round-0 policy checkpoint whose adapter is *not* zero (so policy != base) and a pairs
     file sampled 'from' it."""
     root = tmp_path_factory.mktemp("dpo")
-    model, tok, ids = micro_model_with_audio()
-    student = make_student(model, ids, LoraSettings(r=4, alpha=8, dropout=0.0))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in student.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    student, tok = perturbed_student()
     ckpt = save_checkpoint(root / "round-0", student, tok, stage="distill", step=10,
                            base_model=str(micro_base_dir()))
     rows = [{"id": f"clip-{i}", "prompt": _prompt(i), "chosen": c, "rejected": r,

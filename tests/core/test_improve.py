@@ -14,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 import yaml
 
 from aligncap_core.errors import ConfigError
@@ -28,11 +27,9 @@ from aligncap_core.improve import (
 )
 from aligncap_core.improve import rounds as rounds_mod
 from aligncap_core.model.checkpoint import save_checkpoint
-from aligncap_core.model.config import LoraSettings
-from aligncap_core.model.lora import make_student
 from aligncap_core.prefs.pairs import read_pairs
 from aligncap_core.utils import read_jsonl
-from tests.core.model_helpers import micro_base_dir, micro_model_with_audio
+from tests.core.model_helpers import micro_base_dir, perturbed_student
 from tests.core.test_train import make_corpus
 
 INSTRUCTION = "Listen to the speech and describe how the speaker sounds."
@@ -67,13 +64,7 @@ class ListLogger:
 
 def _student(root: Path) -> Path:
     """A student checkpoint with a non-zero adapter on the micro base (no training needed)."""
-    model, tok, ids = micro_model_with_audio()
-    student = make_student(model, ids, LoraSettings(r=4, alpha=8, dropout=0.0))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in student.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    student, tok = perturbed_student()
     return save_checkpoint(root / "student", student, tok, stage="student", step=10,
                            base_model=str(micro_base_dir()),
                            run_config={"instruction": INSTRUCTION, "keep_q": None,
