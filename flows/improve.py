@@ -31,10 +31,6 @@ from tasks import (
 )
 
 
-def _is_better(score: float | None, best: float | None, min_delta: float) -> bool:
-    return score is not None and (best is None or score > best + min_delta)
-
-
 @flow(name="self-improve", persist_result=True)
 def self_improve(data_dir: str = "runs/pipeline/data", out_dir: str = "runs/pipeline",
                  start_checkpoint: str | None = None, start_stage: str = "start",
@@ -49,7 +45,7 @@ def self_improve(data_dir: str = "runs/pipeline/data", out_dir: str = "runs/pipe
     Standalone (the nightly schedule), the best round is registered as the new champion when it
     beats the starting policy; inside the pipeline, the pipeline picks the champion.
     """
-    from aligncap_core.improve import selection_score
+    from aligncap_core.improve import ImproveConfig, RoundSelector, selection_score
 
     log = get_run_logger()
     out = Path(out_dir)
@@ -69,13 +65,14 @@ def self_improve(data_dir: str = "runs/pipeline/data", out_dir: str = "runs/pipe
             return metrics
 
         m0 = assess(start_stage, start_checkpoint)
-        best = {"stage": start_stage, "checkpoint": start_checkpoint,
-                "score": selection_score(m0.get(cfg["select_split"]), cfg["select_metric"])}
+        sel = RoundSelector(ImproveConfig.from_dict(cfg), best={
+            "stage": start_stage, "checkpoint": start_checkpoint,
+            "score": selection_score(m0.get(cfg["select_split"]), cfg["select_metric"])})
         rounds: dict[str, dict] = {}
-        policy, stale = start_checkpoint, 0
+        policy = start_checkpoint
         for k in range(1, cfg["rounds"] + 1):
-            if cfg["patience"] and stale >= cfg["patience"]:
-                log.info("early stop: %s did not improve for %d rounds", cfg["select_metric"], stale)
+            if reason := sel.stop_reason():
+                log.info(reason)
                 break
             stage, rdir = f"round-{k}", out / "rounds" / f"round-{k}"
             cands, ran = run_stage(generate_candidates, policy, data_dir,
@@ -95,12 +92,11 @@ def self_improve(data_dir: str = "runs/pipeline/data", out_dir: str = "runs/pipe
             score = selection_score(metrics.get(cfg["select_split"]), cfg["select_metric"])
             rounds[stage] = {"checkpoint": ckpt, "metrics": metrics, "score": score,
                              "pairs": pairs["n_pairs"]}
-            log.info("%s: %s = %s (best so far %s)", stage, cfg["select_metric"], score, best["score"])
-            if _is_better(score, best["score"], cfg["min_delta"]):
-                best, stale = {"stage": stage, "checkpoint": ckpt, "score": score}, 0
-            else:
-                stale += 1
+            log.info("%s: %s = %s (best so far %s)", stage, cfg["select_metric"], score,
+                     sel.best["score"])
+            sel.update({"stage": stage, "checkpoint": ckpt, "score": score})
             policy = ckpt
+        best = sel.best
         if t.owned and tracking.register_champion and best["stage"] in rounds:
             register(best["checkpoint"], best["stage"], str(out / "champion"), t.parent_run_id,
                      t.uri, tracking.model_name, best["score"])

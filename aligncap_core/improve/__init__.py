@@ -11,6 +11,7 @@ checkpoint), `report` (the per-round table).
 
 from aligncap_core.improve.config import (
     ImproveConfig,
+    RoundSelector,
     load_improve_config,
     parse_select_metric,
     selection_score,
@@ -25,6 +26,6 @@ from aligncap_core.improve.steps import (
     pairs_step,
 )
 
-__all__ = ["ImproveConfig", "dpo_step", "evaluate_step", "generate_candidates_step", "judge_step",
+__all__ = ["ImproveConfig", "RoundSelector", "dpo_step", "evaluate_step", "generate_candidates_step", "judge_step",
            "load_improve_config", "pairs_step", "parse_select_metric", "rounds_table", "run_round",
            "selection_score", "self_improve"]

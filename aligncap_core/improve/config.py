@@ -191,3 +191,41 @@ def selection_score(metrics: dict[str, Any] | None, expr: str) -> float | None:
             return None
         total += coef * float(v)
     return total
+
+
+@dataclass
+class RoundSelector:
+    """The champion and early-stop bookkeeping of the rounds, shared by the library loop
+    (`rounds.self_improve`) and the Prefect flow (`flows/improve.py`), so both decide alike.
+
+        sel = RoundSelector(cfg, best={"stage": "student", "checkpoint": ckpt, "score": s0})
+        for k in range(1, cfg.rounds + 1):
+            if sel.stop_reason():
+                break
+            ...
+            sel.update({"stage": f"round-{k}", "checkpoint": new_ckpt, "score": score})
+
+    best: the record (any dict with a "score") of the best policy so far; a later round replaces
+    it only when its score beats it by more than `min_delta` (a missing score never does).
+    stale: rounds since the best one; `stop_reason` is set once it reaches `patience` (> 0).
+    """
+
+    cfg: ImproveConfig
+    best: dict[str, Any]
+    stale: int = 0
+
+    def update(self, record: dict[str, Any]) -> bool:
+        """Account for a finished round; True when it is the new best."""
+        score, best = record.get("score"), self.best.get("score")
+        if score is not None and (best is None or score > best + self.cfg.min_delta):
+            self.best, self.stale = record, 0
+            return True
+        self.stale += 1
+        return False
+
+    def stop_reason(self) -> str | None:
+        """Why no further round should run (patience exhausted), or None."""
+        if self.cfg.patience and self.stale >= self.cfg.patience:
+            return (f"early stop: {self.cfg.select_metric} on {self.cfg.select_split} did not "
+                    f"improve for {self.stale} rounds")
+        return None

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from aligncap_core.errors import ConfigError
-from aligncap_core.improve.config import RESUMABLE_KEYS, ImproveConfig, selection_score
+from aligncap_core.improve.config import (
+    RESUMABLE_KEYS,
+    ImproveConfig,
+    RoundSelector,
+    selection_score,
+)
 from aligncap_core.improve.policy import round_checkpoint
 from aligncap_core.improve.steps import (
     dpo_step,
@@ -142,12 +147,6 @@ def _check_resumed_config(out_dir: Path, record: dict) -> None:
                     "they ran with", out_dir, ", ".join(changed) or "data")
 
 
-def _is_better(score: float | None, best: float | None, min_delta: float) -> bool:
-    if score is None:
-        return False
-    return best is None or score > best + min_delta
-
-
 def self_improve(from_ckpt: str, data_dir: str, out_dir: str, cfg: dict | ImproveConfig | None = None,
                  logger: Any = None, evaluate_fn: EvaluateFn | None = None) -> dict:
     """Run up to `cfg.rounds` preference rounds from `from_ckpt` (a student checkpoint, a round's
@@ -182,21 +181,18 @@ def self_improve(from_ckpt: str, data_dir: str, out_dir: str, cfg: dict | Improv
         _write_json(out / "round-0" / ROUND_JSON, r0)
     records = [r0]
     _log_round(logger, r0)
-    best, stale, stopped = r0, 0, f"completed {c.rounds} rounds"
+    sel, stopped = RoundSelector(c, best=r0), f"completed {c.rounds} rounds"
     for k in range(1, c.rounds + 1):
-        if c.patience and stale >= c.patience:
-            stopped = f"early stop: {c.select_metric} on {c.select_split} did not improve for {stale} rounds"
+        if reason := sel.stop_reason():
+            stopped = reason
             break
         rec = run_round(records[-1]["checkpoint"], data_dir, str(out / f"round-{k}"), c.to_dict(),
                         k, evaluate_fn=evaluate_fn)
         records.append(rec)
         _log_round(logger, rec)
-        if _is_better(rec.get("score"), best.get("score"), c.min_delta):
-            best, stale = rec, 0
-        else:
-            stale += 1
-        _write_json(out / "improve.json", _summary(record, c, records, best, "running"))
-    summary = _summary(record, c, records, best, stopped)
+        sel.update(rec)
+        _write_json(out / "improve.json", _summary(record, c, records, sel.best, "running"))
+    summary = _summary(record, c, records, sel.best, stopped)
     _write_json(out / "improve.json", summary)
     return summary
 

@@ -19,6 +19,7 @@ import yaml
 from aligncap_core.errors import ConfigError
 from aligncap_core.improve import (
     ImproveConfig,
+    RoundSelector,
     load_improve_config,
     pairs_step,
     rounds_table,
@@ -180,6 +181,23 @@ def test_early_stop_on_patience(run, tmp_path):
     assert [r["round"] for r in s["rounds"]] == [0, 1]
     assert s["stopped"].startswith("early stop") and not (tmp_path / "out" / "round-2").exists()
     assert s["best_round"] == 0 and s["champion"] == run.start
+
+
+def test_round_selector_min_delta_patience_and_missing_scores():
+    sel = RoundSelector(ImproveConfig(patience=2, min_delta=0.05), best={"stage": "s", "score": 0.5})
+    assert sel.stop_reason() is None
+    assert not sel.update({"stage": "round-1", "score": 0.54})  # inside min_delta: stale
+    assert sel.update({"stage": "round-2", "score": 0.56}) and sel.best["stage"] == "round-2"
+    assert sel.stale == 0 and sel.stop_reason() is None
+    assert not sel.update({"stage": "round-3", "score": None})  # a missing score never wins
+    assert not sel.update({"stage": "round-4", "score": 0.1})
+    assert sel.stale == 2 and "did not improve for 2 rounds" in sel.stop_reason()
+    # an unscored start is beaten by any scored round; patience 0 never stops
+    sel = RoundSelector(ImproveConfig(patience=0), best={"stage": "s", "score": None})
+    assert sel.update({"stage": "round-1", "score": -3.0})
+    for _ in range(5):
+        sel.update({"score": None})
+    assert sel.stop_reason() is None
 
 
 def test_from_round_folder_continues_from_its_policy(run, tmp_path):
