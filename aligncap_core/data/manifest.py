@@ -23,8 +23,8 @@ from aligncap_core.vocab import CAPTIONED_SPLITS, SPLITS, check_attributes
 
 # Every reject reason prepare can write, with what it means.
 REASONS: dict[str, str] = {
-    "invalid_json": "the line is not a JSON object",
-    "not_utf8": "the line is not valid UTF-8 text",
+    "invalid_json": "the line is not a JSON object (NaN/Infinity are not JSON either)",
+    "not_utf8": "the line is not valid UTF-8 text (or escapes an unpaired surrogate, \\ud800)",
     "missing_field": "a required key (id, audio, split) is absent or empty",
     "bad_field": "a key has the wrong type (e.g. captions not a list of strings)",
     "duplicate_id": "the id was already used by an earlier row",
@@ -89,11 +89,22 @@ class RowValidator:
                                 f"{self.label} {line}: expected a JSON object, got {type(obj).__name__}",
                                 obj)
         raw_id = obj.get("id")
-        row_id = raw_id if isinstance(raw_id, str) and raw_id else None
+        row_id = raw_id if isinstance(raw_id, str) and raw_id and _encodable(raw_id) else None
         where = _where(line, row_id, self.label)
 
         def rej(reason: str, msg: str) -> tuple[None, Reject]:
             return None, Reject(line, row_id, reason, f"{where}: {msg}", obj)
+
+        bad_key = _unencodable_key(obj)
+        if bad_key is not None:
+            # valid JSON ("\ud800") but not valid text: it cannot be written to UTF-8 files
+            # (and would crash every later stage), so the row is rejected here, with its raw
+            # form made printable
+            obj = _sanitize(obj)
+            return None, Reject(line, row_id, "not_utf8",
+                                f"{where}: '{bad_key}' holds an unpaired UTF-16 surrogate escape "
+                                "(like \\ud800), which is not text; fix the encoding of that value",
+                                obj)
 
         for key in REQUIRED:
             v = obj.get(key)
@@ -124,6 +135,10 @@ class RowValidator:
             return rej("bad_field", "'captions' must be a list of strings (or one string)")
         if any(not c.strip() for c in captions):
             return rej("bad_field", "'captions' contains an empty caption; remove it")
+        wordless = next((i for i, c in enumerate(captions, 1) if not any(ch.isalnum() for ch in c)), None)
+        if wordless is not None:
+            return rej("bad_field", f"caption {wordless} ({captions[wordless - 1][:40]!r}) has no "
+                       "letters or digits; write a caption or remove it")
         if split in CAPTIONED_SPLITS and not captions:
             return rej("no_caption", f"split '{split}' needs at least one caption in 'captions'")
         if "captions" in row or captions:
@@ -139,6 +154,46 @@ class RowValidator:
 
         self.seen[row_id] = line
         return row, None
+
+
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _unencodable_key(obj: dict) -> str | None:
+    """The first top-level key whose key or value (at any depth) is not encodable as UTF-8."""
+    for k, v in obj.items():
+        try:
+            json.dumps({k: v}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return k.encode("utf-8", "backslashreplace").decode() if isinstance(k, str) else str(k)
+    return None
+
+
+def _sanitize(v: Any) -> Any:
+    """A copy of a parsed JSON value with unencodable strings escaped (`\\ud800` as text)."""
+    if isinstance(v, str):
+        return _printable(v)
+    if isinstance(v, dict):
+        return {_sanitize(k): _sanitize(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_sanitize(x) for x in v]
+    return v
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON; use null or a finite number")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} overflows a float; use a finite number")
+    return x
 
 
 def parse_lines(lines: Iterable[bytes], default_split: str | None = None) -> Iterator[tuple[int, dict | None, Reject | None]]:
@@ -157,14 +212,25 @@ def parse_lines(lines: Iterable[bytes], default_split: str | None = None) -> Ite
             continue
         text = text.lstrip("\ufeff") if n == 1 else text  # tolerate a UTF-8 byte-order mark
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
         except json.JSONDecodeError as e:
             yield n, None, Reject(n, None, "invalid_json",
                                   f"manifest line {n}: bad JSON ({e.msg} at column {e.colno}); fix the line",
-                                  text.rstrip("\r\n"))
+                                  _printable(text.rstrip("\r\n")))
+            continue
+        except (ValueError, RecursionError) as e:  # NaN/Infinity/1e999, or absurd nesting
+            msg = str(e) if isinstance(e, ValueError) else "nested too deeply"
+            yield n, None, Reject(n, None, "invalid_json",
+                                  f"manifest line {n}: bad JSON ({msg}); fix the line",
+                                  _printable(text.rstrip("\r\n")))
             continue
         row, reject = validator.validate(obj, n)
         yield n, row, reject
+
+
+def _printable(text: str) -> str:
+    """`text` as it can be written to a UTF-8 rejects file (lone surrogates escaped)."""
+    return text if _encodable(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def parse_manifest(data: bytes, default_split: str | None = None) -> ParsedManifest:

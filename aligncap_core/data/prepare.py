@@ -163,8 +163,12 @@ class _Converter:
             data = storage.read_bytes(p, self.storage_config)
             return data, sha256_bytes(data), p
         if not os.path.isfile(p):
-            raise storage.StorageError(f"{p}: file not found", uri=p,
-                                       kind="not_found" if not os.path.exists(p) else "other")
+            if not os.path.exists(p):
+                raise storage.StorageError(f"{p}: file not found", uri=p, kind="not_found")
+            raise storage.StorageError(f"{p}: is a folder or special file, not an audio file; "
+                                       "point 'audio' at the file", uri=p, kind="other")
+        if os.path.getsize(p) == 0:
+            raise audio.AudioProblem("empty_audio", "the file is empty (0 bytes); re-export the clip")
         return p, sha256_file(p), p  # decode from the path: the header is checked before reading
 
     def _convert(self, it: _Item) -> dict:

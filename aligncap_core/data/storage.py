@@ -103,7 +103,9 @@ def s3_client(config: dict | None = None):
             from botocore.config import Config
 
             cfg = Config(
-                retries={"max_attempts": s["max_attempts"], "mode": "standard"},
+                # total_max_attempts counts the first try; botocore's `max_attempts` would count
+                # retries only (one attempt more than configured)
+                retries={"total_max_attempts": s["max_attempts"], "mode": "standard"},
                 connect_timeout=s["connect_timeout"],
                 read_timeout=s["read_timeout"],
             )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import tempfile
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,10 @@ from aligncap_core.prefs.dpo_data import (
     pair_dataset,
 )
 from aligncap_core.prefs.pairs import read_pairs
-from aligncap_core.utils import sha256_file
+from aligncap_core.utils import atomic_dir, sha256_bytes, sha256_file, stable_json
 
 log = logging.getLogger(__name__)
+RESUME_WEIGHTS = "trainable.pt"  # trainable parameters in a resumable DPO checkpoint
 
 
 @dataclass
@@ -61,6 +62,9 @@ class DPORoundConfig:
         cut from the left, captions kept whole). loss_type: TRL DPO loss ("sigmoid" = DPO).
     round: round number written to the checkpoint (None: the policy checkpoint's round + 1).
     seed: TRL/transformers seed. logging_steps: metrics cadence. show_progress: tqdm bars.
+    save_steps: write a resumable checkpoint (trainable weights, optimizer, scheduler, RNG,
+        trainer state) every this many updates into a work folder beside out_dir, so a killed
+        round re-run with the same inputs resumes instead of restarting (0: never).
     """
 
     beta: float = 0.1
@@ -77,8 +81,10 @@ class DPORoundConfig:
     seed: int = 0
     logging_steps: int = 10
     show_progress: bool = False
+    save_steps: int = 25
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.beta <= 0:
             raise ConfigError(f"dpo.beta must be > 0, got {self.beta}")
         if self.lambda_kd < 0:
@@ -91,6 +97,28 @@ class DPORoundConfig:
             raise ConfigError("dpo: set epochs > 0 or max_steps > 0")
         if self.max_length is not None and self.max_length < 8:
             raise ConfigError(f"dpo.max_length too small: {self.max_length}")
+        if self.save_steps < 0:
+            raise ConfigError(f"dpo.save_steps must be >= 0, got {self.save_steps}")
+
+    def _check_types(self) -> None:
+        """ConfigError naming the key for a value of the wrong type (YAML/JSON give strings,
+        nulls and floats where numbers are expected); ints are accepted for float keys."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = {"float": float, "int": int, "bool": bool, "str": str}.get(
+                str(f.type).split(" | ")[0])
+            optional = "None" in str(f.type)
+            if v is None and optional:
+                continue
+            ok = (isinstance(v, bool) if want is bool else
+                  isinstance(v, int | float) and not isinstance(v, bool) and v == v
+                  if want is float else
+                  isinstance(v, int) and not isinstance(v, bool) if want is int else
+                  isinstance(v, want) if want else True)
+            if not ok:
+                raise ConfigError(f"dpo.{f.name} must be {f.type}, got {v!r}")
+            if want is float:
+                setattr(self, f.name, float(v))
 
     @classmethod
     def from_dict(cls, d: dict | None) -> DPORoundConfig:
@@ -137,6 +165,38 @@ def _dpo_trainer_class() -> type:
                 # the reference log-probs now travel with the dataset rows; the copy is
                 # never read again, so free its memory for training
                 self.ref_model = None
+
+        def _save_checkpoint(self, model, trial):
+            """A resumable checkpoint `checkpoint-<step>` in the work folder, written under a
+            temporary name and renamed (a kill never leaves a half one); older ones are removed.
+            Only the trainable weights are saved (the frozen base and the reference come from
+            the round's inputs), with HF's optimizer, scheduler, RNG and trainer state files."""
+            final = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            with atomic_dir(final) as tmp:
+                trainable = {n: p.detach().cpu().clone()
+                             for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+                             if p.requires_grad}
+                torch.save(trainable, tmp / RESUME_WEIGHTS)
+                self._save_optimizer_and_scheduler(str(tmp))
+                self._save_scaler(str(tmp))
+                self._save_rng_state(str(tmp))
+                self.state.save_to_json(str(tmp / "trainer_state.json"))
+            for old in Path(self.args.output_dir).glob("checkpoint-*"):
+                if old != final:  # hidden first: never a half-deleted checkpoint in view
+                    doomed = old.with_name(f".del-{old.name}")
+                    old.rename(doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            state = torch.load(Path(resume_from_checkpoint) / RESUME_WEIGHTS, map_location="cpu")
+            params = dict(self.accelerator.unwrap_model(model or self.model).named_parameters())
+            missing = sorted(set(state) - set(params))
+            if missing:
+                raise ConfigError(f"{resume_from_checkpoint}: weights {missing[:3]} are not in "
+                                  "the policy; delete this work folder to restart the round")
+            with torch.no_grad():
+                for n, v in state.items():
+                    params[n].copy_(v)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             # rows arrive tokenized by dpo_data.pair_dataset (see its module doc for why)
@@ -223,7 +283,8 @@ def build_dpo_trainer(policy: Any, tokenizer: Any, pairs: list[dict],
         precompute_ref_log_probs=True, max_length=None,  # lengths are handled in pair_dataset
         bf16=False, fp16=False, use_cpu=not cuda,  # TRL defaults bf16=True: fails on CPU
         gradient_checkpointing=False,  # TRL default True: slow on CPU, pointless for LoRA-small
-        report_to=[], save_strategy="no", push_to_hub=False, logging_steps=cfg.logging_steps,
+        report_to=[], save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500, push_to_hub=False, logging_steps=cfg.logging_steps,
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         disable_tqdm=not cfg.show_progress,
     )
@@ -283,16 +344,41 @@ def run_dpo_round(policy_ckpt: str | Path, pairs_path: str | Path,
     if _norm_uri(policy_ckpt) not in built_from:
         log.warning("dpo: pairs in %s were sampled from %s, not from the policy %s",
                     pairs_path, sorted(built_from), policy_ckpt)
-    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".dpo-work-", dir=Path(out_dir).parent) as work:
-        trainer = build_dpo_trainer(policy, tokenizer, pairs, teacher_info, cfg, work)
-        trainer.train()
+    work, resume = _work_dir(out_dir, policy_ckpt, pairs_path, teacher_info, cfg)
+    trainer = build_dpo_trainer(policy, tokenizer, pairs, teacher_info, cfg, work)
+    if resume is not None:
+        log.info("dpo: resuming round %d from %s", round_k, resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     model = trainer.accelerator.unwrap_model(trainer.model)
     metrics = _summary(trainer.state.log_history)
     run_config = {"dpo": cfg.to_dict(), "policy": str(policy_ckpt), "pairs": str(pairs_path),
                   "teacher_adapter": TeacherInfo.coerce(teacher_info).adapter,
                   "n_pairs": len(trainer.train_dataset)}
-    return save_checkpoint(out_dir, model, tokenizer, stage="dpo", round=round_k,
-                           step=trainer.state.global_step, base_model=meta["base_model"],
-                           run_config=run_config, data_fingerprint=sha256_file(pairs_path)[:16],
-                           metrics=metrics)
+    saved = save_checkpoint(out_dir, model, tokenizer, stage="dpo", round=round_k,
+                            step=trainer.state.global_step, base_model=meta["base_model"],
+                            run_config=run_config, data_fingerprint=sha256_file(pairs_path)[:16],
+                            metrics=metrics)
+    shutil.rmtree(work, ignore_errors=True)  # the round is saved: its resume state is not needed
+    return saved
+
+
+def _work_dir(out_dir: str | Path, policy_ckpt: Any, pairs_path: Any, teacher_info: Any,
+              cfg: DPORoundConfig) -> tuple[Path, Path | None]:
+    """(the round's work folder `.<out name>.dpo-work` beside out_dir, its newest complete
+    checkpoint or None). A folder left by a run with other inputs or settings is cleared: its
+    state belongs to another round."""
+    out = Path(out_dir)
+    work = out.parent / f".{out.name}.dpo-work"
+    teacher = TeacherInfo.coerce(teacher_info)
+    key = sha256_bytes(stable_json({
+        "policy": _norm_uri(policy_ckpt), "pairs": sha256_file(pairs_path), "cfg": cfg.to_dict(),
+        "teacher_adapter": teacher.adapter, "teacher_texts": teacher.texts}).encode())
+    stamp = work / "inputs.sha256"
+    if work.exists() and (not stamp.is_file() or stamp.read_text().strip() != key):
+        log.warning("dpo: %s holds the state of a round with other inputs; starting afresh", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    done = [(int(p.name.split("-")[1]), p) for p in work.glob("checkpoint-*")
+            if p.is_dir() and p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()]
+    return work, max(done)[1] if done else None

@@ -190,7 +190,10 @@ def _retryable(e: BaseException) -> tuple[bool, float | None]:
     """(retry?, server-suggested wait in seconds)."""
     import openai
 
-    if isinstance(e, JudgeReplyError | openai.APITimeoutError | openai.APIConnectionError):
+    # a body that is not JSON at all (a proxy's error page, a truncated reply) is as transient
+    # as a garbled rubric reply: retried
+    if isinstance(e, JudgeReplyError | openai.APITimeoutError | openai.APIConnectionError
+                  | openai.APIResponseValidationError | json.JSONDecodeError):
         return True, None
     if isinstance(e, openai.APIStatusError):
         code = e.status_code
@@ -303,8 +306,8 @@ class OpenAIJudge:
             skipped = sum(j.skipped for j in results.values())
             if skipped:
                 self._count("skipped", skipped)
-                log.warning("openai judge %s: %d of %d candidates skipped after %d retries "
-                            "(e.g. %s)", self.cfg.model, skipped, len(results),
-                            self.cfg.max_retries,
+                log.warning("openai judge %s: %d of %d candidates skipped after up to %d retries "
+                            "(e.g. %s); the round goes on without them", self.cfg.model, skipped,
+                            len(results), self.cfg.max_retries,
                             next(j.error for j in results.values() if j.skipped))
         return [out[k] for k in keys]

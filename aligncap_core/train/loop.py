@@ -192,6 +192,7 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
     state = LoopState()
     last_path: Path | None = None
 
+    _clear_leftovers(run_dir)
     resume_from = latest_checkpoint(run_dir)
     if resume_from is not None:
         ts = load_trainer_state(resume_from, restore_rng=False)
@@ -340,8 +341,25 @@ def evaluate(task: TrainTask, model: torch.nn.Module, cfg: TrainConfig, device: 
 
 
 def _prune(run_dir: Path, keep_last: int, keep: str | None) -> None:
-    """Delete all but the newest `keep_last` step checkpoints, never `keep` (the best)."""
+    """Delete all but the newest `keep_last` step checkpoints, never `keep` (the best).
+
+    A checkpoint is renamed to a hidden `.del-*` name before it is deleted, so a kill during the
+    deletion never leaves a half-deleted `step-*` directory where a checkpoint is expected."""
     steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name))
     for p in steps[:-keep_last]:
         if p.name != keep:
+            doomed = p.with_name(f".del-{p.name}")
+            try:
+                p.rename(doomed)
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _clear_leftovers(run_dir: Path) -> None:
+    """Remove what a killed run left behind: `.tmp-step-*` (a save that never finished),
+    `.old-step-*` / `.del-step-*` (a replace or prune that never finished). None is a usable
+    checkpoint (latest_checkpoint never reads dot-directories); one run owns its run dir."""
+    for p in run_dir.iterdir():
+        if p.is_dir() and p.name.startswith((".tmp-step-", ".old-step-", ".del-step-")):
             shutil.rmtree(p, ignore_errors=True)
