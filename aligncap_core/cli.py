@@ -160,7 +160,7 @@ StackHome = Annotated[Path, typer.Option("--home", help="Stack folder: databases
 @app.command("up")
 def stack_up(
     home: StackHome = Path("runs/stack"),
-    s3: Annotated[bool, typer.Option("--s3", help="Also start a local S3 (moto) server and keep MLflow artifacts there.")] = False,
+    s3: Annotated[bool, typer.Option("--s3", help="Also start a local S3 (moto) server and keep MLflow artifacts and Prefect results there.")] = False,
     prefect_port: Annotated[int, typer.Option("--prefect-port", help="Prefect server port.")] = 4200,
     mlflow_port: Annotated[int, typer.Option("--mlflow-port", help="MLflow server port.")] = 5000,
     s3_port: Annotated[int, typer.Option("--s3-port", help="S3 (moto) server port, with --s3.")] = 9000,
@@ -175,7 +175,8 @@ def stack_up(
                bucket=bucket, deploy=deploy, project_dir=project_dir, echo=console.print)
     urls = state["urls"]
     console.print(f"Prefect UI  {urls['prefect_ui']}\nMLflow UI   {urls['mlflow']}"
-                  + (f"\nS3 (moto)   {urls['s3']}  bucket {state['bucket']}" if s3 else ""))
+                  + (f"\nS3 (moto)   {urls['s3']}  bucket {state['bucket']}" if s3 else "")
+                  + f"\nResults     {state['results']}")
     console.print(f"up in {state['up_seconds']} s; use it from a shell: source {state['home']}/env.sh")
 
 

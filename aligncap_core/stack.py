@@ -5,11 +5,15 @@
 - work pools `cpu` and `gpu` (process type) and one process worker per pool,
 - an MLflow tracking server (SQLite under `home/mlflow`, artifacts proxied to a local folder or,
   with `--s3`, to `s3://<bucket>/mlflow` on a moto S3 server it also starts),
+- Prefect result storage: a local folder (`home/prefect/results`) or, with `--s3`, the prefect-aws
+  S3Bucket block `s3-bucket/aligncap-results` on `s3://<bucket>/prefect-results` (saved by
+  `python -m tasks.storage`, named by PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK),
 - `prefect --no-prompt deploy --all` when the repository has a `prefect.yaml`,
 and records what it started in `home/stack.json` and the client settings in `home/env.sh`
 (`source` it). `down` stops exactly those processes (workers first) and is idempotent.
 
-This module calls the `prefect`, `mlflow` and `moto_server` executables; it never imports prefect.
+This module calls the `prefect`, `mlflow` and `moto_server` executables (and `python -m
+tasks.storage` for the S3 results block); it never imports prefect.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ ORDER = ("s3", "prefect", "mlflow", "worker-cpu", "worker-gpu")
 # moto accepts any credentials; these exist only so boto3 signs requests to the local server.
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "aligncap-local", "AWS_SECRET_ACCESS_KEY": "aligncap-local",
                     "AWS_DEFAULT_REGION": "us-east-1"}
+RESULTS_BLOCK = "aligncap-results"  # tasks.storage.DEFAULT_NAME
+RESULTS_PREFIX = "prefect-results"
 
 
 def _exe(name: str) -> str:
@@ -82,20 +88,23 @@ def _client_env(urls: dict[str, str], home: Path, s3: bool, bucket: str) -> dict
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "MLFLOW_TRACKING_URI": urls["mlflow"],
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-        # Results on a local folder every local worker can read. In a cluster, point tasks at S3
-        # through ALIGNCAP_RESULTS_URI (Prefect's own S3 storage needs prefect-aws).
+        # Results on a local folder every local worker can read (without --s3).
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
     }
     if s3:
+        # With --s3 every result lands in the bucket through the S3Bucket block `up` saves; the
+        # block holds no keys, boto3 signs with these variables and finds moto via AWS_ENDPOINT_URL.
         env.update({"AWS_ENDPOINT_URL": urls["s3"], "MLFLOW_S3_ENDPOINT_URL": urls["s3"],
-                    "ALIGNCAP_RESULTS_URI": f"s3://{bucket}/prefect-results", **MOTO_CREDENTIALS})
+                    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"s3-bucket/{RESULTS_BLOCK}",
+                    **MOTO_CREDENTIALS})
     return env
 
 
 def _base_env() -> dict[str, str]:
     # A stack must not inherit the caller's pointers to some other server or store.
     drop = ("PREFECT_API_URL", "PREFECT_PROFILE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
-            "MLFLOW_S3_ENDPOINT_URL", "PREFECT_API_KEY")
+            "MLFLOW_S3_ENDPOINT_URL", "PREFECT_API_KEY", "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
+            "ALIGNCAP_RESULTS_URI")
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
@@ -116,20 +125,27 @@ def _prefect_cli(args: list[str], env: dict[str, str], log: Path, cwd: Path | No
                               stdin=subprocess.DEVNULL, cwd=cwd, timeout=timeout)
 
 
-def _ensure_pools(env: dict[str, str], api: str, logs: Path) -> None:
-    """Create the process pools that do not exist yet (in parallel: each CLI call imports prefect)."""
+def _ensure_pools(env: dict[str, str], api: str, logs: Path, results_bucket: str | None = None) -> None:
+    """Create the process pools that do not exist yet and, given `results_bucket`, save the S3
+    result-storage block (in parallel: each of these CLI calls imports prefect)."""
     missing = [p for p in POOLS if not procs.http_ok(f"{api}/work_pools/{p}")]
+    jobs = {f"work pool '{p}'": ([_exe("prefect"), "--no-prompt", "work-pool", "create", p, "--type", "process"],
+                                 logs / f"pool-{p}.log", f"{api}/work_pools/{p}") for p in missing}
+    if results_bucket:
+        jobs["S3 result storage block"] = (
+            [sys.executable, "-m", "tasks.storage", "--bucket", results_bucket, "--folder", RESULTS_PREFIX,
+             "--name", RESULTS_BLOCK], logs / "results-block.log", None)
     runs = []
-    for pool in missing:
-        log = open(logs / f"pool-{pool}.log", "ab")  # noqa: SIM115 - closed below
-        runs.append((pool, log, subprocess.Popen(
-            [_exe("prefect"), "--no-prompt", "work-pool", "create", pool, "--type", "process"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)))
-    for pool, log, p in runs:
+    for what, (cmd, log_path, _) in jobs.items():
+        log = open(log_path, "ab")  # noqa: SIM115 - closed below
+        runs.append((what, log, subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log,
+                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)))
+    for what, log, p in runs:
         rc = p.wait(timeout=180)
         log.close()
-        if rc != 0 and not procs.http_ok(f"{api}/work_pools/{pool}"):
-            raise ConfigError(f"creating work pool '{pool}' failed (exit {rc}); see {log.name}:\n{procs.log_tail(log.name)}")
+        exists_url = jobs[what][2]
+        if rc != 0 and not (exists_url and procs.http_ok(exists_url)):
+            raise ConfigError(f"creating {what} failed (exit {rc}); see {log.name}:\n{procs.log_tail(log.name)}")
 
 
 def _wait_worker(pool: str, rec: dict, api: str, timeout_s: float) -> None:
@@ -174,8 +190,10 @@ def up(home: str | os.PathLike = "runs/stack", *, s3: bool = False, prefect_port
     if s3:
         urls["s3"] = f"http://127.0.0.1:{s3_port}"
     env = {**_base_env(), **_client_env(urls, home, s3, bucket)}
+    results = (f"s3://{bucket}/{RESULTS_PREFIX} (block s3-bucket/{RESULTS_BLOCK})" if s3
+               else str(home / "prefect" / "results"))
     state = {"home": str(home), "s3": s3, "bucket": bucket if s3 else None, "urls": urls,
-             "env": _client_env(urls, home, s3, bucket), "components": {}}
+             "results": results, "env": _client_env(urls, home, s3, bucket), "components": {}}
     comps = state["components"]
     try:
         # Servers start together (they are independent); readiness is awaited afterwards.
@@ -207,7 +225,7 @@ def up(home: str | os.PathLike = "runs/stack", *, s3: bool = False, prefect_port
         worker_env = {**env, "PREFECT_HOME": str(home / "prefect"),
                       "PREFECT_WORKER_QUERY_SECONDS": str(worker_query_s),
                       "PREFECT_WORKER_PREFETCH_SECONDS": str(worker_query_s)}
-        _ensure_pools(worker_env, urls["prefect_api"], logs)
+        _ensure_pools(worker_env, urls["prefect_api"], logs, bucket if s3 else None)
         for pool in POOLS:
             comps[f"worker-{pool}"] = procs.start(
                 [_exe("prefect"), "worker", "start", "--pool", pool, "--type", "process",
@@ -235,7 +253,9 @@ def _deploy(env: dict[str, str], logs: Path, project: Path, echo) -> str:
         return msg
     echo(f"deploying {project / 'prefect.yaml'} (log: {logs / 'deploy.log'})")
     try:
-        rc = _prefect_cli(["--no-prompt", "deploy", "--all"], env, logs / "deploy.log", cwd=project).returncode
+        # prefect.yaml's pull step is `set_working_directory: {{ $PWD }}`: the project, not the caller's cwd
+        rc = _prefect_cli(["--no-prompt", "deploy", "--all"], {**env, "PWD": str(project)}, logs / "deploy.log",
+                          cwd=project).returncode
     except subprocess.TimeoutExpired:
         rc = "timeout"
     if rc != 0:

@@ -11,8 +11,9 @@ that a cached result's output still exists and re-run the stage when it is gone
 
 Results are persisted (small: URIs and metric dicts) to Prefect's result storage:
 `PREFECT_RESULTS_LOCAL_STORAGE_PATH` (a local folder, the default), a storage block named by
-`PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK` (e.g. `s3-bucket/results` with prefect-aws), or
-`ALIGNCAP_RESULTS_URI` (a shared folder, or a saved block slug; see `result_storage`).
+`PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK` (S3: `s3-bucket/aligncap-results`, saved by
+`python -m tasks.storage`), or `ALIGNCAP_RESULTS_URI` (a shared folder, or a saved block slug;
+see `result_storage`).
 """
 
 from __future__ import annotations
@@ -133,11 +134,17 @@ def result_storage() -> str | Path | None:
     A path (`/shared/prefect-results`, `./results`) is a local or mounted folder; `TYPE/NAME`
     without a leading `/` or `.` is a saved Prefect storage block (`s3-bucket/results`, with
     prefect-aws on every worker). Prefect only accepts saved blocks as task storage, so an
-    `s3://` URL needs such a block.
+    `s3://` URL is refused with the way to make such a block (`tasks.storage`).
     """
     uri = os.environ.get("ALIGNCAP_RESULTS_URI")
     if not uri:
         return None
+    if "://" in uri:
+        from aligncap_core.errors import ConfigError
+
+        raise ConfigError(f"ALIGNCAP_RESULTS_URI={uri}: Prefect stores results only in a saved block. For "
+                          "S3 run `python -m tasks.storage --bucket BUCKET` once, then set "
+                          "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/aligncap-results instead")
     if uri.startswith(("/", ".", "~")):
         return Path(uri).expanduser().resolve()
     return uri

@@ -15,5 +15,6 @@ def prefect_harness(tmp_path_factory):
     from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(), temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
+    # the harness's own server start timeout is 30 s, too short on a busy 2-core machine
+    with prefect_test_harness(server_startup_timeout=180), temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
         yield results

@@ -52,7 +52,8 @@ def test_stack_up_status_down(stack):
     urls = state["urls"]
     assert urls["prefect_ui"] in up_log and urls["mlflow"] in up_log
     env_sh = (home / "env.sh").read_text()
-    for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+    for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
+                "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"):
         assert f"export {var}=" in env_sh
 
     r = _cli("status", "--home", str(home))
