@@ -99,7 +99,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
 
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read {what} {path}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of {what} keys at the top level")

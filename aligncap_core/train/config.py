@@ -12,6 +12,7 @@ audio tokens per second of speech, so the budgets below are a few minutes per st
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,8 +60,8 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between metric logs
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not self.lr > 0 or math.isinf(self.lr):  # `not >` also catches NaN
+            raise ConfigError(f"train.lr must be a finite number > 0, got {self.lr}")
         if self.max_grad_norm < 0:
             raise ConfigError(f"train.max_grad_norm must be >= 0, got {self.max_grad_norm}")
         if self.weight_decay < 0:

@@ -259,12 +259,15 @@ def test_cli_bad_arguments_are_one_line_errors(tmp_path):
     ("train:\n  lr: '1e-3'\n", "train.lr must be float"),
     ("train:\n  max_steps: -5\n", "train.max_steps must be >= 1"),
     ("preset: huge\n", "preset"),
+    ("train:\n  lr: .nan\n", "train.lr must be a finite number"),
+    ("train:\n  lr: .inf\n", "train.lr must be a finite number"),
+    (b"\xff\xfe\x00binary", "cannot read config"),
 ])
 def test_train_config_errors_name_the_key(tmp_path, text, match):
     from aligncap_core.train.config import TeacherConfig, load_config
 
     p = tmp_path / "c.yaml"
-    p.write_text(text)
+    p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(TeacherConfig, p)
 
