@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DEVSTAMP:= $(VENV)/.installed-dev
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint install install-dev clean bench
+.PHONY: demo test lint install install-dev clean bench bench-full
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: $(DEVSTAMP)
 
 lint: $(DEVSTAMP)
 	$(BIN)/ruff check aligncap_core tasks flows tests bench
+
+# Speed and memory figures as JSON, one line per script (docs/PERFORMANCE.md); < 10 min.
+# bench-full adds the issue's 500/1000/2000-clip scaling and a timed `make demo` (~30 min).
+bench: $(STAMP)
+	nice -n 5 $(BIN)/python bench/run_all.py
+
+bench-full: $(STAMP)
+	nice -n 5 $(BIN)/python bench/run_all.py --full
 
 clean:
 	rm -rf runs .pytest_cache

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from aligncap_core.codec.calibrate import CALIBRATION_VERSION, calibrate_encodec
-from aligncap_core.codec.tokenizer import CODEC_JSON, EncodecTokenizer, read_audio
+from aligncap_core.codec.tokenizer import (
+    CODEC_JSON,
+    EncodecTokenizer,
+    parallel_map,
+    read_audio,
+    torch_threads,
+)
 from aligncap_core.errors import ConfigError, DataError
 from aligncap_core.utils import (
     atomic_write,
@@ -95,6 +101,7 @@ def resolve_codec(
     seed: int,
     batch_size: int,
     show_progress: bool,
+    num_threads: int | None = None,
 ) -> tuple[EncodecTokenizer, dict[str, np.ndarray]]:
     """"calibrated" -> DATA_DIR/codec (reused when its calibration fingerprint matches, else fitted);
     anything else -> a hub id or local save_pretrained dir. Also returns {key: codes} of clips
@@ -126,13 +133,15 @@ def resolve_codec(
             seed=seed,
             data_fingerprint=calib_fp,
             batch_size=batch_size,
+            num_threads=num_threads,
             on_batch=lambda k: bar.update(task, advance=k),
             return_latents=True,
         )
     tok.save(cdir)
     log.info("calibrated codec saved to %s (fingerprint %s)", cdir, tok.fingerprint)
     # the calibration clips' latents are already computed: quantize them rather than re-encode
-    codes = {keys[i]: tok.quantize(z[None])[:, 0].numpy().astype(np.int16) for i, z in zip(train, latents, strict=True)}
+    with torch_threads(1):  # the same single-threaded VQ as `encode`, so the same codes
+        codes = {keys[i]: tok.quantize(z[None])[:, 0].numpy().astype(np.int16) for i, z in zip(train, latents, strict=True)}
     return tok, codes
 
 
@@ -141,7 +150,7 @@ def tokenize_dataset(
     *,
     codec: str = "calibrated",
     n_q: int = 2,
-    batch_size: int = 4,
+    batch_size: int = 1,
     calibrate_on_split: str = "train",
     codec_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -156,9 +165,11 @@ def tokenize_dataset(
     codec: "calibrated" (fit on the `calibrate_on_split` rows, saved at `codec_dir` or
     DATA_DIR/codec, reused while the training audio is unchanged), a hub id, or a local path.
     n_q: codebooks (2 = 1.5 kbps: 150 tokens/s, the most a small LLM's context affords).
-    batch_size: clips per encoder call. On CPU small batches are fastest (the 24 kHz conv
-    activations of a big batch fall out of cache: 25x / 22x / 14x real time at 1 / 4 / 16 on 2
-    cores); raise it on a GPU. Codes do not depend on it.
+    batch_size: clips per encoder call. On CPU 1 is fastest (the 24 kHz conv activations of a
+    big batch fall out of cache: 26x / 19x / 7x real time at 1 / 4 / 16 on 2 cores); raise it on
+    a GPU. Codes do not depend on it.
+    num_threads: clips encoded in parallel, each op on one intra-op thread (None: the usable
+    CPUs); see `codec.tokenizer` for why. Codes do not depend on it.
     shard_size / flush_s: a shard is written atomically every shard_size clips or flush_s seconds.
     Returns {n, encoded, cached, seconds, audio_seconds, x_realtime, codec, n_q, codes_dir}.
     """
@@ -178,7 +189,7 @@ def tokenize_dataset(
     tok, precomputed = resolve_codec(
         codec, data_dir, rows, keys, lengths, paths, n_q=n_q, calibrate_on_split=calibrate_on_split,
         codec_dir=Path(codec_dir) if codec_dir else None, seed=seed, batch_size=batch_size,
-        show_progress=progress,
+        show_progress=progress, num_threads=num_threads,
     )
     fp = tok.fingerprint
     codes_dir = Path(cache_dir or data_dir / "codes") / fp
@@ -201,9 +212,14 @@ def tokenize_dataset(
     t_flush = t_enc
     with progress_bar(progress) as bar:
         task = bar.add_task("encode", total=len(todo_idx))
-        for s in range(0, len(todo_idx), batch_size):
-            batch = todo_idx[s : s + batch_size]
-            codes = tok.encode([read_audio(paths[i], sr) for i in batch], batch_size=batch_size, num_threads=num_threads)
+        batches = [todo_idx[s : s + batch_size] for s in range(0, len(todo_idx), batch_size)]
+
+        def encode(batch: list[int]) -> list[np.ndarray]:  # runs on a worker thread
+            return tok.encode([read_audio(paths[i], sr) for i in batch], batch_size=batch_size, num_threads=1)
+
+        n_done = 0
+        for batch, codes in zip(batches, parallel_map(encode, batches, num_threads), strict=True):
+            n_done += len(batch)
             pending.update({keys[i]: c for i, c in zip(batch, codes, strict=True)})
             # flush by count, and by time so a kill -9 on a slow machine loses at most ~a minute
             if len(pending) >= shard_size or (pending and time.perf_counter() - t_flush > flush_s):
@@ -212,7 +228,7 @@ def tokenize_dataset(
                 pending, t_flush = {}, time.perf_counter()
             done_s += sum(lengths[i] for i in batch) / sr
             dt = max(time.perf_counter() - t_enc, 1e-9)
-            bar.update(task, advance=len(batch), description=f"encode {(s + len(batch)) / dt:.1f} clips/s {done_s / dt:.0f}x rt")
+            bar.update(task, advance=len(batch), description=f"encode {n_done / dt:.1f} clips/s {done_s / dt:.0f}x rt")
         if pending:
             shard = _write_shard(codes_dir, pending)
             index.update(dict.fromkeys(pending, shard))

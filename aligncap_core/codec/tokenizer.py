@@ -13,6 +13,18 @@ hops (and at least `MIN_FRAMES`), so alone or in a longer padded batch its own f
 the same samples; extra batch padding only affects frames past its end, which are trimmed to
 ceil(len / hop) = ceil(len * 75 / 24000). `MIN_FRAMES` covers the left reflect padding of the
 deepest conv (kernel 7 at 75 Hz), which for very short clips would otherwise read past the clip.
+
+Threads (docs/PERFORMANCE.md): every op runs on ONE intra-op thread, and parallelism comes from
+encoding several clips at once on Python threads (torch releases the GIL inside its kernels).
+Two reasons, both measured on the 2-core dev machines:
+  * codes must not depend on the machine: oneDNN's conv results differ in the last bit between
+    1 and 2 intra-op threads (enough to flip a code at a near-tie), so the thread count is fixed;
+  * speed on a shared machine: with 2 OpenMP threads and other jobs running, each of the LSTM's
+    ~500 small sequential ops waits at a barrier for a descheduled thread: the LSTM ran 20x and
+    the conv front 2-6x slower than on one thread. Clip-parallel threads never wait on each other.
+Batching several clips into one call is slower on CPU (a 16 x 32 x 90k conv activation falls out
+of the caches: 26x / 19x / 7x real time at batch 1 / 4 / 16); keep batch_size 1 there and raise
+it on an accelerator.
 """
 
 from __future__ import annotations
@@ -22,6 +34,9 @@ import hashlib
 import json
 import math
 import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,7 +70,7 @@ class SpeechTokenizer(abc.ABC):
     def fingerprint(self) -> str: ...
 
     @abc.abstractmethod
-    def encode(self, wavs: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+    def encode(self, wavs: list[np.ndarray], batch_size: int = 1) -> list[np.ndarray]:
         """1-D float32 arrays at `sample_rate` -> int16 arrays `(n_q, ceil(len * frame_rate / sample_rate))`."""
 
     @abc.abstractmethod
@@ -81,17 +96,39 @@ def read_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's core count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @contextmanager
 def torch_threads(n: int | None):
     """Run with `n` intra-op threads (default: the CPUs this process may use), then restore."""
     old = torch.get_num_threads()
-    if not n:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(max(1, n or usable_cpus()))
     try:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def parallel_map(fn: Callable, items: Sequence, workers: int | None) -> Iterator:
+    """`fn(item)` for every item on `workers` threads (None/0: the usable CPUs), results in input
+    order as they complete. Every op runs on one intra-op thread meanwhile (module doc). On an
+    exception or Ctrl-C the items not yet started are cancelled, not run to the end."""
+    workers = max(1, min(workers or usable_cpus(), len(items) or 1))
+    with torch_threads(1):
+        if workers == 1:
+            for it in items:
+                yield fn(it)
+            return
+        ex = ThreadPoolExecutor(workers, thread_name_prefix="codec")
+        try:
+            futures = [ex.submit(fn, it) for it in items]
+            for f in futures:
+                yield f.result()
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
 def length_buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -124,6 +161,7 @@ class EncodecTokenizer(SpeechTokenizer):
         self.meta = dict(meta or {})
         self.meta.update(n_q=n_q, bandwidth_kbps=self.bandwidth_kbps)
         self.encoder_calls = 0  # counted so tests and benchmarks can check what was (not) encoded
+        self._calls_lock = threading.Lock()  # latents() runs on several threads at once
         self._fp: str | None = None
 
     @property
@@ -200,7 +238,8 @@ class EncodecTokenizer(SpeechTokenizer):
         flip a code at a near-tie). Per clip they see exactly the shapes of an `encode([clip])`.
         """
         x, n_frames = self._padded_batch(wavs)
-        self.encoder_calls += 1
+        with self._calls_lock:
+            self.encoder_calls += 1
         layers = self.model.encoder.layers
         h = x
         for layer in layers[: self._tail_start]:
@@ -230,16 +269,20 @@ class EncodecTokenizer(SpeechTokenizer):
             codes.append(idx)
         return torch.stack(codes)
 
-    @torch.inference_mode()
-    def encode(self, wavs: list[np.ndarray], batch_size: int = 16, num_threads: int | None = None) -> list[np.ndarray]:
+    def encode(self, wavs: list[np.ndarray], batch_size: int = 1, num_threads: int | None = None) -> list[np.ndarray]:
         """1-D float32 arrays at 24 kHz -> int16 codes `(n_q, ceil(len * 75 / 24000))` per clip.
 
         Clips are bucketed by length (longest first) so batches carry little padding; results come
         back in input order and equal encoding each clip alone (see module doc and `latents`).
+        num_threads: clips encoded in parallel, each on one intra-op thread (None: usable CPUs).
         """
         out: list[np.ndarray | None] = [None] * len(wavs)
-        with torch_threads(num_threads):
-            for batch in length_buckets([len(w) for w in wavs], batch_size):
-                for i, lat in zip(batch, self.latents([wavs[j] for j in batch]), strict=True):
-                    out[i] = self.quantize(lat[None])[:, 0].numpy().astype(np.int16)
+        buckets = length_buckets([len(w) for w in wavs], batch_size)
+        for batch, codes in zip(buckets, parallel_map(lambda b: self._encode_batch([wavs[j] for j in b]), buckets, num_threads), strict=True):
+            for i, c in zip(batch, codes, strict=True):
+                out[i] = c
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _encode_batch(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.quantize(lat[None])[:, 0].numpy().astype(np.int16) for lat in self.latents(wavs)]

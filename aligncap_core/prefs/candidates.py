@@ -20,6 +20,7 @@ from aligncap_core.errors import ConfigError
 from aligncap_core.model.batching import AUDIO_CLOSE, AUDIO_OPEN, teacher_prompt_ids
 from aligncap_core.model.checkpoint import AUDIO_TOKEN_RE
 from aligncap_core.model.generate import GenerationSettings, generate_captions
+from aligncap_core.train.threads import ThreadGovernor
 from aligncap_core.utils import progress
 
 
@@ -102,14 +103,23 @@ def sample_candidates(model: Any, tokenizer: Any, prompts: Sequence[dict], n: in
     # fork_rng: generation re-seeds torch per batch; the caller's RNG stream must not depend on
     # whether a sampling step ran in between
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # CPU: adapt the intra-op threads to the machine's load between batches (train.threads);
+    # sampled ids do not depend on it (same seeds, bit-identical matmuls)
+    cpu = next(model.parameters()).device.type == "cpu"
+    threads_before = torch.get_num_threads()
+    governor = ThreadGovernor() if cpu else None
     with torch.random.fork_rng(devices=devices), progress(disable=not show_progress) as bar:
         task = bar.add_task("sample candidates", total=len(expanded))
         for start in range(0, len(expanded), batch_size):
+            if governor:
+                governor.update()
             chunk = expanded[start: start + batch_size]
             # seed + start: the seed generate_captions would use for this batch in one call
             texts += generate_captions(model, tokenizer, chunk, settings, suppress,
                                        generator_seed=seed + start)
             bar.update(task, advance=len(chunk))
+    if governor:
+        torch.set_num_threads(threads_before)
     sampling = {"n": n, "temperature": temperature, "top_p": top_p,
                 "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed}
     out = []
