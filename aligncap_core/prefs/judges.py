@@ -21,8 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from aligncap_core.clues import ClueResult, EmotionClueParser
 from aligncap_core.errors import ConfigError
-from aligncap_core.eval.clue_metrics import known_attributes
-from aligncap_core.eval.clue_metrics import clue_keys
+from aligncap_core.eval.clue_metrics import clue_keys, known_attributes
 
 # Bump when the rubric (criteria, prompt, weights) changes: cached LLM judgments are keyed by it.
 RUBRIC_VERSION = "aligncap-rubric-v1"
