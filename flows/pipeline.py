@@ -124,6 +124,32 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
     return results
 
 
+TABLE_METRICS = ("clue_f1", "hallucination_rate", "kl_gap", "cider", "bleu4", "meteor", "acc_emotion",
+                 "acc_gender")
+
+
+def results_table(results: dict[str, Any]) -> Any:
+    """A rich Table of results.json: a row per stage and split (valid, zeroshot, realdata), the
+    champion marked with *; the teacher (a text model) shows its valid cross-entropy only."""
+    from rich.table import Table
+
+    table = Table(title=f"aligncap pipeline: champion {results['champion']} "
+                        f"({results['select_metric']} on valid)")
+    for title in ("stage", "split", *TABLE_METRICS):
+        table.add_column(title, justify="right" if title not in ("stage", "split") else "left")
+    for stage, by_split in results["stages"].items():
+        mark = "*" if stage == results["champion"] else ""
+        for split, m in by_split.items():
+            if "clue_f1" not in m:  # the teacher: {"valid": {"loss", "ce"}}
+                ce = m.get("ce")
+                table.add_row(stage + mark, split, "-" if ce is None else f"ce {ce:.3f}",
+                              *(["-"] * (len(TABLE_METRICS) - 1)))
+                continue
+            table.add_row(stage + mark, split, *(
+                "-" if not isinstance(m.get(k), int | float) else f"{m[k]:.3f}" for k in TABLE_METRICS))
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`python -m flows.pipeline --out runs/demo [--params params.yaml]`: the embedded pipeline."""
     import os
@@ -147,7 +173,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         params.setdefault("data", {})["synth_n"] = args.n
     if args.rounds is not None:
         params.setdefault("improve", {})["rounds"] = args.rounds
-    return aligncap_pipeline(**params)
+    results = aligncap_pipeline(**params)
+    from rich.console import Console
+
+    Console(width=200).print(results_table(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -289,12 +289,21 @@ def build_dpo_trainer(policy: Any, tokenizer: Any, pairs: list[dict],
         disable_tqdm=not cfg.show_progress,
     )
     trainer_cls = _dpo_trainer_class()
-    return trainer_cls(
+    trainer = trainer_cls(
         model=policy, ref_model=frozen_reference(policy), args=args, train_dataset=dataset,
         processing_class=tokenizer, data_collator=POCollator(tokenizer.pad_token_id),
         lambda_kd=cfg.lambda_kd, kd_temperature=cfg.kd_temperature,
         teacher_adapter=teacher.adapter,
     )
+    # transformers prints every metrics dict to stdout (PrinterCallback, or ProgressCallback's
+    # tqdm.write); stdout carries the CLI's JSON summaries, and the metrics are in
+    # state.log_history (the round's summary) and the logger anyway
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if not cfg.show_progress:
+        trainer.remove_callback(ProgressCallback)
+    return trainer
 
 
 def _expose_lm_head_bias(model: Any) -> None:

@@ -37,11 +37,9 @@ def _prompt(i: int) -> str:
     return student_prompt_text(INSTRUCTION, audio_vocab()[2 + 3 * i: 10 + 3 * i])
 
 
-@pytest.fixture(scope="module")
-def round0(tmp_path_factory):
+def make_round0(root):
     """A round-0 policy checkpoint whose adapter is *not* zero (so policy != base) and a pairs
-    file sampled 'from' it."""
-    root = tmp_path_factory.mktemp("dpo")
+    file sampled 'from' it: (checkpoint, pairs path)."""
     student, tok = perturbed_student()
     ckpt = save_checkpoint(root / "round-0", student, tok, stage="distill", step=10,
                            base_model=str(micro_base_dir()))
@@ -50,7 +48,13 @@ def round0(tmp_path_factory):
              "provenance": {"round": 1, "policy": str(ckpt), "judge": "rubric",
                             "strategy": "golden_vs_sample"}}
             for i, (c, r) in enumerate(CAPTIONS)]
-    pairs = write_pairs(root / "pairs.jsonl", rows)
+    return ckpt, write_pairs(root / "pairs.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def round0(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dpo")
+    ckpt, pairs = make_round0(root)
     return SimpleNamespace(root=root, ckpt=ckpt, pairs=pairs)
 
 

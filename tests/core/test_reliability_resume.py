@@ -268,21 +268,10 @@ def test_leftover_temp_and_half_deleted_checkpoints_are_ignored(corpus, teacher_
 # ---- DPO ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dpo_round0(tmp_path_factory):
-    from aligncap_core.model.checkpoint import save_checkpoint
-    from aligncap_core.prefs.pairs import write_pairs
-    from tests.core.model_helpers import micro_base_dir, perturbed_student
-    from tests.core.test_dpo import CAPTIONS, TEACHER, _prompt
+    from tests.core.test_dpo import make_round0
 
     root = tmp_path_factory.mktemp("dpo-kill")
-    student, tok = perturbed_student()
-    ckpt = save_checkpoint(root / "round-0", student, tok, stage="distill", step=10,
-                           base_model=str(micro_base_dir()))
-    rows = [{"id": f"clip-{i}", "prompt": _prompt(i), "chosen": c, "rejected": r,
-             "chosen_score": 9.0, "rejected_score": 3.0, "margin": 6.0, "teacher_text": TEACHER,
-             "provenance": {"round": 1, "policy": str(ckpt), "judge": "rubric",
-                            "strategy": "golden_vs_sample"}}
-            for i, (c, r) in enumerate(CAPTIONS)]
-    return root, ckpt, write_pairs(root / "pairs.jsonl", rows)
+    return (root, *make_round0(root))
 
 
 def _dpo_weights(ckpt: Path) -> dict[str, torch.Tensor]:

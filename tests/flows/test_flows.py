@@ -144,6 +144,17 @@ def test_pipeline_end_to_end_micro(tmp_path):
     assert results["champion"] in {"student", "round-1"}
     assert (out / "champion" / "meta.json").is_file()
 
+    # the table `python -m flows.pipeline` (make demo) prints at the end
+    from rich.console import Console
+
+    from flows.pipeline import results_table
+
+    console = Console(record=True, width=200)
+    console.print(results_table(on_disk))
+    text = console.export_text()
+    assert f"{results['champion']}*" in text and f"ce {stages['teacher']['valid']['ce']:.3f}" in text
+    assert f"{stages['round-1']['valid']['hallucination_rate']:.3f}" in text
+
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("flows-test")
     runs = client.search_runs([exp.experiment_id])

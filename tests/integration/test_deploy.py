@@ -11,7 +11,6 @@ rest mostly codec calibration + tokenizing and the start-up of the four flow-run
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,30 +20,17 @@ from pathlib import Path
 import boto3
 import pytest
 
-from aligncap_core import procs
 from tests.integration import browser
+from tests.integration.stackhelpers import REPO, clean_env, running_stack
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-ALIGNCAP = [sys.executable, "-m", "aligncap_core.cli"]
 PIPELINE = "aligncap-pipeline/cpu"
 GPU_DEPLOYMENTS = {"train-teacher": "gpu", "distill": "gpu", "self-improve": "gpu"}
 EXPERIMENT = "deploy-test"
 MICRO_TRAIN = {"lr": 3e-3, "warmup_steps": 2, "batch_size": 8, "eval_every": 0, "eval_batches": 2,
                "checkpoint_every": 0, "num_threads": 1, "log_every": 2}
 RUN_TIMEOUT_S = 480
-
-
-def _clean_env() -> dict[str, str]:
-    # the test's own shell must not point the CLI at another server or store
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "PREFECT_RESULTS", "AWS_ENDPOINT"))}
-
-
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*ALIGNCAP, *args], capture_output=True, text=True, timeout=timeout,
-                          env=_clean_env(), cwd=REPO)
 
 
 def _api(api: str, path: str, body: dict | None = None):
@@ -73,21 +59,10 @@ def _params(out_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    for exe in ("prefect", "mlflow", "moto_server"):
-        if not (Path(sys.executable).parent / exe).exists():
-            pytest.skip(f"{exe} not installed next to {sys.executable}")
     home = tmp_path_factory.mktemp("deploy-stack")
-    ports = [procs.free_port() for _ in range(3)]
-    try:
-        r = _cli("up", "--s3", "--home", str(home), "--prefect-port", str(ports[0]),
-                 "--mlflow-port", str(ports[1]), "--s3-port", str(ports[2]))
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-        state = json.loads((home / "stack.json").read_text())
+    with running_stack(home, deploy=True) as (state, _):
         assert state["deploy"] == "ok", (home / "logs" / "deploy.log").read_text()[-3000:]
         yield home, state
-    finally:
-        r = _cli("down", "--home", str(home))
-        print(f"stack down: {r.stderr.strip()}")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +71,7 @@ def pipeline_run(stack, tmp_path_factory):
     home, state = stack
     api = state["urls"]["prefect_api"]
     out_dir = tmp_path_factory.mktemp("deploy-run") / "run"
-    env = {**_clean_env(), **state["env"]}
+    env = {**clean_env(), **state["env"]}
     r = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deployment", "run",
                         PIPELINE, "--params", json.dumps(_params(out_dir))],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)

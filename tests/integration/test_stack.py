@@ -3,42 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 import boto3
 import pytest
 
 from aligncap_core import procs
 from aligncap_core import tracking as T
+from tests.integration.stackhelpers import cli, running_stack
 
 pytestmark = pytest.mark.integration
 
-ALIGNCAP = [sys.executable, "-m", "aligncap_core.cli"]
-
-
-def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
-    return subprocess.run([*ALIGNCAP, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    for exe in ("prefect", "mlflow", "moto_server"):
-        if not (Path(sys.executable).parent / exe).exists():
-            pytest.skip(f"{exe} not installed next to {sys.executable}")
     home = tmp_path_factory.mktemp("stack")
-    ports = [procs.free_port() for _ in range(3)]
-    try:
-        r = _cli("up", "--s3", "--home", str(home), "--prefect-port", str(ports[0]),
-                 "--mlflow-port", str(ports[1]), "--s3-port", str(ports[2]), "--no-deploy")
-        assert r.returncode == 0, r.stderr[-3000:]
-        yield home, json.loads((home / "stack.json").read_text()), r.stderr
-    finally:
-        _cli("down", "--home", str(home))
+    with running_stack(home, deploy=False) as (state, up):
+        yield home, state, up.stderr
 
 
 def _get(url: str) -> bytes:
@@ -56,7 +38,7 @@ def test_stack_up_status_down(stack):
                 "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"):
         assert f"export {var}=" in env_sh
 
-    r = _cli("status", "--home", str(home))
+    r = cli("status", "--home", str(home))
     assert r.returncode == 0, r.stdout + r.stderr
     for name in ("s3", "prefect", "mlflow", "worker-cpu", "worker-gpu"):
         assert name in r.stdout
@@ -69,7 +51,7 @@ def test_stack_up_status_down(stack):
 
     # A port that is taken is named, with the option that changes it; nothing else starts.
     prefect_port = urls["prefect_ui"].rsplit(":", 1)[1]
-    r = _cli("up", "--home", str(home / "second"), "--prefect-port", prefect_port, "--mlflow-port",
+    r = cli("up", "--home", str(home / "second"), "--prefect-port", prefect_port, "--mlflow-port",
              str(procs.free_port()))
     assert r.returncode == 2 and f"port {prefect_port}" in r.stderr and "--prefect-port" in r.stderr
 
@@ -86,11 +68,11 @@ def test_stack_up_status_down(stack):
 
     # down stops every process (workers first) and is idempotent.
     recs = list(state["components"].values())
-    r = _cli("down", "--home", str(home))
+    r = cli("down", "--home", str(home))
     assert r.returncode == 0, r.stderr
     assert not [rec["pid"] for rec in recs if procs.alive(rec)]
     assert not [rec["pid"] for rec in recs if procs.group_members(rec["pid"])]
     assert not (home / "stack.json").exists()
-    r = _cli("down", "--home", str(home))
+    r = cli("down", "--home", str(home))
     assert r.returncode == 0 and "nothing running" in r.stderr
-    assert _cli("status", "--home", str(home)).returncode == 1
+    assert cli("status", "--home", str(home)).returncode == 1
