@@ -20,6 +20,8 @@ class GenerationSettings:
     do_sample: sample (preference rounds draw N diverse candidates) instead of argmax.
     temperature, top_p: sampling only; top_p=1.0 disables nucleus filtering.
     batch_size: prompts per forward; the cache grows with batch * (prompt + new tokens).
+    min_new_tokens: eos is not allowed before this many new tokens (1: a caption is never empty,
+        even from a barely trained model whose most likely first token is eos).
     """
 
     max_new_tokens: int = 64
@@ -28,6 +30,7 @@ class GenerationSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 16
+    min_new_tokens: int = 1
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -42,6 +45,8 @@ class GenerationSettings:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
@@ -77,7 +82,8 @@ def generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[in
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=s.max_new_tokens, num_beams=s.num_beams, do_sample=s.do_sample,
+        max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None,
+        num_beams=s.num_beams, do_sample=s.do_sample,
         eos_token_id=eos, pad_token_id=pad, use_cache=True,
     )
     if s.do_sample:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "prefect.yaml"
-GPU_FLOWS = {"train-teacher", "distill", "self-improve"}
+GPU_FLOWS = {"train-teacher", "distill", "self-improve", "ablation"}  # training and generation
 
 
 def _deployments() -> list[dict]:
