@@ -15,6 +15,7 @@ from aligncap_core.vocab import ATTRIBUTES
 
 # a caption that names a uniformly random value of the attribute (acc_* is recall-like: a caption
 # that does not name the attribute counts as wrong, so this is an upper bound for guessing)
+COLORS = {"valid": "C0", "zeroshot": "C1", REALDATA: "C2"}
 CHANCE = {f"acc_{a}": round(1 / len(v), 3) for a, v in ATTRIBUTES.items()}
 
 
@@ -66,17 +67,24 @@ def plot_variants(results: dict, out_png: str | os.PathLike,
     variants = list(summary)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), squeeze=False)
     x = list(range(len(variants)))
+    plotted: dict[str, str] = {}
     for ax, m in zip(axes[0], metrics, strict=True):
         for split in (*SPLITS, REALDATA):
             stats = [summary[v].get(split, {}).get(m) for v in variants]
             if not any(stats):
                 continue
             ax.errorbar(x, [s["mean"] if s else float("nan") for s in stats],
-                        yerr=[s["std"] if s else 0.0 for s in stats], marker="o", capsize=3, label=split)
+                        yerr=[s["std"] if s else 0.0 for s in stats], marker="o", capsize=3,
+                        color=COLORS[split], label=split)
+            plotted[split] = COLORS[split]
         ax.set_title(m, fontsize=10)
         ax.set_xticks(x, variants, rotation=40, ha="right", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    if plotted:  # one legend for the figure: a split keeps its colour in every panel
+        from matplotlib.lines import Line2D
+
+        fig.legend([Line2D([], [], color=c, marker="o") for c in plotted.values()], list(plotted),
+                   fontsize=8, loc="upper right")
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
