@@ -67,6 +67,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         raise
 
 
+def discard_dir(path: str | os.PathLike) -> None:
+    """Delete a directory by renaming it to a hidden `.del-<name>` first, so a kill during the
+    deletion never leaves a half-deleted directory under its real name. OSError of the rename
+    propagates (nothing was touched)."""
+    path = Path(path)
+    doomed = path.with_name(f".del-{path.name}")
+    path.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary sibling name and rename it into place at the end.

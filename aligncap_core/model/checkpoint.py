@@ -55,6 +55,24 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters that train (LoRA, new token rows; everything from scratch)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], missing_msg: str) -> None:
+    """Copy `state` (from `trainable_state`) into `model`'s parameters of the same names.
+    A name the model lacks is a ConfigError: `missing_msg` formatted with `missing` (the first
+    three such names), saying whose checkpoint it is and what to do."""
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise ConfigError(missing_msg.format(missing=missing[:3]))
+    with torch.no_grad():
+        for n, v in state.items():
+            params[n].copy_(v)
+
+
 def _raw_weight(module: Any) -> torch.Tensor:
     """The frozen base weight under any peft wrappers (TrainableTokensWrapper, LoRA layer)."""
     while True:

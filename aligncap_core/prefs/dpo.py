@@ -31,7 +31,12 @@ from typing import Any
 import torch
 
 from aligncap_core.errors import ConfigError
-from aligncap_core.model.checkpoint import load_checkpoint, save_checkpoint
+from aligncap_core.model.checkpoint import (
+    load_checkpoint,
+    load_trainable_state,
+    save_checkpoint,
+    trainable_state,
+)
 from aligncap_core.model.lora import teacher_pass
 from aligncap_core.model.losses import align_caption_logits, kd_loss
 from aligncap_core.prefs.dpo_data import (
@@ -42,7 +47,7 @@ from aligncap_core.prefs.dpo_data import (
     pair_dataset,
 )
 from aligncap_core.prefs.pairs import read_pairs
-from aligncap_core.utils import atomic_dir, sha256_bytes, sha256_file, stable_json
+from aligncap_core.utils import atomic_dir, discard_dir, sha256_bytes, sha256_file, stable_json
 
 log = logging.getLogger(__name__)
 RESUME_WEIGHTS = "trainable.pt"  # trainable parameters in a resumable DPO checkpoint
@@ -173,30 +178,21 @@ def _dpo_trainer_class() -> type:
             the round's inputs), with HF's optimizer, scheduler, RNG and trainer state files."""
             final = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             with atomic_dir(final) as tmp:
-                trainable = {n: p.detach().cpu().clone()
-                             for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
-                             if p.requires_grad}
-                torch.save(trainable, tmp / RESUME_WEIGHTS)
+                torch.save(trainable_state(self.accelerator.unwrap_model(self.model)),
+                           tmp / RESUME_WEIGHTS)
                 self._save_optimizer_and_scheduler(str(tmp))
                 self._save_scaler(str(tmp))
                 self._save_rng_state(str(tmp))
                 self.state.save_to_json(str(tmp / "trainer_state.json"))
             for old in Path(self.args.output_dir).glob("checkpoint-*"):
                 if old != final:  # hidden first: never a half-deleted checkpoint in view
-                    doomed = old.with_name(f".del-{old.name}")
-                    old.rename(doomed)
-                    shutil.rmtree(doomed, ignore_errors=True)
+                    discard_dir(old)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             state = torch.load(Path(resume_from_checkpoint) / RESUME_WEIGHTS, map_location="cpu")
-            params = dict(self.accelerator.unwrap_model(model or self.model).named_parameters())
-            missing = sorted(set(state) - set(params))
-            if missing:
-                raise ConfigError(f"{resume_from_checkpoint}: weights {missing[:3]} are not in "
-                                  "the policy; delete this work folder to restart the round")
-            with torch.no_grad():
-                for n, v in state.items():
-                    params[n].copy_(v)
+            load_trainable_state(self.accelerator.unwrap_model(model or self.model), state,
+                                 f"{resume_from_checkpoint}: weights {{missing}} are not in the "
+                                 "policy; delete this work folder to restart the round")
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             # rows arrive tokenized by dpo_data.pair_dataset (see its module doc for why)

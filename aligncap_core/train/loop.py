@@ -34,13 +34,15 @@ from aligncap_core.model.checkpoint import (
     capture_rng_state,
     checkpoint_name,
     latest_checkpoint,
+    load_trainable_state,
     load_trainer_state,
     restore_rng_state,
+    trainable_state,
 )
 from aligncap_core.train.config import TrainConfig
 from aligncap_core.train.loggers import Logger
 from aligncap_core.train.threads import ThreadGovernor
-from aligncap_core.utils import atomic_write, progress
+from aligncap_core.utils import atomic_write, discard_dir, progress
 
 STEP_DIR = re.compile(r"step-\d+")
 
@@ -183,19 +185,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
-        raise ConfigError(f"checkpoint parameters not in the model: {missing[:3]}; the run dir "
-                          "belongs to a different model or config (use a new --out)")
-    with torch.no_grad():
-        for n, v in state.items():
-            params[n].copy_(v)
+RESUME_MISMATCH = ("checkpoint parameters not in the model: {missing}; the run dir belongs to a "
+                   "different model or config (use a new --out)")
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -237,7 +228,7 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
         if ts is None or "loop" not in ts:
             raise ConfigError(f"{resume_from}: checkpoint has no trainer_state to resume from; "
                               "use a new --out directory")
-        _load_trainable_state(model, ts["model"])
+        load_trainable_state(model, ts["model"], RESUME_MISMATCH)
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         scaler.load_state_dict(ts["scaler"])
@@ -252,7 +243,7 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
 
     def save(metrics: dict[str, float]) -> Path:
         trainer_state = {
-            "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+            "model": trainable_state(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "loop": asdict(state),
             "rng": capture_rng_state(),  # save_checkpoint captures the same; kept for any saver
@@ -393,12 +384,8 @@ def _prune(run_dir: Path, keep_last: int, keep: str | None) -> None:
     steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name))
     for p in steps[:-keep_last]:
         if p.name != keep:
-            doomed = p.with_name(f".del-{p.name}")
-            try:
-                p.rename(doomed)
-            except OSError:
-                continue
-            shutil.rmtree(doomed, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                discard_dir(p)
 
 
 def _clear_leftovers(run_dir: Path) -> None:
