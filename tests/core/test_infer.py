@@ -23,7 +23,7 @@ from aligncap_core.model.generate import GenerationSettings
 from aligncap_core.train import stages
 from aligncap_core.train.config import StudentConfig, TeacherConfig
 from aligncap_core.utils import read_jsonl, write_jsonl
-from tests.core.test_train import EMOTIONS, TRANSCRIPTS, quick
+from tests.core.test_train import EMOTIONS, clip_row, quick, toy_p_act
 
 SR = 24000
 TINY_CODEC = {"codebook_size": 16, "num_filters": 4, "hidden_size": 16}
@@ -45,17 +45,9 @@ def raw_corpus(root: Path, n: int = 24, n_valid: int = 8) -> Path:
     (root / "audio").mkdir(parents=True)
     rows = []
     for i in range(n):
-        emotion = list(EMOTIONS)[i % 3]
-        pitch, speed = EMOTIONS[emotion]
-        sf.write(root / "audio" / f"clip-{i:03d}.wav", tone(emotion, rng), SR)
-        rows.append({
-            "id": f"clip-{i:03d}", "audio": f"audio/clip-{i:03d}.wav",
-            "split": "valid" if i >= n - n_valid else "train",
-            "transcript": TRANSCRIPTS[i % len(TRANSCRIPTS)],
-            "captions": [f"A person speaks {speed} in a {pitch} voice, sounding {emotion}.",
-                         f"The speaker sounds {emotion}."][: 1 + i % 2],
-            "attributes": {"emotion": emotion, "pitch": pitch, "speed": speed},
-        })
+        row = clip_row(i, n, n_valid)
+        sf.write(root / row["audio"], tone(row["attributes"]["emotion"], rng), SR)
+        rows.append(row)
     write_jsonl(root / "manifest.jsonl", rows)
     return root
 
@@ -74,9 +66,7 @@ def corpus(tmp_path_factory) -> Path:
     tokenize_dataset(root, codec=str(root / "codec"), n_q=2, progress=False)
     rows = read_jsonl(root / "manifest.jsonl")
     for r in rows:  # what `data clues` writes, without loading spaCy for the whole corpus
-        a = r["attributes"]
-        r["p_act"] = (f"Emotional clues: pitch {a['pitch']}; speed {a['speed']}; emotion "
-                      f"{a['emotion']}. Describe how the speaker sounds.")
+        r["p_act"] = toy_p_act(r["attributes"])
     write_jsonl(root / "manifest.jsonl", rows)
     return root
 

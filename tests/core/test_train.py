@@ -34,6 +34,28 @@ TRANSCRIPTS = ["Kids are talking by the door.", "Dogs are sitting by the door.",
 CODEBOOK = 16  # small codebooks: 2 + 2 * 16 audio tokens keep the micro vocabulary small
 
 
+def clip_row(i: int, n: int, n_valid: int) -> dict:
+    """Row i of an n-clip toy corpus (no codes, no clues): the emotion cycles over EMOTIONS and
+    sets pitch and speed; the last n_valid rows are valid, the rest train."""
+    emotion = list(EMOTIONS)[i % 3]
+    pitch, speed = EMOTIONS[emotion]
+    return {
+        "id": f"clip-{i:03d}", "audio": f"audio/clip-{i:03d}.wav",
+        "split": "valid" if i >= n - n_valid else "train",
+        "transcript": TRANSCRIPTS[i % len(TRANSCRIPTS)],
+        "captions": [f"A person speaks {speed} in a {pitch} voice, sounding {emotion}.",
+                     f"The speaker sounds {emotion}."][: 1 + i % 2],
+        "attributes": {"emotion": emotion, "pitch": pitch, "speed": speed},
+    }
+
+
+def toy_p_act(attributes: dict) -> str:
+    """What `data clues` writes as the acoustic prompt of a toy row."""
+    a = attributes
+    return (f"Emotional clues: pitch {a['pitch']}; speed {a['speed']}; emotion {a['emotion']}. "
+            "Describe how the speaker sounds.")
+
+
 def make_corpus(root: Path, n: int = 24, n_valid: int = 8, seed: int = 0) -> Path:
     """n clips (the last n_valid in valid) with codes that depend on the emotion."""
     rng = np.random.default_rng(seed)
@@ -42,23 +64,13 @@ def make_corpus(root: Path, n: int = 24, n_valid: int = 8, seed: int = 0) -> Pat
     (codes_dir / "codec.json").write_text(json.dumps({"n_q": 2, "codebook_size": CODEBOOK}))
     shard, rows = {}, []
     for i in range(n):
-        emotion = list(EMOTIONS)[i % 3]
-        pitch, speed = EMOTIONS[emotion]
         key = f"{i:064x}"
         lo = 5 * (i % 3)
         shard[key] = rng.integers(lo, lo + 6, size=(2, int(rng.integers(8, 16)))).astype(np.int16)
-        rows.append({
-            "id": f"clip-{i:03d}", "audio": f"audio/clip-{i:03d}.wav",
-            "split": "valid" if i >= n - n_valid else "train",
-            "transcript": TRANSCRIPTS[i % len(TRANSCRIPTS)],
-            "captions": [f"A person speaks {speed} in a {pitch} voice, sounding {emotion}.",
-                         f"The speaker sounds {emotion}."][: 1 + i % 2],
-            "attributes": {"emotion": emotion, "pitch": pitch, "speed": speed},
-            "p_act": f"Emotional clues: pitch {pitch}; speed {speed}; emotion {emotion}. "
-                     "Describe how the speaker sounds.",
-            "codes": {"codec": "fakecodec", "shard": "codes/fakecodec/shard-00000-abcdef.npz",
-                      "key": key},
-        })
+        row = clip_row(i, n, n_valid)
+        rows.append({**row, "p_act": toy_p_act(row["attributes"]),
+                     "codes": {"codec": "fakecodec", "shard": "codes/fakecodec/shard-00000-abcdef.npz",
+                               "key": key}})
     np.savez(codes_dir / "shard-00000-abcdef.npz", **shard)
     write_jsonl(root / "manifest.jsonl", rows)
     return root
