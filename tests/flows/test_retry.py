@@ -8,6 +8,7 @@ standing in for a lost worker; everything else is the real task, stage, loop and
 from __future__ import annotations
 
 import json
+import time
 
 from aligncap_core import tracking as T
 from aligncap_core.train import loop
@@ -22,7 +23,12 @@ TEACHER = {"preset": "micro", "train": {
 def test_retried_training_task_resumes_in_the_same_mlflow_run(tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from prefect import flow, get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
     from tasks.train import train_teacher
 
@@ -56,7 +62,11 @@ def test_retried_training_task_resumes_in_the_same_mlflow_run(tmp_path, monkeypa
         flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         (task_run,) = client.read_task_runs(flow_run_filter=flow_filter)
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
-        logs = client.read_logs(log_filter=None, limit=200)
+        # run logs reach the API from a background sender: wait for this run's to arrive
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        deadline = time.monotonic() + 30
+        while not (logs := client.read_logs(log_filter=log_filter, limit=200)) and time.monotonic() < deadline:
+            time.sleep(0.5)
     assert task_run.run_count == 2 and task_run.state.is_completed()
     assert len(saves) == 3 and saves[1][-1] == "step-00000008" and saves[2][-1] == "step-00000012"
 
