@@ -27,6 +27,7 @@ Layout of `out_dir`:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from aligncap_core.errors import ConfigError
-from aligncap_core.utils import atomic_write
+from aligncap_core.utils import atomic_write, set_dotted
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,9 @@ def judge_name(judge: dict[str, Any]) -> str:
     return str(judge.get("kind", "rubric"))
 
 
-def _merge(base: dict[str, Any], **top: Any) -> dict[str, Any]:
-    out = json.loads(json.dumps(base))  # deep copy of plain data
-    for k, v in top.items():
-        if isinstance(v, dict):
-            out[k] = {**out.get(k, {}), **v}
-        else:
-            out[k] = v
-    return out
+def _with(base: dict[str, Any], dotted: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of the config dict `base` with `dotted` keys ("train.seed") set on top."""
+    return set_dotted(copy.deepcopy(base), dotted)
 
 
 def build_corpus(out_dir: Path, n: int, n_q: int) -> Path:
@@ -206,7 +202,7 @@ def _teacher(data: Path, run_dir: Path, cfg: AblationConfig, seed: int, *, acous
     from aligncap_core.train.config import TeacherConfig, from_dict
     from aligncap_core.train.stages import train_teacher
 
-    c = from_dict(TeacherConfig, _merge(cfg.teacher, acoustic_prompt=acoustic, train={"seed": seed}))
+    c = from_dict(TeacherConfig, _with(cfg.teacher, {"acoustic_prompt": acoustic, "train.seed": seed}))
     return str(train_teacher(data, run_dir, c, show_progress=False))
 
 
@@ -215,8 +211,8 @@ def _student(data: Path, teacher_ckpt: str, run_dir: Path, cfg: AblationConfig, 
     from aligncap_core.train.config import StudentConfig, from_dict
     from aligncap_core.train.stages import train_student
 
-    c = from_dict(StudentConfig, _merge(cfg.student, lambda_kd=lambda_kd, acoustic_prompt=acoustic,
-                                        train={"seed": seed}))
+    c = from_dict(StudentConfig, _with(cfg.student, {"lambda_kd": lambda_kd, "acoustic_prompt": acoustic,
+                                                     "train.seed": seed}))
     return str(train_student(data, teacher_ckpt, run_dir, c, show_progress=False))
 
 
@@ -226,10 +222,9 @@ def _rounds(start: str, data: Path, run_dir: Path, cfg: AblationConfig, seed: in
     the start's evaluation, so round 0 is not evaluated again."""
     from aligncap_core.improve import self_improve
 
-    imp = _merge(cfg.improve, judge=judge, seed=seed, eval_splits=list(SPLITS),
-                 eval_limit=cfg.eval_limit)
-    if not kd_on:
-        imp["dpo"] = {**imp.get("dpo", {}), "lambda_kd": 0.0}
+    # the judge replaces any judge in `improve`; eval_limit None (every clip) is set as given
+    imp = {**_with(cfg.improve, {} if kd_on else {"dpo.lambda_kd": 0.0}), "judge": judge,
+           "seed": seed, "eval_splits": list(SPLITS), "eval_limit": cfg.eval_limit}
     return self_improve(start, str(data), str(run_dir), imp, start_metrics=start_metrics)["rounds"][1:]
 
 

@@ -33,27 +33,23 @@ from aligncap_core.model.losses import align_caption_logits
 from aligncap_core.train import data
 from aligncap_core.train.stages import teacher_caption_logits
 
+CATEGORIES = ("emotion", "pitch", "speed", "volume", "gender")
+
 
 def clue_char_mask(caption: str, parser: EmotionClueParser) -> list[bool]:
     """True for every character inside a clue phrase the parser found in `caption`."""
     mask = [False] * len(caption)
     low = caption.lower()
-    start = 0
     for clue in parser.parse(caption).clues:
-        if clue.category not in ("emotion", "pitch", "speed", "volume", "gender"):
+        if clue.category not in CATEGORIES:
             continue
-        i = low.find(clue.text.lower())
-        if i < 0:
-            i = low.find(clue.head.lower(), start)
-        if i < 0:
-            continue
-        n = len(clue.text) if low.find(clue.text.lower()) == i else len(clue.head)
-        for j in range(i, i + n):
-            mask[j] = True
+        # the phrase as written, else its head word (the parser may lemmatize the phrase)
+        for phrase in (clue.text.lower(), clue.head.lower()):
+            i = low.find(phrase)
+            if i >= 0:
+                mask[i:i + len(phrase)] = [True] * len(phrase)
+                break
     return mask
-
-
-CATEGORIES = ("emotion", "pitch", "speed", "volume", "gender")
 
 
 def value_token_map(tok) -> dict[str, dict[int, str]]:
