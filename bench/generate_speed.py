@@ -1,13 +1,15 @@
-"""Batched candidate generation vs a per-clip `generate` loop, captions per second (goal >= 10x).
+"""Batched candidate generation vs a per-caption `generate` loop, captions per second (goal >= 10x).
 
     python bench/generate_speed.py [--clips 16] [--n 4] [--batch-size 64] [--smoke]
 
 The preference round's sampling (`prefs.candidates.sample_candidates`: n samples per clip, many
-clips per `generate` call, KV cache, audio tokens suppressed) against the plain loop that calls
-`generate` once per caption, on the `tiny` preset with the demo's vocabulary and audio prompts
-of the demo's length. Both sides generate exactly `max_new_tokens` tokens per caption (eos is
-suppressed too, so a random-weight model cannot end early on one side only). Also reported:
-one `generate` call per clip with its n samples as the batch. Prints one JSON object.
+clips per call, each clip's prompt prefilled once and its KV cache shared by its n samples,
+audio tokens suppressed) against the plain loop that calls `generate` once per caption, on the
+`tiny` preset with the demo's vocabulary and audio prompts of the demo's length. Every side
+generates exactly `max_new_tokens` tokens per caption (eos is suppressed too, so a random-weight
+model cannot end early on one side only). Also reported: one call per clip (its n samples from
+one prefill), and the previous batched path that repeats each prompt n times in one `generate`
+batch (every prompt prefilled n times). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ def main(argv: list[str] | None = None) -> dict:
                for _ in range(args.clips)]
     suppress = [2, *range(TEXT_VOCAB, vocab)]  # audio tokens (as sample_candidates) + eos
 
-    def run(rows: list[list[int]], batch_size: int) -> float:
+    def run(rows: list[list[int]], batch_size: int, n: int = 1) -> float:
+        """Seconds to sample n captions per row of `rows` (n > 1: shared-prefix path)."""
         s = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=True, top_p=0.9,
-                               batch_size=batch_size)
+                               batch_size=batch_size, num_return_sequences=n)
         t = time.perf_counter()
         out = generate_token_ids(model, tok, rows, s, suppress, generator_seed=0)
         dt = time.perf_counter() - t
+        assert len(out) == len(rows) * n
         assert all(len(o) == args.max_new_tokens for o in out), "a caption ended early"
         return dt
 
@@ -68,22 +72,28 @@ def main(argv: list[str] | None = None) -> dict:
     n_caps = len(expanded)
     log(f"generate: {args.clips} clips x {args.n} candidates, prompt {args.prompt_len}, "
         f"{args.max_new_tokens} new tokens")
-    run(expanded[:2], 2)  # warm-up
+    run(prompts[:1], args.n, args.n)  # warm-up, both paths
+    run(expanded[:2], 2)
     # interleave so that load bursts hit every side; the per-caption loop is timed on a subset
     # of clips (it is the slow side) and scaled per caption
-    sub = max(1, min(args.clips, 4)) * args.n
-    t_batched, t_loop, t_clip = [], [], []
+    n_sub = max(1, min(args.clips, 4))
+    sub = n_sub * args.n
+    t_batched, t_loop, t_clip, t_rep = [], [], [], []
     for _ in range(1 if args.smoke else 2):
-        t_batched.append(run(expanded, args.batch_size) / n_caps)
+        # what sample_candidates does: batch_size rows = batch_size // n clips x n samples
+        t_batched.append(run(prompts, args.batch_size, args.n) / n_caps)
         t_loop.append(sum(run([row], 1) for row in expanded[:sub]) / sub)
-        t_clip.append(sum(run(expanded[k:k + args.n], args.n) for k in range(0, sub, args.n)) / sub)
-    b, lp, cl = min(t_batched), min(t_loop), min(t_clip)
+        t_clip.append(sum(run([p], args.n, args.n) for p in prompts[:n_sub]) / sub)
+        t_rep.append(run(expanded, args.batch_size) / n_caps)
+    b, lp, cl, rp = min(t_batched), min(t_loop), min(t_clip), min(t_rep)
     return emit("generate_speed", {
         "batched_over_per_caption_loop": round(lp / b, 2),
         "goal_batched_over_loop": 10.0,
         "batched_over_per_clip_calls": round(cl / b, 2),
+        "shared_prefix_over_repeated_prompts": round(rp / b, 2),
         "captions_per_s": {"batched": round(1 / b, 2), "per_caption_loop": round(1 / lp, 2),
-                           "per_clip_calls": round(1 / cl, 2)},
+                           "per_clip_calls": round(1 / cl, 2),
+                           "batched_repeated_prompts": round(1 / rp, 2)},
         "sizes": {"clips": args.clips, "n": args.n, "batch_size": args.batch_size,
                   "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
                   "preset": args.preset},

@@ -1,4 +1,11 @@
-"""Batched caption generation with KV cache (greedy, beam search, sampling)."""
+"""Batched caption generation with KV cache (greedy, beam search, sampling).
+
+Several samples per prompt (`GenerationSettings.num_return_sequences` > 1, the preference
+round's n candidates per clip) share the prompt pass: each distinct prompt is prefilled once,
+its KV cache is repeated n times and the n samples are decoded from it (`_decode_shared_prefix`).
+HF `generate(num_return_sequences=n)` would expand the prompts before the prefill, i.e. run the
+~200-token audio prompt n times over.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from aligncap_core.errors import ConfigError
@@ -19,9 +27,12 @@ class GenerationSettings:
     num_beams: 1 = greedy/sampling; >1 = beam search (deterministic, for evaluation).
     do_sample: sample (preference rounds draw N diverse candidates) instead of argmax.
     temperature, top_p: sampling only; top_p=1.0 disables nucleus filtering.
-    batch_size: prompts per forward; the cache grows with batch * (prompt + new tokens).
+    batch_size: rows per forward; the cache grows with rows * (prompt + new tokens). With
+        num_return_sequences n, a forward decodes max(1, batch_size // n) prompts x n samples.
     min_new_tokens: eos is not allowed before this many new tokens (1: a caption is never empty,
         even from a barely trained model whose most likely first token is eos).
+    num_return_sequences: continuations per prompt (greedy or sampling, not beam search); each
+        prompt is prefilled once and its n continuations are decoded from copies of its cache.
     """
 
     max_new_tokens: int = 64
@@ -31,6 +42,7 @@ class GenerationSettings:
     top_p: float = 1.0
     batch_size: int = 16
     min_new_tokens: int = 1
+    num_return_sequences: int = 1
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -47,6 +59,10 @@ class GenerationSettings:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ConfigError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
+        if self.num_return_sequences < 1:
+            raise ConfigError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.num_return_sequences > 1 and self.num_beams > 1:
+            raise ConfigError("num_return_sequences > 1 needs greedy or sampling, not beam search")
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
@@ -64,16 +80,130 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
     return ids.to(device), attn.to(device)
 
 
+def _repeat_cache_rows(cache: Any, n: int) -> None:
+    """Repeat every row of a (prefilled) cache n times in place: row i -> rows i*n .. i*n+n-1."""
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.dim() > 0:
+                setattr(layer, name, t.repeat_interleave(n, dim=0))
+        if hasattr(layer, "batch_size"):
+            layer.batch_size *= n
+
+
+def _argsort_descending(x: torch.Tensor) -> torch.Tensor:
+    """Column indices that sort each row of `x` in descending order (ties in any order).
+    On CPU via numpy: its SIMD sort is ~6x faster than torch.sort on 64 x 4096 probabilities
+    (2 ms vs 14 ms a step, measured on the 2-core dev machine), which made the top-p sort a
+    quarter of batched sampling time."""
+    if x.device.type != "cpu":
+        return torch.argsort(x, dim=-1, descending=True)
+    return torch.from_numpy(np.argsort(-x.numpy(), axis=-1))
+
+
+def _sample_top_p(logits: torch.Tensor, top_p: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """One column index per row of `logits` (already divided by the temperature), drawn from the
+    nucleus: the most likely tokens while the mass before them is < top_p, which is the set
+    transformers' TopPLogitsWarper keeps. Inverse-CDF on the sorted probabilities: one uniform
+    number per row instead of multinomial's one per column, and no second softmax."""
+    probs = logits.softmax(dim=-1)
+    if top_p >= 1.0:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    si = _argsort_descending(probs)
+    sp = probs.gather(1, si)
+    cum = sp.cumsum(dim=-1)
+    keep = ((cum - sp) < top_p).sum(dim=-1, keepdim=True)
+    # never a zero-probability token (a suppressed eos), whatever the rounding of cum
+    keep = torch.minimum(keep, (sp > 0).sum(dim=-1, keepdim=True)).clamp_(min=1)
+    u = torch.rand(keep.shape, generator=generator, device=probs.device, dtype=cum.dtype)
+    j = torch.searchsorted(cum, u * cum.gather(1, keep - 1), right=True)
+    return si.gather(1, torch.minimum(j, keep - 1)).squeeze(1)
+
+
+def _decode_shared_prefix(model: Any, ids: torch.Tensor, attn: torch.Tensor, n: int,
+                          s: GenerationSettings, eos: int | None, pad: int,
+                          suppress: Sequence[int],
+                          generator: torch.Generator | None) -> torch.Tensor:
+    """n continuations of each left-padded prompt row; returns (rows * n, steps) new token ids,
+    the n continuations of row i contiguous, `pad` after eos.
+
+    The prompt pass runs once per row (into a preallocated static cache: no per-token concat
+    of the whole cache, see generate_token_ids); the cache is then repeated n times and the
+    rows * n continuations are decoded together, one forward per new token. The model is
+    called the way transformers' generate calls it (2D attention mask, position ids from the
+    mask), so a peft model works the same. Logit processing follows generate too: suppressed
+    ids and eos (before min_new_tokens) -> -inf, then temperature, then top-p. Suppressed ids are
+    dropped from the logits (only the allowed columns are kept) rather than set to -inf: the
+    per-step softmax and top-p sort then skip the audio tokens, a third of the demo's
+    vocabulary."""
+    from transformers import StaticCache
+
+    b, plen = ids.shape
+    rows, steps, dev = b * n, s.max_new_tokens, ids.device
+    cache = StaticCache(config=model.config, max_cache_len=plen + steps)
+    # the whole mask up front (future columns 0, set as tokens arrive): the static cache
+    # attends over all plen + steps slots, unfilled ones masked out
+    mask = torch.zeros(b, plen + steps, dtype=torch.long, device=dev)
+    mask[:, :plen] = attn
+    pos = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)
+    out = model(input_ids=ids, attention_mask=mask[:, :plen], position_ids=pos,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
+    del out
+    vocab = logits.shape[-1]
+    ok = torch.ones(vocab, dtype=torch.bool)
+    ok[[i for i in suppress if 0 <= i < vocab]] = False  # others ignored, as in generate
+    if not ok.any():
+        raise ConfigError("generate: every token id is suppressed")
+    # column of eos among the allowed ids (None: eos is suppressed or outside the vocabulary)
+    eos_col = (int(ok[:eos].sum()) if eos is not None and 0 <= eos < vocab and ok[eos]
+               else None)
+    allowed = None if ok.all() else ok.nonzero().squeeze(1).to(dev)
+    _repeat_cache_rows(cache, n)
+    mask = mask.repeat_interleave(n, dim=0)
+    next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
+    new = torch.full((rows, steps), pad, dtype=torch.long, device=dev)
+    unfinished = torch.ones(rows, dtype=torch.bool, device=dev)
+    for t in range(steps):
+        if t:
+            mask[:, plen + t - 1] = 1
+            out = model(input_ids=new[:, t - 1: t], attention_mask=mask[:, : plen + t],
+                        position_ids=next_pos, past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :].float()
+            del out
+            next_pos = next_pos + 1
+        if allowed is not None:
+            logits = logits.index_select(1, allowed)
+        if eos_col is not None and t < s.min_new_tokens:
+            logits[:, eos_col] = float("-inf")
+        if s.do_sample:
+            tok = _sample_top_p(logits / s.temperature, s.top_p, generator)
+        else:
+            tok = logits.argmax(dim=-1)
+        if allowed is not None:
+            tok = allowed[tok]
+        tok = torch.where(unfinished, tok, torch.full_like(tok, pad))
+        new[:, t] = tok
+        if eos is not None:
+            unfinished &= tok != eos
+            if not bool(unfinished.any()):
+                break
+    return new
+
+
 @torch.no_grad()
 def generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
                        settings: GenerationSettings | None = None,
                        suppress_token_ids: Sequence[int] = (),
                        generator_seed: int | None = None) -> list[list[int]]:
     """Generate continuations of token-id `prompts`; returns new ids per prompt, cut before the
-    first eos (eos itself excluded).
+    first eos (eos itself excluded). With `settings.num_return_sequences` n > 1: n rows per
+    prompt, the n of prompt i at rows i*n .. i*n+n-1 (each prompt's pass runs once).
 
     suppress_token_ids: ids never generated (the audio tokens: a caption is text).
-    generator_seed: seeds torch before each batch when sampling, for reproducible candidates.
+    generator_seed: seeds the sampling of each batch (generator_seed + the batch's first output
+        row), for reproducible candidates.
     """
     s = settings or GenerationSettings()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -81,6 +211,9 @@ def generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[in
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
+    if s.num_return_sequences > 1:
+        return _generate_shared_prefix(model, prompts, s, eos, pad, suppress_token_ids,
+                                       generator_seed, device)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None,
         num_beams=s.num_beams, do_sample=s.do_sample,
@@ -115,11 +248,35 @@ def generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[in
     return out
 
 
+def _generate_shared_prefix(model: Any, prompts: Sequence[Sequence[int]], s: GenerationSettings,
+                            eos: int | None, pad: int, suppress_token_ids: Sequence[int],
+                            generator_seed: int | None, device: torch.device) -> list[list[int]]:
+    n = s.num_return_sequences
+    per_call = max(1, s.batch_size // n)  # prompts per forward: rows = prompts x n
+    suppress = sorted(set(int(i) for i in suppress_token_ids))
+    was_training = model.training
+    model.eval()
+    out: list[list[int]] = []
+    try:
+        for b in range(0, len(prompts), per_call):
+            ids, attn = left_pad(prompts[b: b + per_call], pad, device)
+            gen = None
+            if generator_seed is not None and s.do_sample:
+                gen = torch.Generator(device=device).manual_seed(generator_seed + b * n)
+            new = _decode_shared_prefix(model, ids, attn, n, s, eos, pad, suppress, gen)
+            for row in new.tolist():
+                out.append(row[: row.index(eos)] if eos in row else row)
+    finally:
+        model.train(was_training)
+    return out
+
+
 def generate_captions(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
                       settings: GenerationSettings | None = None,
                       suppress_token_ids: Sequence[int] = (),
                       generator_seed: int | None = None) -> list[str]:
-    """Decoded captions (special tokens dropped, whitespace stripped), one per prompt."""
+    """Decoded captions (special tokens dropped, whitespace stripped), one per prompt (n per
+    prompt with `settings.num_return_sequences` n, contiguous)."""
     ids = generate_token_ids(model, tokenizer, prompts, settings, suppress_token_ids,
                              generator_seed)
     return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]

@@ -81,11 +81,14 @@ def sample_candidates(model: Any, tokenizer: Any, prompts: Sequence[dict], n: in
     `{"id", "candidates": [unique captions], "sampling": {settings, n_unique, n_duplicates}}`.
 
     Reproducible: the same model, prompts, settings, `batch_size` and `seed` give the same
-    candidates (torch is seeded per generation batch; the caller's RNG state is restored after).
-    The n draws of one prompt are n rows of the same batch, so they differ by the sampling noise
-    only. Duplicates (after case/whitespace normalisation) are dropped, so a clip may end up
-    with fewer than n candidates; empty captions are kept (the judge scores them as failures,
-    which makes them useful rejected examples).
+    candidates (each generation batch is seeded; the caller's RNG state is restored after).
+    The n draws of one prompt are n rows of the same batch, decoded from one shared pass over
+    the prompt (`GenerationSettings.num_return_sequences`: the ~200-token audio prompt is not
+    re-run n times), so they differ by the sampling noise only. `batch_size` counts rows: a
+    batch holds max(1, batch_size // n) clips x n samples. Duplicates (after case/whitespace
+    normalisation) are dropped, so a clip may end up with fewer than n candidates; empty
+    captions are kept (the judge scores them as failures, which makes them useful rejected
+    examples).
 
     suppress_token_ids: default every audio token of the tokenizer (a caption is text).
     """
@@ -95,9 +98,10 @@ def sample_candidates(model: Any, tokenizer: Any, prompts: Sequence[dict], n: in
     if any(i is None for i in ids_seen) or len(set(ids_seen)) != len(ids_seen):
         raise ConfigError("sample_candidates: every prompt needs a unique 'id'")
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True,
-                                  temperature=temperature, top_p=top_p, batch_size=batch_size)
+                                  temperature=temperature, top_p=top_p, batch_size=batch_size,
+                                  num_return_sequences=n)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    expanded = [ids for ids in encoded for _ in range(n)]
+    clips_per_batch = max(1, batch_size // n)
     suppress = audio_token_ids_of(tokenizer) if suppress_token_ids is None else suppress_token_ids
     texts: list[str] = []
     # fork_rng: generation re-seeds torch per batch; the caller's RNG stream must not depend on
@@ -109,15 +113,15 @@ def sample_candidates(model: Any, tokenizer: Any, prompts: Sequence[dict], n: in
     threads_before = torch.get_num_threads()
     governor = ThreadGovernor() if cpu else None
     with torch.random.fork_rng(devices=devices), progress(disable=not show_progress) as bar:
-        task = bar.add_task("sample candidates", total=len(expanded))
-        for start in range(0, len(expanded), batch_size):
+        task = bar.add_task("sample candidates", total=len(encoded) * n)
+        for start in range(0, len(encoded), clips_per_batch):
             if governor:
                 governor.update()
-            chunk = expanded[start: start + batch_size]
-            # seed + start: the seed generate_captions would use for this batch in one call
+            chunk = encoded[start: start + clips_per_batch]
+            # seed + first row: the seed generate_captions would use for this batch in one call
             texts += generate_captions(model, tokenizer, chunk, settings, suppress,
-                                       generator_seed=seed + start)
-            bar.update(task, advance=len(chunk))
+                                       generator_seed=seed + start * n)
+            bar.update(task, advance=len(chunk) * n)
     if governor:
         torch.set_num_threads(threads_before)
     sampling = {"n": n, "temperature": temperature, "top_p": top_p,

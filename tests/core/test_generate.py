@@ -69,3 +69,122 @@ def test_left_pad_and_settings_validation():
         GenerationSettings(top_p=0)
     with pytest.raises(ConfigError):
         GenerationSettings(max_new_tokens=0)
+
+
+# --- several samples per prompt from one prompt pass (num_return_sequences) ---
+
+def _shared(n: int, **kw) -> GenerationSettings:
+    return GenerationSettings(num_return_sequences=n, **kw)
+
+
+def _count_prompt_rows(model):
+    """(rows list, hook handle): the batch size of every multi-token (prompt) forward."""
+    rows: list[int] = []
+    emb = model.get_input_embeddings()
+    handle = emb.register_forward_pre_hook(
+        lambda _m, args: rows.append(args[0].shape[0]) if args[0].shape[1] > 1 else None)
+    return rows, handle
+
+
+def test_shared_prefix_greedy_equals_generate(mtk):
+    """Greedy through the shared-prefix loop == HF generate, for left-padded prompts of
+    different lengths, however the prompts are split into forwards; near-zero temperature
+    sampling (top-p on) gives the same ids."""
+    model, tok, audio_ids, prompts = mtk
+    assert len({len(p) for p in prompts}) == len(prompts)  # every row padded differently
+    ref = generate_token_ids(model, tok, prompts, GenerationSettings(max_new_tokens=12),
+                             suppress_token_ids=audio_ids)
+    for n, bs in ((2, 8), (3, 4), (2, 1)):  # 4, 1 and 1 prompts per forward
+        out = generate_token_ids(model, tok, prompts, _shared(n, max_new_tokens=12, batch_size=bs),
+                                 suppress_token_ids=audio_ids)
+        assert out == [r for r in ref for _ in range(n)]
+    cold = _shared(3, max_new_tokens=12, do_sample=True, temperature=1e-4, top_p=0.9)
+    assert generate_token_ids(model, tok, prompts, cold, audio_ids, generator_seed=5) == \
+        [r for r in ref for _ in range(3)]
+
+
+def test_shared_prefix_peft_student_equals_generate():
+    """The LoRA student (a PeftModel with trainable audio rows) is called the same way."""
+    from tests.core.model_helpers import perturbed_student
+
+    student, tok = perturbed_student(seed=1, scale=0.5)
+    prompts = [student_prompt_ids(tok, "Describe.", ["<a0_1>", "<a1_5>"] * 6),
+               student_prompt_ids(tok, "Describe how the speaker sounds.", ["<a0_7>", "<a1_2>"])]
+    ref = generate_token_ids(student, tok, prompts, GenerationSettings(max_new_tokens=8))
+    out = generate_token_ids(student, tok, prompts, _shared(2, max_new_tokens=8))
+    assert out == [r for r in ref for _ in range(2)]
+
+
+def test_shared_prefix_eos_and_min_new_tokens(mtk):
+    """eos ends a row (excluded, the row cut there; the others go on) and is masked before
+    min_new_tokens, exactly as generate does: eos here is the id greedy decoding of prompt 0
+    produces first, so that row is empty with min_new_tokens=0."""
+    from types import SimpleNamespace
+
+    model, tok, audio_ids, prompts = mtk
+    first = generate_token_ids(model, tok, prompts[:1], GenerationSettings(max_new_tokens=4),
+                               suppress_token_ids=audio_ids)[0]
+    fake = SimpleNamespace(eos_token_id=first[0], pad_token_id=tok.pad_token_id)
+    for m in (0, 1, 3):
+        ref = generate_token_ids(model, fake, prompts,
+                                 GenerationSettings(max_new_tokens=10, min_new_tokens=m),
+                                 suppress_token_ids=audio_ids)
+        out = generate_token_ids(model, fake, prompts,
+                                 _shared(2, max_new_tokens=10, min_new_tokens=m, batch_size=8),
+                                 suppress_token_ids=audio_ids)
+        assert out == [r for r in ref for _ in range(2)]
+        assert all(len(r) >= m and fake.eos_token_id not in r for r in out)
+        if m == 0:
+            assert out[0] == [] and out[1] == []
+    # eos suppressed: every row runs to max_new_tokens
+    full = generate_token_ids(model, tok, prompts, _shared(2, max_new_tokens=7, do_sample=True),
+                              [*audio_ids, tok.eos_token_id], generator_seed=0)
+    assert [len(r) for r in full] == [7] * 8
+
+
+def test_shared_prefix_sampling(mtk):
+    model, tok, audio_ids, prompts = mtk
+    s = _shared(3, max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.9, batch_size=6)
+    state = torch.get_rng_state()
+    rows, handle = _count_prompt_rows(model)
+    try:
+        a = generate_token_ids(model, tok, prompts, s, audio_ids, generator_seed=7)
+    finally:
+        handle.remove()
+    assert rows == [2, 2]  # each prompt prefilled once: 6 rows per forward = 2 prompts x 3
+    assert torch.equal(state, torch.get_rng_state())  # own generator: the global RNG untouched
+    assert len(a) == 3 * len(prompts)
+    assert a == generate_token_ids(model, tok, prompts, s, audio_ids, generator_seed=7)
+    assert a != generate_token_ids(model, tok, prompts, s, audio_ids, generator_seed=8)
+    banned = set(audio_ids) | {tok.eos_token_id}
+    assert all(len(r) <= 10 and not banned & set(r) for r in a)
+    # the 3 samples of a prompt differ by the sampling noise (hot sampling, 10 tokens)
+    assert all(len({tuple(r) for r in a[k: k + 3]}) > 1 for k in range(0, len(a), 3))
+    texts = generate_captions(model, tok, prompts, s, audio_ids, generator_seed=7)
+    assert texts == [tok.decode(r, skip_special_tokens=True).strip() for r in a]
+    assert model.training is False
+
+
+def test_top_p_sampler_matches_nucleus_distribution():
+    """The inverse-CDF sampler draws from the distribution transformers' TopPLogitsWarper
+    keeps (renormalised), never a removed or a -inf token."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from aligncap_core.model.generate import _sample_top_p
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, float("-inf"), 1.5, -3.0]])
+    for top_p in (0.5, 0.8, 0.97):
+        want = TopPLogitsWarper(top_p)(torch.zeros(1, 1, dtype=torch.long), logits.clone())
+        want = want.softmax(-1)[0]
+        g = torch.Generator().manual_seed(0)
+        draws = _sample_top_p(logits.expand(40000, -1), top_p, g)
+        freq = torch.bincount(draws, minlength=logits.shape[1]).float() / len(draws)
+        assert torch.all(freq[want == 0] == 0)
+        assert torch.allclose(freq, want, atol=0.01), (top_p, freq, want)
+
+
+def test_shared_prefix_settings_validation():
+    with pytest.raises(ConfigError):
+        GenerationSettings(num_return_sequences=0)
+    with pytest.raises(ConfigError):
+        GenerationSettings(num_return_sequences=2, num_beams=2)
