@@ -195,8 +195,14 @@ class _Converter:
         return self._row(it, rel, round(y.shape[0] / self.sr, 4), sha256_bytes(wav), src_hash, where)
 
     def _row(self, it: _Item, rel: str, duration: float, wav_hash: str, src_hash: str, where: str) -> dict:
-        return {**it.row, "audio": rel, "duration_s": duration, "sample_rate": self.sr,
+        # `codes` of a row copied from another prepared dir points at that dir's shards (and
+        # at audio before this normalisation): kept, it would pass for this dir's codes
+        kept = {k: v for k, v in it.row.items() if k not in STALE_KEYS}
+        return {**kept, "audio": rel, "duration_s": duration, "sample_rate": self.sr,
                 "source_audio": where, "audio_sha256": wav_hash, "source_sha256": src_hash}
+
+
+STALE_KEYS = ("codes",)  # derived from a prepared dir's own files; re-made by `data tokenize`
 
 
 def _previous_rows(out: Path, settings: dict) -> dict[str, dict]:

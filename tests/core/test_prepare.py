@@ -226,6 +226,17 @@ def test_default_split_from_argument(tmp_path):
     assert s["kept"] == 1 and read_jsonl(tmp_path / "out/manifest.jsonl")[0]["split"] == "test"
 
 
+def test_codes_of_another_prepared_dir_are_not_carried_over(tmp_path):
+    # a row copied from a tokenized manifest names that dir's shards: kept, evaluation would
+    # take it for this dir's codes and fail on a missing shard (or read another dir's codes)
+    write_wav(tmp_path / "a.wav", tone(440, 1.0, 16000), 16000)
+    codes = {"codec": "f" * 16, "shard": "codes/x/shard-0.npz", "key": "k", "n_frames": 75}
+    m = write_manifest(tmp_path / "m.jsonl", [row("a", "a.wav", codes=codes, p_act="clues")])
+    assert prepare_dataset(m, tmp_path / "out", progress=False)["kept"] == 1
+    kept = read_jsonl(tmp_path / "out/manifest.jsonl")[0]
+    assert "codes" not in kept and kept["p_act"] == "clues"
+
+
 # ---------------------------------------------------------------- real data
 
 
