@@ -60,8 +60,8 @@ def _small_student() -> dict[str, Any]:
 
 
 def _small_improve() -> dict[str, Any]:
-    return {"rounds": 3, "patience": 0, "clips_per_round": 48, "n": 4,
-            "dpo": {"max_steps": 15, "batch_size": 8}}
+    return {"rounds": 3, "patience": 0, "clips_per_round": 32, "n": 4,
+            "dpo": {"max_steps": 10, "batch_size": 8}}
 
 
 def _default_judges() -> list[dict[str, Any]]:
@@ -91,7 +91,7 @@ class AblationConfig:
     student: dict[str, Any] = field(default_factory=_small_student)
     improve: dict[str, Any] = field(default_factory=_small_improve)
     judges: list[dict[str, Any]] = field(default_factory=_default_judges)
-    eval_limit: int | None = 60
+    eval_limit: int | None = 40
     realdata: str | None = "../shared/realdata/manifest.jsonl"
     realdata_limit: int | None = None
     meteor: bool = True
@@ -150,6 +150,29 @@ def build_corpus(out_dir: Path, n: int, n_q: int) -> Path:
         with atomic_write(done) as f:
             f.write(json.dumps({"synth_n": n, "n_q": n_q}))
     return data
+
+
+def prepare_realdata(out_dir: Path, manifest: str, data: Path, n_q: int) -> Path:
+    """The real-data manifest prepared and tokenized once, with the corpus's own codec, into
+    out_dir/realdata: every variant's checkpoint carries that codec, so evaluation reads these
+    codes instead of re-preparing and re-encoding the clips per variant and seed."""
+    from aligncap_core.codec import tokenize_dataset
+    from aligncap_core.data.prepare import prepare_dataset
+
+    real = out_dir / REALDATA
+    done = real / "ablation-realdata.json"
+    if not done.exists():
+        summary = prepare_dataset(manifest, real, progress=False)
+        tokenize_dataset(real, codec=str(data / "codec"), n_q=n_q, progress=False)
+        with atomic_write(done) as f:
+            f.write(json.dumps({"source": manifest, "kept": summary["kept"],
+                                "rejected": summary["rejected"]}))
+    return real
+
+
+def _codec_n_q(data: Path) -> int:
+    """Codebooks the corpus was tokenized with (a given `data_dir` may differ from cfg.n_q)."""
+    return int(json.loads((data / "codec" / "codec.json").read_text())["n_q"])
 
 
 def _evaluate(ckpt: str, source: str, report: Path, *, splits: list[str] | None,
@@ -251,6 +274,7 @@ def run_ablation(out_dir: str | Path, cfg: AblationConfig | dict | None = None, 
     real = cfg.realdata if cfg.realdata and Path(cfg.realdata).is_file() else None
     if cfg.realdata and real is None:
         log.warning("ablation: real-data manifest %s not found; real-data evaluation skipped", cfg.realdata)
+    real_dir = prepare_realdata(out, real, data, _codec_n_q(data)) if real else None
     runs_log = _Runs(tracking_uri, experiment, f"ablation-{out.name}", parent_run_id)
     runs: list[dict] = []
 
@@ -264,7 +288,7 @@ def run_ablation(out_dir: str | Path, cfg: AblationConfig | dict | None = None, 
                                  limit=cfg.eval_limit, kl_gap=True, meteor=cfg.meteor)
         metrics = {s: m for s, m in by_split.items() if s in SPLITS}
         if real:
-            metrics[REALDATA] = _evaluate(ckpt, real, edir / REALDATA / "report.json", splits=None,
+            metrics[REALDATA] = _evaluate(ckpt, str(real_dir), edir / REALDATA / "report.json", splits=None,
                                           limit=cfg.realdata_limit, kl_gap=False,
                                           meteor=cfg.meteor)["all"]
         runs.append({"variant": variant, "seed": seed, "checkpoint": ckpt, "metrics": metrics})

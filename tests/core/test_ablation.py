@@ -17,6 +17,8 @@ from aligncap_core.experiments import (
     run_ablation,
     summarize,
 )
+from aligncap_core.experiments.ablation import build_corpus
+from aligncap_core.utils import read_jsonl, write_jsonl
 
 MICRO = {"lr": 3e-3, "warmup_steps": 1, "batch_size": 8, "eval_every": 0, "checkpoint_every": 0,
          "early_stopping_patience": 0, "log_every": 2, "num_threads": 1}
@@ -37,8 +39,16 @@ VARIANTS = ["sft", "kd_no_pact", "kd", "kd_po_r1", "po_no_kd_r1"]
 def ablation(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    # the default path: the built-in corpus (synth -> prepare -> clues -> calibrated codec)
-    results = run_ablation(root / "out", {**CFG, "synth_n": 40}, tracking_uri=uri)
+    # the default path: the built-in corpus (synth -> prepare -> clues -> calibrated codec),
+    # built here first only to draw a stand-in "real data" manifest of 3 clips from it
+    data = build_corpus(root / "out", 40, 1)
+    real = [{"id": f"real-{r['id']}", "audio": str((data / r["audio"]).resolve()),
+             "transcript": r["transcript"], "split": "test",
+             "attributes": {"emotion": r["attributes"]["emotion"], "gender": r["attributes"]["gender"]}}
+            for r in read_jsonl(data / "manifest.jsonl")[:3]]
+    write_jsonl(root / "real.jsonl", real)
+    results = run_ablation(root / "out", {**CFG, "synth_n": 40, "realdata": str(root / "real.jsonl")},
+                           tracking_uri=uri)
     return root, uri, results
 
 
@@ -50,7 +60,12 @@ def test_every_variant_and_seed_is_trained_evaluated_and_tracked(ablation):
     assert got == [(v, 0) for v in VARIANTS]
     assert json.loads((root / "out/data/ablation-data.json").read_text()) == {"synth_n": 40, "n_q": 1}
     for r in results["runs"]:
-        assert set(r["metrics"]) == {"valid", "zeroshot"}
+        assert set(r["metrics"]) == {"valid", "zeroshot", "realdata"}
+        assert r["metrics"]["realdata"]["n"] == 3 and "acc_emotion" in r["metrics"]["realdata"]
+        # real data is prepared and encoded once per experiment, not once per variant
+        report = json.loads((root / f"out/seed-0/eval/{r['variant']}/realdata/report.json").read_text())
+        assert report["data"]["evaluated_from"] == str(root / "out/realdata")
+        assert "tokenized" not in report["data"] and "prepare" not in report["data"]
         assert r["metrics"]["valid"]["n"] == 3 and 0 <= r["metrics"]["valid"]["hallucination_rate"] <= 1
         assert "acc_pitch" in r["metrics"]["zeroshot"]  # full reports, rounds included
     # each variant is its own checkpoint (rounds are new policies, not the KD student again)
@@ -85,7 +100,7 @@ def test_summary_tables_plot_and_resume(ablation, tmp_path):
 
     ckpts = [Path(r["checkpoint"]) for r in results["runs"]]
     stamps = [p.stat().st_mtime_ns for p in ckpts]
-    again = run_ablation(root / "out", {**CFG, "data_dir": results["data"]})
+    again = run_ablation(root / "out", {**CFG, "data_dir": results["data"], "realdata": results["realdata"]})
     assert again["runs"] == results["runs"]
     assert [p.stat().st_mtime_ns for p in ckpts] == stamps  # nothing retrained
 
