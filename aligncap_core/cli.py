@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(help="aligncap: speech emotion captioning (AlignCap) pipeline.", no_args_is_help=True)
-data_app = typer.Typer(help="Datasets: synthesize, prepare (ingest), clues, tokenize.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: synthesize, prepare (ingest), augment, clues, tokenize.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Training: the text teacher and the KD speech student.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -64,6 +64,22 @@ def data_prepare(
         caption_column=caption_column,
         split=split,
     )
+    stdout.print_json(json.dumps(summary))
+
+
+@data_app.command("augment")
+def data_augment(
+    data_dir: Annotated[Path, typer.Argument(help="Prepared dataset folder (manifest.jsonl + audio/).")],
+    out: Annotated[Path, typer.Argument(help="Output folder: every row plus augmented copies of the train rows, rejects.jsonl, audio/.")],
+    copies: Annotated[int | None, typer.Option("--copies", min=0, help="Augmented copies per train clip (default 1, or the config's).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed (same seed, same output; default 0, or the config's).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="AugmentConfig YAML: per-transform settings (unknown keys are an error).")] = None,
+) -> None:
+    """Augment the train clips (speed, tempo, pitch, gain, band-limiting, reverb, noise); labels are re-measured."""
+    from aligncap_core.data.augment import augment_dataset, load_augment_config
+
+    cfg = load_augment_config(config, copies=copies, seed=seed)
+    summary = augment_dataset(data_dir, out, cfg)
     stdout.print_json(json.dumps(summary))
 
 
