@@ -1,0 +1,245 @@
+"""`augment_dataset`: reads a prepared dataset, writes the copies, manifest, rejects and counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from aligncap_core.data import audio
+from aligncap_core.data.augment.config import AugmentConfig
+from aligncap_core.data.augment.plan import _id_key, plan_copy
+from aligncap_core.data.augment.relabel import (
+    REJECT_REASONS,
+    Outcome,
+    _gates,
+    augment_clip,
+    has_reference,
+)
+from aligncap_core.data.prepare import AUDIO_FORMAT, STALE_KEYS, safe_name
+from aligncap_core.data.synth.captions import write_captions
+from aligncap_core.data.synth.checks import QUANTITY
+from aligncap_core.data.synth.measure import measure
+from aligncap_core.errors import ConfigError, DataError
+from aligncap_core.utils import (
+    atomic_write,
+    fingerprint,
+    sha256_bytes,
+    sha256_file,
+    stable_json,
+    write_jsonl,
+)
+from aligncap_core.utils import progress as progress_bar
+
+_CAPTIONS_STREAM = 100  # rng stream of rewritten captions (numbers are part of the seed)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{path} line {n}: bad JSON ({e}); is this a prepared dataset?") from e
+            if not isinstance(r, dict) or not isinstance(r.get("id"), str) or not isinstance(r.get("audio"), str):
+                raise DataError(f"{path} line {n}: not a prepared row (needs id and audio); "
+                                "run `aligncap data prepare` first")
+            rows.append(r)
+    return rows
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def _copy_source(src: Path, dest: Path, sha: str | None) -> str:
+    """Copy a source clip (skipped when dest already holds it); returns its sha256."""
+    sha = sha or sha256_file(src)
+    if not (dest.is_file() and dest.stat().st_size == src.stat().st_size and sha256_file(dest) == sha):
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    return sha
+
+
+_COPY_DROP = ("sha256", "source_audio", "source_sha256")
+_CLUE_KEYS = ("clues", "clue_attributes", "p_act")
+
+
+def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                    cfg: AugmentConfig | None = None, progress: bool = True) -> dict:
+    """Write `data_dir`'s rows plus augmented copies of its train rows to `out_dir`.
+
+    See the package docstring for the output layout and the labelling rules. Returns {rows_read,
+    train_rows, skipped, produced, kept, rejected, rejects_by_reason, relabeled, label_changes,
+    captions_regenerated, transforms, written, seconds, out_dir}. Raises DataError when data_dir
+    is not a prepared dataset or an audio file is missing, ConfigError for bad settings.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or AugmentConfig()
+    data = Path(data_dir).resolve()
+    out = Path(out_dir).resolve()
+    manifest = data / "manifest.jsonl"
+    if not manifest.is_file():
+        raise DataError(f"{manifest} not found: augment a prepared dataset (`aligncap data prepare`)")
+    if out == data:
+        raise ConfigError(f"OUT {out_dir} is the source dataset; choose another folder")
+    rows = _read_rows(manifest)
+    ids = {r["id"] for r in rows}
+    if len(ids) != len(rows):
+        raise DataError(f"{manifest}: duplicate ids; re-run `aligncap data prepare`")
+    clash = sorted(f"{r['id']}-aug{k}" for r in rows if r.get("split") == "train"
+                   for k in range(1, cfg.copies + 1) if f"{r['id']}-aug{k}" in ids)
+    if clash:
+        raise DataError(f"{manifest}: ids {', '.join(clash[:5])} already exist; augment the original "
+                        "dataset, not an augmented one")
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+
+    train = [r for r in rows if r.get("split") == "train"]
+    eligible = [r for r in train if has_reference(r)] if cfg.copies else []
+    skipped = Counter()
+    if cfg.copies and len(eligible) < len(train):
+        skipped["no_reference"] = len(train) - len(eligible)
+    eligible_ids = {r["id"] for r in eligible}
+
+    written: list[dict] = []
+    rejects: list[dict] = []
+    reasons: Counter = Counter()
+    applied: Counter = Counter()
+    changes: Counter = Counter()
+    n_relabeled = n_regen = produced = 0
+    show = progress and sys.stderr.isatty()
+    with progress_bar(disable=not show) as bar:
+        task = bar.add_task("augment", total=len(eligible) * cfg.copies)
+        for r in rows:
+            src = Path(r["audio"]) if os.path.isabs(r["audio"]) else data / r["audio"]
+            if not src.is_file():
+                raise DataError(f"{r['id']}: audio file not found: {src}; re-run `aligncap data prepare`")
+            name = safe_name(r["id"])
+            rel = f"audio/{name}.wav"
+            sha = _copy_source(src, out / rel, r.get("audio_sha256"))
+            written.append({**{k: v for k, v in r.items() if k not in STALE_KEYS}, "audio": rel,
+                            "audio_sha256": sha})
+            if r["id"] not in eligible_ids:
+                continue
+            x, sr = _read_audio(src)
+            clip = measure(x, sr)
+            for k in range(1, cfg.copies + 1):
+                new_id = f"{r['id']}-aug{k}"
+                plan = plan_copy(r, k, cfg, sr)
+                res = augment_clip(r, x, sr, plan, emotion_consistent=cfg.emotion_consistent,
+                                   signal_seed=[cfg.seed, _id_key(r["id"]), k], clip_measurement=clip)
+                produced += 1
+                record = {"copy": k, "seed": cfg.seed, "transforms": plan}
+                if res.reason is not None:
+                    reasons[res.reason] += 1
+                    rejects.append({"id": new_id, "augmented_from": r["id"], "reason": res.reason,
+                                    "message": f"{new_id}: {res.message}", "augment": record,
+                                    "measured": res.measured, "check": res.check or None,
+                                    "attributes": r["attributes"]})
+                else:
+                    written.append(_copy_row(r, new_id, k, res, record, sr, out, cfg.seed, str(src)))
+                    for t in plan:
+                        applied[t["name"]] += 1
+                    changed = {a: f"{r['attributes'][a]}->{res.attributes[a]}" for a in QUANTITY
+                               if r["attributes"][a] != res.attributes[a]}
+                    n_relabeled += bool(changed)
+                    changes.update(f"{a} {c}" for a, c in changed.items())
+                    n_regen += record["captions"] == "regenerated"
+                kept = produced - len(rejects)
+                rate = produced / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, advance=1, description=f"augment kept {kept} rejected {len(rejects)} "
+                           f"({rate:.1f} copies/s)")
+
+    kept = produced - len(rejects)
+    if kept + len(rejects) != produced or len(written) != len(rows) + kept:  # the contract
+        raise DataError(f"internal error: {produced} copies produced but {kept} kept + {len(rejects)} rejected")
+    counts = {
+        "rows_read": len(rows), "train_rows": len(train), "skipped": dict(sorted(skipped.items())),
+        "produced": produced, "kept": kept, "rejected": len(rejects),
+        "rejects_by_reason": dict(sorted(reasons.items())), "relabeled": n_relabeled,
+        "label_changes": dict(sorted(changes.items())), "captions_regenerated": n_regen,
+        "transforms": dict(sorted(applied.items())), "written": len(written),
+    }
+    settings = {"audio_format": AUDIO_FORMAT, "sample_rate": _rate_of(written), "augment": cfg.to_dict()}
+    hashed = [{k: v for k, v in w.items() if k != "source_audio"} for w in written]
+    fp = fingerprint(settings, hashed)
+    write_jsonl(out / "rejects.jsonl", rejects)
+    with atomic_write(out / "augment.json") as f:
+        json.dump({"config": cfg.to_dict(), "reject_reasons": REJECT_REASONS, **counts}, f, indent=2, sort_keys=True)
+    with atomic_write(out / "fingerprint.json") as f:
+        json.dump({"fingerprint": fp, "content_sha256": sha256_bytes(stable_json([settings, hashed]).encode()),
+                   "kept": len(written), "settings": settings, "source": str(data), "source_kind": "augment"},
+                  f, indent=2)
+    write_jsonl(out / "manifest.jsonl", written)  # last: the commit point of this run
+    referenced = {w["audio"].split("/", 1)[1] for w in written}
+    for p in (out / "audio").iterdir():  # audio of rows no longer written (earlier runs)
+        if p.name not in referenced and (p.suffix == ".wav" or p.name.endswith(".tmp")):
+            p.unlink(missing_ok=True)
+    seconds = time.perf_counter() - t0
+    summary = {**counts, "copies": cfg.copies, "seed": cfg.seed, "seconds": round(seconds, 2),
+               "out_dir": str(out)}
+    if show:
+        from rich.console import Console
+
+        why = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
+        Console(stderr=True).print(f"augment: kept {kept} of {produced} copies, rejected {len(rejects)} "
+                                   f"({why}) in {seconds:.1f} s -> {out}")
+    return summary
+
+
+def _rate_of(rows: list[dict]) -> int | None:
+    rates = {r.get("sample_rate") for r in rows}
+    return rates.pop() if len(rates) == 1 else None
+
+
+def _read_audio(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        x, sr = audio.decode(str(path))
+    except audio.AudioProblem as e:
+        raise DataError(f"{path}: {e.message}; re-run `aligncap data prepare`") from e
+    return audio.to_mono(x).astype(np.float64), int(sr)
+
+
+def _copy_row(r: dict, new_id: str, k: int, res: Outcome, record: dict, sr: int, out: Path,
+              seed: int, source: str) -> dict:
+    """The manifest row of a kept copy; writes its audio."""
+    wav = audio.encode_wav(res.samples, sr)
+    rel = f"audio/{safe_name(new_id)}.wav"
+    _write_if_changed(out / rel, wav)
+    attrs = res.attributes
+    row = {k2: v for k2, v in r.items() if k2 not in STALE_KEYS and k2 not in _COPY_DROP}
+    changed = {a: r["attributes"][a] for a in QUANTITY if r["attributes"][a] != attrs[a]}
+    if changed or _gates(res.measured) != _gates(r["measured"]):
+        rng = np.random.default_rng([seed, _id_key(r["id"]), k, _CAPTIONS_STREAM])
+        n = max(len(r.get("captions") or []), 1)
+        captions, stated = write_captions(rng, attrs, res.measured, n=n)
+        row.update(captions=captions, caption_attributes=stated)
+        for key in _CLUE_KEYS:
+            row.pop(key, None)
+        record["captions"] = "regenerated"
+    else:
+        record["captions"] = "kept"
+    if changed:
+        record["labels_before"] = changed
+    if res.check:
+        record["check"] = res.check
+    row.update({
+        "id": new_id, "audio": rel, "attributes": attrs, "measured": res.measured,
+        "duration_s": round(len(res.samples) / sr, 4), "sample_rate": sr,
+        "source_audio": source, "source_sha256": r.get("audio_sha256"),
+        "audio_sha256": sha256_bytes(wav), "augmented_from": r["id"], "augment": record,
+    })
+    return row
