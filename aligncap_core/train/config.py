@@ -175,10 +175,13 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, name)
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name} must be a list of strings, got {value!r}")
-        return tuple(value)
+    if origin is tuple:  # tuple[T, ...]: any length; tuple[T1, T2]: exactly that many
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        elems = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(elems) != len(value):
+            raise ConfigError(f"{name} must be a list of {len(elems)} values, got {value!r}")
+        return tuple(_coerce(t, v, name) for t, v in zip(elems, value, strict=True))
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),

@@ -218,28 +218,9 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> AugmentConfig:
         """Build from a (YAML) mapping; unknown keys at any depth raise ConfigError naming them."""
-        d = dict(d or {})
-        top = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - top)
-        if unknown:
-            raise ConfigError(f"augment config: unknown key {', '.join(unknown)} (known: {', '.join(sorted(top))})")
-        kwargs: dict[str, Any] = {}
-        for k, v in d.items():
-            if k in _SECTIONS:
-                sub = _SECTIONS[k]
-                if v is None:
-                    v = {}
-                if not isinstance(v, dict):
-                    raise ConfigError(f"augment config: {k} must be a mapping, got {type(v).__name__}")
-                known = {f.name for f in dataclasses.fields(sub)}
-                bad = sorted(set(v) - known)
-                if bad:
-                    raise ConfigError(f"augment config: unknown key {', '.join(f'{k}.{b}' for b in bad)} "
-                                      f"(known: {', '.join(sorted(known))})")
-                kwargs[k] = sub(**v)
-            else:
-                kwargs[k] = v
-        return cls(**kwargs)
+        from aligncap_core.train.config import from_dict
+
+        return from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
