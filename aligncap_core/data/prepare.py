@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,26 @@ class _Converter:
 STALE_KEYS = ("codes",)  # derived from a prepared dir's own files; re-made by `data tokenize`
 
 
+def commit_prepared(out: Path, rows: list[dict], rejects: Iterable[dict], settings: dict,
+                    source: str, kind: str) -> str:
+    """Write a prepared dir's rejects.jsonl, fingerprint.json and manifest.jsonl (last: the
+    commit point of the run), then delete audio/ files that no row references (earlier runs).
+    Returns the fingerprint: of `settings` and the rows without their location."""
+    hashed = [{k: v for k, v in r.items() if k != "source_audio"} for r in rows]  # location-free
+    fp = fingerprint(settings, hashed)
+    write_jsonl(out / "rejects.jsonl", rejects)
+    with atomic_write(out / "fingerprint.json") as f:
+        json.dump({"fingerprint": fp, "content_sha256": sha256_bytes(stable_json([settings, hashed]).encode()),
+                   "kept": len(rows), "settings": settings, "source": source, "source_kind": kind},
+                  f, indent=2)
+    write_jsonl(out / "manifest.jsonl", rows)
+    referenced = {r["audio"].split("/", 1)[1] for r in rows}
+    for p in (out / "audio").iterdir():
+        if p.name not in referenced and (p.suffix == ".wav" or p.name.endswith(".tmp")):
+            p.unlink(missing_ok=True)
+    return fp
+
+
 def _previous_rows(out: Path, settings: dict) -> dict[str, dict]:
     """Rows of an earlier prepare into the same folder, if its settings allow reuse."""
     try:
@@ -291,18 +312,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, *, sa
     if len(kept) + len(rejects) != lines_read:  # an invariant, checked because it is the contract
         raise DataError(f"internal error: {lines_read} rows read but {len(kept)} kept + {len(rejects)} rejected")
 
-    hashed = [{k: v for k, v in r.items() if k != "source_audio"} for r in kept]  # location-free
-    fp = fingerprint(settings, hashed)
-    write_jsonl(out / "rejects.jsonl", (r.to_dict() for r in rejects))
-    with atomic_write(out / "fingerprint.json") as f:
-        json.dump({"fingerprint": fp, "content_sha256": sha256_bytes(stable_json([settings, hashed]).encode()),
-                   "kept": len(kept), "settings": settings, "source": source, "source_kind": kind},
-                  f, indent=2)
-    write_jsonl(out / "manifest.jsonl", kept)  # last: the commit point of this run
-    referenced = {r["audio"].split("/", 1)[1] for r in kept}
-    for p in (out / "audio").iterdir():  # audio of rows no longer kept (earlier runs)
-        if p.name not in referenced and (p.suffix == ".wav" or p.name.endswith(".tmp")):
-            p.unlink(missing_ok=True)
+    fp = commit_prepared(out, kept, (r.to_dict() for r in rejects), settings, source, kind)
 
     seconds = time.perf_counter() - t0
     by_reason = dict(sorted(Counter(r.reason for r in rejects).items()))

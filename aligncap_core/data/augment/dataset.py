@@ -22,18 +22,15 @@ from aligncap_core.data.augment.relabel import (
     augment_clip,
     has_reference,
 )
-from aligncap_core.data.prepare import AUDIO_FORMAT, STALE_KEYS, safe_name
+from aligncap_core.data.prepare import AUDIO_FORMAT, STALE_KEYS, commit_prepared, safe_name
 from aligncap_core.data.synth.captions import write_captions
 from aligncap_core.data.synth.checks import QUANTITY
 from aligncap_core.data.synth.measure import measure
 from aligncap_core.errors import ConfigError, DataError
 from aligncap_core.utils import (
     atomic_write,
-    fingerprint,
     sha256_bytes,
     sha256_file,
-    stable_json,
-    write_jsonl,
 )
 from aligncap_core.utils import progress as progress_bar
 
@@ -174,20 +171,9 @@ def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "transforms": dict(sorted(applied.items())), "written": len(written),
     }
     settings = {"audio_format": AUDIO_FORMAT, "sample_rate": _rate_of(written), "augment": cfg.to_dict()}
-    hashed = [{k: v for k, v in w.items() if k != "source_audio"} for w in written]
-    fp = fingerprint(settings, hashed)
-    write_jsonl(out / "rejects.jsonl", rejects)
     with atomic_write(out / "augment.json") as f:
         json.dump({"config": cfg.to_dict(), "reject_reasons": REJECT_REASONS, **counts}, f, indent=2, sort_keys=True)
-    with atomic_write(out / "fingerprint.json") as f:
-        json.dump({"fingerprint": fp, "content_sha256": sha256_bytes(stable_json([settings, hashed]).encode()),
-                   "kept": len(written), "settings": settings, "source": str(data), "source_kind": "augment"},
-                  f, indent=2)
-    write_jsonl(out / "manifest.jsonl", written)  # last: the commit point of this run
-    referenced = {w["audio"].split("/", 1)[1] for w in written}
-    for p in (out / "audio").iterdir():  # audio of rows no longer written (earlier runs)
-        if p.name not in referenced and (p.suffix == ".wav" or p.name.endswith(".tmp")):
-            p.unlink(missing_ok=True)
+    commit_prepared(out, written, rejects, settings, str(data), "augment")
     seconds = time.perf_counter() - t0
     summary = {**counts, "copies": cfg.copies, "seed": cfg.seed, "seconds": round(seconds, 2),
                "out_dir": str(out)}
