@@ -44,7 +44,7 @@ def make_dataset(root: Path, n: int = 24, seed: int = 0) -> Path:
     for i in range(n):
         sr = 22050 if i % 2 else 24000
         loud = i % 3 == 0
-        wav = _clip(rng, i % 3, sr, rng.uniform(0.3, 1.2), 0.5 if loud else 0.05)
+        wav = _clip(rng, i % 3, sr, rng.uniform(0.6, 1.8), 0.5 if loud else 0.05)
         sf.write(root / "audio" / f"c{i:03d}.wav", wav, sr)
         rows.append({
             "id": f"c{i:03d}", "audio": f"audio/c{i:03d}.wav", "split": "valid" if i % 4 == 3 else "train",
@@ -126,6 +126,67 @@ def test_calibrated_codec_reproducible_and_not_degenerate(tokenized):
     torch.manual_seed(0)
     raw = EncodecTokenizer(EncodecModel(EncodecConfig()), n_q=2).encode(wavs[:2])
     assert all((c == 0).all() for c in raw)
+
+
+def _random_encodec(seed: int = 0):
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(seed)
+    return EncodecModel(EncodecConfig()).eval()
+
+
+def _frames(tok: EncodecTokenizer, wavs: list[np.ndarray]) -> torch.Tensor:
+    return torch.cat([z.T for z in tok.latents(wavs)]).double()  # (frames, D)
+
+
+def test_scale_input_is_a_gain_on_the_audio():
+    from aligncap_core.codec.calibrate import scale_input
+
+    rng = np.random.default_rng(1)
+    wavs = [_clip(rng, k, 24000, 0.4, 0.05) for k in range(3)]
+    plain, scaled = _random_encodec(), _random_encodec()
+    scale_input(scaled, 1e4)
+    a = _frames(EncodecTokenizer(plain, n_q=1), [w * np.float32(1e4) for w in wavs])
+    b = _frames(EncodecTokenizer(scaled, n_q=1), wavs)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    # and the gain matters: the random encoder is not a linear map of the audio
+    c = _frames(EncodecTokenizer(_random_encodec(), n_q=1), wavs)
+    assert not torch.allclose(a / 1e4, c, rtol=1e-2, atol=1e-2 * c.abs().max().item())
+
+
+def test_whiten_latents_gives_zero_mean_identity_covariance():
+    from aligncap_core.codec.calibrate import whiten_latents
+
+    rng = np.random.default_rng(2)
+    wavs = [_clip(rng, k % 3, 24000, 1.0, 0.3) for k in range(8)]  # 600 frames > 128 dims
+    tok = EncodecTokenizer(_random_encodec(), n_q=1)
+    before = _frames(tok, wavs)
+    info = whiten_latents(tok.model, tok.latents(wavs))
+    after = _frames(tok, wavs)
+    assert info["frames"] == len(before) == len(after)
+    assert after.mean(0).abs().max() < 1e-3
+    eig = torch.linalg.eigvalsh(torch.cov(after.T))
+    assert abs(eig.max().item() - 1) < 1e-3 and eig.min() > -1e-6  # floored directions are < 1
+    # a linear, invertible re-projection of the same latents: `after` predicts `before` exactly
+    x = torch.cat([after, torch.ones(len(after), 1, dtype=after.dtype)], 1)
+    fit = torch.linalg.lstsq(x, before).solution
+    assert (x @ fit - before).abs().max() < 1e-3 * before.abs().max()
+
+
+def test_calibration_records_gain_and_whitening(tokenized):
+    d, _ = tokenized
+    cal = json.loads((d / "codec" / "codec.json").read_text())["calibration"]
+    from aligncap_core.codec.calibrate import CALIBRATION_VERSION, DEFAULT_INPUT_GAIN
+
+    assert cal["version"] == CALIBRATION_VERSION and cal["input_gain"] == DEFAULT_INPUT_GAIN
+    assert cal["whitening"]["frames"] > 128
+    # the saved encoder outputs whitened latents on its own calibration clips
+    from aligncap_core.codec import read_audio
+
+    tok = EncodecTokenizer.from_pretrained(d / "codec")
+    rows = [r for r in read_jsonl(d / "manifest.jsonl") if r["split"] == "train"]
+    z = _frames(tok, [read_audio(d / r["audio"], 24000) for r in rows])
+    assert z.mean(0).abs().max() < 0.05 and abs(torch.linalg.eigvalsh(torch.cov(z.T)).max().item() - 1) < 0.05
 
 
 def test_interrupted_run_resumes(tokenized, tmp_path, monkeypatch):
