@@ -22,6 +22,19 @@ IO_RETRIES = dict(retries=2, retry_delay_seconds=[5, 30])
 PERSIST = dict(persist_result=True, result_storage=result_storage(), cache_result_in_memory=False)
 
 
+def _release(task: Any, task_run: Any, state: Any) -> None:
+    from aligncap_core.utils import release_memory
+
+    m = release_memory()
+    get_run_logger().debug("%s: RSS %.2f -> %.2f GB after release", task_run.name,
+                           m["rss_before"] / 2**30, m["rss_after"] / 2**30)
+
+
+# Tasks that load models or encode audio give their memory back when they end, done or failed:
+# in one process (embedded runs, a process worker) the next stage then starts from the baseline.
+RELEASE = dict(on_completion=[_release], on_failure=[_release])
+
+
 # ---- synth -------------------------------------------------------------------------------------
 def _synth_inputs(p: dict[str, Any]) -> list[Any] | None:
     # the corpus is reproducible from (n, seed, captions_per_clip)
@@ -89,7 +102,8 @@ def _tokenize_inputs(p: dict[str, Any]) -> list[Any] | None:
             {"codec": p.get("codec", "calibrated"), "n_q": p.get("n_q", 2), "seed": p.get("seed", 0)}]
 
 
-@task(name="tokenize", cache_key_fn=make_key_fn("tokenize", _tokenize_inputs), **IO_RETRIES, **PERSIST)
+@task(name="tokenize", cache_key_fn=make_key_fn("tokenize", _tokenize_inputs), **IO_RETRIES, **PERSIST,
+      **RELEASE)
 def tokenize(data_dir: str, codec: str = "calibrated", n_q: int = 2, seed: int = 0) -> dict:
     """Encode every clip into EnCodec RVQ codes (resumable); returns the tokenize summary."""
     from aligncap_core.codec import tokenize_dataset

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from tasks.caching import checkpoint_fingerprint, make_key_fn, manifest_sha, path_key
-from tasks.data import IO_RETRIES, PERSIST
+from tasks.data import IO_RETRIES, PERSIST, RELEASE
 from tasks.tracking import run_name, stage_run
 
 
@@ -19,7 +19,8 @@ def _evaluate_inputs(p: dict[str, Any]) -> list[Any] | None:
             {"splits": p.get("splits"), "limit": p.get("limit"), "settings": p.get("settings") or {}}]
 
 
-@task(name="evaluate", cache_key_fn=make_key_fn("evaluate", _evaluate_inputs), **IO_RETRIES, **PERSIST)
+@task(name="evaluate", cache_key_fn=make_key_fn("evaluate", _evaluate_inputs), **IO_RETRIES, **PERSIST,
+      **RELEASE)
 def evaluate(ckpt: str, data: str, out_json: str, splits: list[str] | None = None,
              limit: int | None = None, settings: dict[str, Any] | None = None) -> dict[str, dict]:
     """Caption and score the held-out clips of `data` (a prepared data dir or a raw manifest)

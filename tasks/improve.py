@@ -18,7 +18,7 @@ from tasks.caching import (
     manifest_sha,
     path_key,
 )
-from tasks.data import IO_RETRIES, PERSIST
+from tasks.data import IO_RETRIES, PERSIST, RELEASE
 from tasks.tracking import stage_run
 from tasks.train import TRAIN_RETRIES
 
@@ -37,7 +37,7 @@ def _candidates_inputs(p: dict[str, Any]) -> list[Any] | None:
 
 
 @task(name="generate_candidates", cache_key_fn=make_key_fn("candidates", _candidates_inputs),
-      **TRAIN_RETRIES, **PERSIST)
+      **TRAIN_RETRIES, **PERSIST, **RELEASE)
 def generate_candidates(policy_ckpt: str, data_dir: str, out_path: str, cfg: dict[str, Any],
                         round: int) -> str:
     """Sample `cfg.n` candidate captions per train clip from the policy; returns the JSONL path."""
@@ -85,7 +85,8 @@ def _dpo_inputs(p: dict[str, Any]) -> list[Any] | None:
             manifest_sha(p["data_dir"]), path_key(p["out_dir"]), _round_cfg(p["cfg"]), p["round"]]
 
 
-@task(name="dpo_round", cache_key_fn=make_key_fn("dpo", _dpo_inputs), **TRAIN_RETRIES, **PERSIST)
+@task(name="dpo_round", cache_key_fn=make_key_fn("dpo", _dpo_inputs), **TRAIN_RETRIES, **PERSIST,
+      **RELEASE)
 def dpo_round(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg: dict[str, Any],
               round: int, parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
     """DPO (+KD regulariser) on the round's pairs, starting from the policy; returns the new

@@ -13,7 +13,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from tasks.caching import checkpoint_fingerprint, make_key_fn, manifest_sha, path_key
-from tasks.data import PERSIST
+from tasks.data import PERSIST, RELEASE
 from tasks.tracking import stage_run, train_logger
 
 # One retry: enough to resume after a killed worker, not so many that a real bug loops for hours.
@@ -25,7 +25,7 @@ def _teacher_inputs(p: dict[str, Any]) -> list[Any] | None:
 
 
 @task(name="train_teacher", cache_key_fn=make_key_fn("teacher", _teacher_inputs),
-      **TRAIN_RETRIES, **PERSIST)
+      **TRAIN_RETRIES, **PERSIST, **RELEASE)
 def train_teacher(data_dir: str, out_dir: str, config: dict[str, Any] | None = None,
                   parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
     """Train the text teacher; returns the best checkpoint's path. MLflow child run `teacher`."""
@@ -46,7 +46,7 @@ def _student_inputs(p: dict[str, Any]) -> list[Any] | None:
 
 
 @task(name="train_student", cache_key_fn=make_key_fn("distill", _student_inputs),
-      **TRAIN_RETRIES, **PERSIST)
+      **TRAIN_RETRIES, **PERSIST, **RELEASE)
 def train_student(data_dir: str, teacher_ckpt: str, out_dir: str,
                   config: dict[str, Any] | None = None, parent_run_id: str | None = None,
                   tracking_uri: str | None = None) -> str:

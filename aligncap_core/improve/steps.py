@@ -12,7 +12,6 @@ written atomically, so a file that exists is complete. `cfg` is an `ImproveConfi
 
 from __future__ import annotations
 
-import gc
 import logging
 import random
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from aligncap_core.improve.policy import (
     policy_prompt,
     teacher_adapter_of,
 )
-from aligncap_core.utils import read_jsonl, write_jsonl
+from aligncap_core.utils import read_jsonl, release_memory, write_jsonl
 
 log = logging.getLogger(__name__)
 # the per-split numbers a round reports (the full report stays in the eval json)
@@ -34,16 +33,6 @@ SUMMARY_KEYS = ("n", "clue_f1", "hallucination_rate", "generic_rate", "kl_gap", 
                 "rouge_l", "cider", "acc_emotion")
 # the round's seed stride: seed + start of each generation batch must not reach the next round
 SEED_STRIDE = 1_000_003
-
-
-def _free() -> None:
-    """Release a finished step's model memory before the next step loads one (the caching
-    allocator keeps GPU blocks after the last reference goes)."""
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def select_clips(data_dir: str | Path, clips_per_round: int | None, seed: int) -> list[dict]:
@@ -98,7 +87,7 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
                                 batch_size=c.sample_batch_size, seed=c.seed + SEED_STRIDE * round,
                                 show_progress=True)
     del model
-    _free()
+    release_memory()
     out = [{"id": r["id"], "round": round, "policy": str(policy_ckpt),
             "instruction": prompt.instruction, "prompt_ids": p["prompt_ids"],
             "references": [x for x in r.get("captions") or [] if x and x.strip()],
@@ -199,7 +188,7 @@ def dpo_step(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg
         teacher = TeacherInfo(adapter=teacher_adapter_of(read_meta(policy_ckpt)),
                               texts=teacher_texts(data_dir, ids, policy_prompt(policy_ckpt).acoustic_prompt))
     out = run_dpo_round(policy_ckpt, pairs_path, teacher, out_dir, dcfg)
-    _free()
+    release_memory()
     inherit_student_settings(policy_ckpt, out, data_dir)
     return str(out)
 
@@ -226,6 +215,6 @@ def evaluate_step(ckpt: str, data_dir: str, out_json: str, splits: list[str],
     if not wanted:
         raise DataError(f"{data_dir}: none of the evaluation splits {list(splits)} is in the data")
     report = evaluate_checkpoint(ckpt, data_dir, out_json, splits=wanted, limit=limit)
-    _free()
+    release_memory()
     return {s: {k: report["metrics"][s][k] for k in SUMMARY_KEYS if k in report["metrics"][s]}
             for s in wanted}
