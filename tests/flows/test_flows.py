@@ -72,6 +72,16 @@ def _task_states(flow_run_id) -> dict[str, str]:
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
+def test_model_loading_tasks_release_memory_when_they_end():
+    import tasks
+    from tasks.data import _release
+
+    heavy = [tasks.tokenize, tasks.train_teacher, tasks.train_student, tasks.generate_candidates,
+             tasks.dpo_round, tasks.evaluate]
+    for t in heavy:
+        assert _release in t.on_completion_hooks and _release in t.on_failure_hooks, t.name
+
+
 def test_prepare_data_runs_then_hits_the_cache(tmp_path):
     from flows.params import DataParams, TrackingParams
     from flows.prepare import prepare_data
