@@ -45,9 +45,12 @@ def evaluate_speech(stage: str, ckpt: str, data_dir: str | None, out_dir: str,
     real = evaluation.realdata_manifest()
     if real:
         path = report_path(out_dir, stage, REALDATA)
+        # one codes folder for every stage: they share the corpus codec, so the real clips are
+        # encoded once per pipeline run, not once per stage
+        settings = {**evaluation.settings(), "codes_cache": str(Path(out_dir) / "eval" / "realdata-codes")}
         m, _ = run_stage(evaluate_task, ckpt, real, path, splits=None,
                          limit=evaluation.realdata_limit or evaluation.limit,
-                         settings=evaluation.settings(), output=lambda _: exists(path))
+                         settings=settings, output=lambda _: exists(path))
         by_split[REALDATA] = m["all"]
     return by_split
 

@@ -71,9 +71,10 @@ def _absolute_audio(row: dict, data_dir: Path) -> dict:
 
 def eval_data(source: str | os.PathLike, work_dir: Path, cap: Captioner, *,
               splits: Sequence[str] | None, limit: int | None, need_p_act: bool,
-              show_progress: bool = True) -> tuple[Path, list[dict], dict]:
+              show_progress: bool = True,
+              codes_cache: str | os.PathLike | None = None) -> tuple[Path, list[dict], dict]:
     """(data dir, selected rows with codes from the checkpoint's codec (and p_act when
-    `need_p_act`), info about what was done)."""
+    `need_p_act`), info about what was done). codes_cache: see `evaluate_checkpoint`."""
     from aligncap_core.codec import tokenize_dataset
     from aligncap_core.train.data import read_rows
 
@@ -108,7 +109,7 @@ def eval_data(source: str | os.PathLike, work_dir: Path, cap: Captioner, *,
         add_clues(clips, progress=show_progress)
         info["clues"] = "added (default template)"
     tokenize_dataset(clips, codec=str(cap.speech.codec), n_q=cap.codec.n_q,
-                     batch_size=cap.codec_batch_size, progress=show_progress)
+                     batch_size=cap.codec_batch_size, cache_dir=codes_cache, progress=show_progress)
     info["tokenized"] = str(clips)
     return clips, read_rows(clips), info
 
@@ -206,6 +207,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
                         kl_gap: bool = True, teacher_ckpt: str | os.PathLike | None = None,
                         limit: int | None = None, codec_dir: str | os.PathLike | None = None,
                         device: str = "auto", meteor: bool = True,
+                        codes_cache: str | os.PathLike | None = None,
                         show_progress: bool = True) -> dict:
     """Caption the held-out clips, score them, measure the speech-text KL gap; write the report.
 
@@ -215,6 +217,10 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     kl_gap: also compute KL(teacher || student) on the reference captions (needs captions; rows
     without p_act get clues first). teacher_ckpt: another teacher (default: the student's base).
     codec_dir: codec for a checkpoint without one (default: the data dir's, if it has one).
+    codes_cache: the codes folder for clips that must be encoded here (a raw manifest, or codes
+    from another codec); default beside the report. Codes are keyed by audio hash and codec, so
+    one folder shared by the evaluations of several checkpoints with the same codec (a pipeline's
+    stages on real data) encodes each clip once.
 
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
     {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap and kl_tokens.
@@ -230,7 +236,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     acoustic = _acoustic_prompt(cap)
     data_dir, rows, info = eval_data(manifest_or_data_dir, out_json.with_suffix(".data"), cap,
                                      splits=splits, limit=limit, need_p_act=kl_gap and acoustic,
-                                     show_progress=show_progress)
+                                     show_progress=show_progress, codes_cache=codes_cache)
     preds = _caption_rows(cap, data_dir, rows, settings, show_progress)
 
     teacher = None

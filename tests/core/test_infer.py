@@ -185,6 +185,22 @@ def test_evaluate_raw_manifest_prepares_tokenizes_and_adds_clues(student, tmp_pa
                             kl_gap=False, show_progress=False)
 
 
+def test_evaluations_sharing_a_codes_cache_encode_each_clip_once(student, tmp_path, monkeypatch):
+    from aligncap_core.codec import EncodecTokenizer
+
+    raw = raw_corpus(tmp_path / "raw", n=4, n_valid=2)
+    encoded: list[int] = []
+    real = EncodecTokenizer.encode
+    monkeypatch.setattr(EncodecTokenizer, "encode",
+                        lambda self, wavs, *a, **k: encoded.append(len(wavs)) or real(self, wavs, *a, **k))
+    reports = [evaluate_checkpoint(student, raw / "manifest.jsonl", tmp_path / f"stage{i}" / "report.json",
+                                   settings=GenerationSettings(max_new_tokens=4), kl_gap=False,
+                                   meteor=False, codes_cache=tmp_path / "codes", show_progress=False)
+               for i in range(2)]
+    assert sum(encoded) == reports[0]["metrics"]["all"]["n"] == 2 and len(encoded) == 1  # 2nd: cached
+    assert reports[0]["metrics"]["all"]["bleu1"] == reports[1]["metrics"]["all"]["bleu1"]
+
+
 def test_dpo_checkpoint_inherits_the_policys_speech_settings(student, tmp_path):
     from aligncap_core.inference.speech import resolve_speech
 
