@@ -132,10 +132,11 @@ def tiny_student(preset: str = "tiny", vocab: int = TEXT_VOCAB + AUDIO_VOCAB) ->
 
 
 def caption_batch(batch: int, prompt_len: int, caption_len: int, vocab: int, audio: bool,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
+                  seed: int = 0, spread: float = 0.5) -> dict[str, torch.Tensor]:
     """A right-padded training batch like `model.batching.pad_examples` builds: prompt (audio
     tokens for the student, text for the teacher) + a caption of `caption_len` text tokens.
-    Prompt lengths vary +-25% so there is padding, as in real batches."""
+    Prompt lengths vary over `spread` x prompt_len (+-25% by default) so there is padding, as
+    in real batches; length-grouped training batches (`train.loop.batch_order`) vary ~10%."""
     from aligncap_core.model.batching import CaptionExample, pad_examples
 
     g = torch.Generator().manual_seed(seed)
@@ -143,7 +144,7 @@ def caption_batch(batch: int, prompt_len: int, caption_len: int, vocab: int, aud
     caption = torch.randint(3, TEXT_VOCAB, (caption_len,), generator=g).tolist()
     exs = []
     for i in range(batch):
-        n = max(2, int(prompt_len * (0.75 + 0.5 * i / max(batch - 1, 1))))
+        n = max(2, int(prompt_len * (1 - spread / 2 + spread * i / max(batch - 1, 1))))
         prompt = [1] + torch.randint(lo, hi, (n - 1,), generator=g).tolist()
         exs.append(CaptionExample(prompt + caption, [-100] * n + caption, n, caption_len))
     return pad_examples(exs, pad_id=0)

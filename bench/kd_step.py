@@ -42,30 +42,38 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--teacher-len", type=int, default=64, help="teacher prompt tokens (text)")
     ap.add_argument("--caption-len", type=int, default=24)
     ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--spread", type=float, default=0.1,
+                    help="prompt lengths vary over this share of --student-len within the batch "
+                         "(the demo's length-grouped batches: ~0.1)")
     args = ap.parse_args(argv)
     setup_threads(args.threads)
     if args.smoke:
         args.batch, args.student_len, args.teacher_len, args.caption_len, args.preset = 2, 16, 8, 4, "micro"
     reps = args.reps or (1 if args.smoke else 3)
 
-    from aligncap_core.model.losses import align_caption_logits, kd_loss
+    from aligncap_core.model.losses import caption_ce_loss, kd_loss
     from aligncap_core.train.loop import param_groups
-    from aligncap_core.train.stages import _forward_ce, teacher_caption_logits
+    from aligncap_core.train.stages import forward_caption, teacher_caption_logits
 
     vocab = TEXT_VOCAB + AUDIO_VOCAB
     model = tiny_student(args.preset, vocab)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4)
-    s = caption_batch(args.batch, args.student_len, args.caption_len, vocab, audio=True, seed=0)
-    t = caption_batch(args.batch, args.teacher_len, args.caption_len, vocab, audio=False, seed=0)
+    s = caption_batch(args.batch, args.student_len, args.caption_len, vocab, audio=True, seed=0,
+                      spread=args.spread)
+    t = caption_batch(args.batch, args.teacher_len, args.caption_len, vocab, audio=False, seed=0,
+                      spread=args.spread)
 
     def sft_loss() -> torch.Tensor:
-        return _forward_ce(model, s)[1]
+        return forward_caption(model, s)[2]
+
+    def sft_full_head() -> torch.Tensor:  # before model.caption_head: the head at every position
+        logits = model(input_ids=s["input_ids"], attention_mask=s["attention_mask"]).logits
+        return caption_ce_loss(logits, s["labels"])
 
     def kd_total() -> torch.Tensor:  # train_student's compute_loss with lambda_kd = 1
         t_cap, _ = teacher_caption_logits(model, t, None)
-        logits, ce = _forward_ce(model, s)
-        s_cap, mask = align_caption_logits(logits, s["caption_start"], s["caption_len"])
+        s_cap, mask, ce = forward_caption(model, s)
         return ce + 1.0 * kd_loss(s_cap, t_cap, mask, 1.0)
 
     def step(loss_fn) -> None:
@@ -78,11 +86,12 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = tiny_model(args.preset, vocab)
     teacher.train()
     topt = torch.optim.AdamW(param_groups(teacher, 0.1), lr=1e-4)
-    tb = caption_batch(args.batch, args.teacher_len, args.caption_len, vocab, audio=False, seed=1)
+    tb = caption_batch(args.batch, args.teacher_len, args.caption_len, vocab, audio=False, seed=1,
+                       spread=args.spread)
 
     def teacher_step() -> None:
         topt.zero_grad(set_to_none=True)
-        _forward_ce(teacher, tb)[1].backward()
+        forward_caption(teacher, tb)[2].backward()
         topt.step()
 
     # the peak: matmuls of the model's own shapes, timed interleaved with the steps (same load)
@@ -97,11 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"kd_step: batch {args.batch}, student {args.student_len}+{args.caption_len}, "
         f"teacher {args.teacher_len}+{args.caption_len} tokens, {reps} reps")
     times = interleaved({"sft": lambda: step(sft_loss), "kd": lambda: step(kd_total),
+                         "sft_full_head": lambda: step(sft_full_head),
                          "teacher_pass": lambda: teacher_caption_logits(model, t, None),
                          "teacher_stage": teacher_step, **peak_sides}, reps)
     flops = {"sft": count_flops(lambda: sft_loss().backward()),
              "kd": count_flops(lambda: kd_total().backward()),
-             "teacher_stage": count_flops(lambda: _forward_ce(teacher, tb)[1].backward())}
+             "sft_full_head": count_flops(lambda: sft_full_head().backward()),
+             "teacher_stage": count_flops(lambda: forward_caption(teacher, tb)[2].backward())}
     opt.zero_grad(set_to_none=True)
     by_shape = {}
     for name, (a, b, _) in mats.items():
@@ -117,9 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
         "kd_over_sft": round(times["kd"] / times["sft"], 3),
         "goal_kd_over_sft": 1.25,
         "teacher_pass_share_of_kd": round(times["teacher_pass"] / times["kd"], 3),
+        # the LM head at the caption positions only (model.caption_head) / at every position
+        "caption_head_over_full_head_sft_step": round(times["sft"] / times["sft_full_head"], 3),
         "step_s": {k: round(v, 4) for k, v in times.items()},
         "gflop_per_step": {k: round(v / 1e9, 2) for k, v in flops.items()},
-        "mfu": {"sft": mfu("sft"), "kd": mfu("kd"), "teacher_stage": mfu("teacher_stage")},
+        "mfu": {"sft": mfu("sft"), "kd": mfu("kd"), "teacher_stage": mfu("teacher_stage"),
+                "sft_full_head": mfu("sft_full_head")},
         "goal_mfu": 0.40,
         **peak,
         "sizes": {"batch": args.batch, "student_tokens": args.student_len + args.caption_len,

@@ -134,7 +134,7 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
     """
     from aligncap_core.eval.kl import kl_gap
     from aligncap_core.model.batching import encode_teacher_example, pad_examples
-    from aligncap_core.model.losses import align_caption_logits
+    from aligncap_core.model.caption_head import caption_logits
     from aligncap_core.train import data
     from aligncap_core.train.stages import teacher_caption_logits
 
@@ -168,11 +168,10 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
                     if teacher is None:
                         t_cap, _ = teacher_caption_logits(model, t, adapter)
                     else:
-                        t_logits = teacher[0](input_ids=t["input_ids"],
-                                              attention_mask=t["attention_mask"]).logits
-                        t_cap, _ = align_caption_logits(t_logits, t["caption_start"], t["caption_len"])
-                    logits = model(input_ids=s["input_ids"], attention_mask=s["attention_mask"]).logits
-                    s_cap, mask = align_caption_logits(logits, s["caption_start"], s["caption_len"])
+                        t_cap, _ = caption_logits(teacher[0], t["input_ids"], t["attention_mask"],
+                                                  t["caption_start"], t["caption_len"])
+                    s_cap, mask = caption_logits(model, s["input_ids"], s["attention_mask"],
+                                                 s["caption_start"], s["caption_len"])
                     seen["tokens"] += int(mask.sum())
                     bar.update(task, advance=len(chunk))
                     yield s_cap, t_cap.to(s_cap.device), mask

@@ -79,7 +79,39 @@ def make_student(model: Any, new_token_ids: Sequence[int], lora_cfg: LoraSetting
     # so a loaded teacher adapter can never drift.
     for name, p in peft_model.named_parameters():
         p.requires_grad_(f".{adapter_name}" in name and _is_adapter_param(name))
+    use_uniform_dropout(peft_model, adapter_name)
     return peft_model
+
+
+class UniformDropout(torch.nn.Dropout):
+    """`nn.Dropout` (same distribution: each element kept with probability 1 - p, scaled by
+    1 / (1 - p)), drawing its mask as one uniform sample compared against p. On CPU, torch's
+    `bernoulli_` behind `F.dropout` was the largest op after the matmuls in a student step (21%
+    of it: 28 LoRA inputs of up to 16 x 280 x 688 floats a step); this is ~2x faster for the
+    same mask distribution (the masks themselves differ: another use of the random stream).
+    Other devices keep `F.dropout`'s fused kernel. A subclass, so whatever sets
+    `nn.Dropout.p` (TRL's `disable_dropout`) still finds it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        # fp32 uniforms whatever x's dtype: a bf16 uniform would quantize p
+        keep = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * keep
+
+
+def use_uniform_dropout(model: Any, adapter_name: str) -> int:
+    """Swap adapter `adapter_name`'s LoRA-input `nn.Dropout`s for `UniformDropout`; returns how
+    many were swapped (0 at dropout 0: peft then puts `nn.Identity`)."""
+    n = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict) and adapter_name in drops:
+            d = drops[adapter_name]
+            if type(d) is torch.nn.Dropout:
+                drops[adapter_name] = UniformDropout(d.p)
+                n += 1
+    return n
 
 
 def _is_adapter_param(name: str) -> bool:

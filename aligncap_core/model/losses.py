@@ -64,6 +64,20 @@ def caption_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return tok / n
 
 
+def aligned_ce_loss(aligned: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`caption_ce_loss` on caption-aligned logits (`model.caption_head.caption_logits`).
+
+    Args:
+        aligned: (batch, L_cap, vocab), row j predicts caption token j.
+        targets: (batch, L_cap) caption ids, IGNORE_INDEX beyond each caption
+            (`caption_head.caption_targets`).
+    Returns: mean over non-ignored tokens; 0 (graph intact) if every target is ignored.
+    """
+    tok = F.cross_entropy(aligned.float().reshape(-1, aligned.size(-1)), targets.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="sum")
+    return tok / (targets != IGNORE_INDEX).sum().clamp_min(1)
+
+
 def align_caption_logits(logits: torch.Tensor, caption_start: torch.Tensor,
                          caption_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather the logits that predict each caption token -> (batch, L_cap, vocab) + mask.
@@ -82,14 +96,22 @@ def align_caption_logits(logits: torch.Tensor, caption_start: torch.Tensor,
         (aligned, mask): aligned (batch, L_cap, vocab) with L_cap = max(caption_len); mask
         (batch, L_cap) bool, False beyond a row's caption (those slots hold clamped junk).
     """
-    batch, seq, _ = logits.shape
-    caption_start = caption_start.to(logits.device).long()
-    caption_len = caption_len.to(logits.device).long()
-    if batch and int(caption_start.min()) < 1:
-        raise ValueError("align_caption_logits: caption_start must be >= 1")
-    l_cap = int(caption_len.max()) if batch else 0
-    offs = torch.arange(l_cap, device=logits.device)
-    mask = offs[None, :] < caption_len[:, None]
-    pos = (caption_start[:, None] - 1 + offs[None, :]).clamp(0, seq - 1)
+    pos, mask = caption_positions(caption_start.to(logits.device), caption_len.to(logits.device),
+                                  logits.shape[1])
     aligned = logits.gather(1, pos[:, :, None].expand(-1, -1, logits.size(-1)))
     return aligned, mask
+
+
+def caption_positions(caption_start: torch.Tensor, caption_len: torch.Tensor,
+                      seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos, mask), both (batch, L_cap): pos[b, j] is the position whose logits predict caption
+    token j of row b (one before it; clamped junk where mask is False)."""
+    caption_start, caption_len = caption_start.long(), caption_len.long()
+    if caption_start.numel() and int(caption_start.min()) < 1:
+        raise ValueError("align_caption_logits: caption_start must be >= 1 (a caption follows "
+                         "at least bos)")
+    l_cap = int(caption_len.max()) if caption_len.numel() else 0
+    offs = torch.arange(l_cap, device=caption_start.device)
+    mask = offs[None, :] < caption_len[:, None]
+    pos = (caption_start[:, None] - 1 + offs[None, :]).clamp(0, max(seq - 1, 0))
+    return pos, mask

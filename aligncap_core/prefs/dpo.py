@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from aligncap_core.errors import ConfigError
+from aligncap_core.model.caption_head import caption_logits
 from aligncap_core.model.checkpoint import (
     load_checkpoint,
     load_trainable_state,
@@ -38,7 +39,7 @@ from aligncap_core.model.checkpoint import (
     trainable_state,
 )
 from aligncap_core.model.lora import teacher_pass
-from aligncap_core.model.losses import align_caption_logits, kd_loss
+from aligncap_core.model.losses import kd_loss
 from aligncap_core.prefs.dpo_data import (
     TEACHER_COLUMN,
     TEACHER_KEYS,
@@ -235,19 +236,16 @@ def _dpo_trainer_class() -> type:
             cmask = inputs["completion_mask"][:n]
             cap_len = cmask.sum(1)
             cap_start = cmask.argmax(1)  # right padding: first completion position
-            s_logits = model(input_ids=inputs["input_ids"][:n],
-                             attention_mask=inputs["attention_mask"][:n], use_cache=False).logits
-            s_cap, mask = align_caption_logits(s_logits, cap_start, cap_len)
+            s_cap, mask = caption_logits(model, inputs["input_ids"][:n], inputs["attention_mask"][:n],
+                                         cap_start, cap_len, use_cache=False)
             if not torch.equal(inputs["teacher_caption_len"].to(cap_len), cap_len):
                 raise ConfigError("KD: teacher and student chosen captions differ in length")
             unwrapped = self.accelerator.unwrap_model(model)
             with teacher_pass(unwrapped, self.teacher_adapter) as teacher:
-                t_logits = teacher(input_ids=inputs["teacher_input_ids"],
-                                   attention_mask=inputs["teacher_attention_mask"],
-                                   use_cache=False).logits
-                t_cap, _ = align_caption_logits(t_logits, inputs["teacher_caption_start"],
-                                                inputs["teacher_caption_len"])
-                del t_logits  # full-vocab teacher logits: free before the backward pass
+                t_cap, _ = caption_logits(teacher, inputs["teacher_input_ids"],
+                                          inputs["teacher_attention_mask"],
+                                          inputs["teacher_caption_start"],
+                                          inputs["teacher_caption_len"], use_cache=False)
             self.teacher_passes += 1
             return kd_loss(s_cap, t_cap, mask, self.kd_temperature)
 

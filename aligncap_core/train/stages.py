@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from aligncap_core.errors import ConfigError
+from aligncap_core.model.caption_head import caption_logits, caption_targets
 from aligncap_core.model.checkpoint import save_checkpoint
-from aligncap_core.model.losses import align_caption_logits, caption_ce_loss, kd_loss
+from aligncap_core.model.losses import aligned_ce_loss, kd_loss
 from aligncap_core.train import data
 from aligncap_core.train.config import (
     DEFAULT_INSTRUCTION,
@@ -39,9 +40,14 @@ def _max_len(cfg_max_len: int, model: Any) -> int:
     return min(cfg_max_len, int(getattr(model.config, "max_position_embeddings", cfg_max_len)))
 
 
-def _forward_ce(model: Any, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-    return logits, caption_ce_loss(logits, b["labels"])
+def forward_caption(model: Any, b: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(aligned logits (batch, L_cap, vocab), mask, caption CE) of a padded batch; the LM head
+    runs at the caption positions only (`model.caption_head`)."""
+    aligned, mask = caption_logits(model, b["input_ids"], b["attention_mask"],
+                                   b["caption_start"], b["caption_len"])
+    targets = caption_targets(b["labels"], b["caption_start"], b["caption_len"])
+    return aligned, mask, aligned_ce_loss(aligned, targets)
 
 
 # ---- stage 1: teacher --------------------------------------------------------------------------
@@ -97,7 +103,7 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig 
     fp = data.data_fingerprint(data_dir)
 
     def compute_loss(m: Any, batch: dict[str, torch.Tensor]) -> StepOutput:
-        _, ce = _forward_ce(m, batch)
+        ce = forward_caption(m, batch)[2]
         return StepOutput(ce, {"ce": ce.item()}, int(batch["attention_mask"].sum()))
 
     def save(path: Path, step: int, metrics: dict[str, float], state: dict[str, Any]) -> Path:
@@ -176,10 +182,9 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
         if use_kd:
             t_cap, n_teacher = teacher_caption_logits(m, batch["teacher"], teacher_adapter)
             n_tokens += n_teacher
-        logits, ce = _forward_ce(m, s)
+        s_cap, mask, ce = forward_caption(m, s)
         if not use_kd:
             return StepOutput(ce, {"ce": ce.item()}, n_tokens)
-        s_cap, mask = align_caption_logits(logits, s["caption_start"], s["caption_len"])
         kl = kd_loss(s_cap, t_cap, mask, cfg.temperature)
         loss = ce + cfg.lambda_kd * kl
         return StepOutput(loss, {"ce": ce.item(), "kl": kl.item()}, n_tokens)
@@ -199,10 +204,10 @@ def teacher_caption_logits(model: Any, t: dict[str, torch.Tensor],
                            teacher_adapter: str | None) -> tuple[torch.Tensor, int]:
     """The frozen teacher's logits over the caption tokens, (batch, L_cap, vocab), no graph.
 
-    Runs before the student's forward: the full (batch, seq, vocab) teacher logits are freed
-    here, right after the caption positions are gathered, so they never coexist with the
-    student's activations and never stay alive through backward (which would raise peak memory
-    by a whole logits tensor: batch x seq x vocab, 150k-wide for a hub vocabulary).
+    Runs before the student's forward, and only the caption positions go through the LM head
+    (`model.caption_head`): a full (batch, seq, vocab) teacher logits tensor never exists, so
+    none coexists with the student's activations or stays alive through backward (150k-wide
+    for a hub vocabulary).
     """
     was_training = model.training
     model.eval()  # a teacher adapter's LoRA dropout must not make the targets noisy
@@ -210,9 +215,8 @@ def teacher_caption_logits(model: Any, t: dict[str, torch.Tensor],
         from aligncap_core.model.lora import teacher_pass
 
         with teacher_pass(model, teacher_adapter) as teacher:
-            logits = teacher(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-            t_cap, _ = align_caption_logits(logits, t["caption_start"], t["caption_len"])
-            del logits
+            t_cap, _ = caption_logits(teacher, t["input_ids"], t["attention_mask"],
+                                      t["caption_start"], t["caption_len"])
     finally:
         model.train(was_training)
     return t_cap, int(t["attention_mask"].sum())

@@ -187,3 +187,28 @@ def test_batching_labels_and_caption_positions():
     with pytest.raises(ConfigError):
         KDCollator(tok.pad_token_id)([{"teacher": t, "student": encode_student_example(
             tok, "x", ["<a0_1>"], "Another caption.")}])
+
+
+def test_uniform_dropout_has_dropout_s_distribution_and_make_student_installs_it():
+    from aligncap_core.model.lora import UniformDropout
+
+    d = UniformDropout(0.2)
+    x = torch.ones(200_000, requires_grad=True)
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005  # 4.5 sigma at n = 200k
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.8))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d y / d x = mask / (1 - p)
+    torch.manual_seed(0)
+    assert torch.equal(d(x), y)  # seeded: the same mask again
+    d.eval()
+    assert d(x) is x
+    assert isinstance(d, torch.nn.Dropout)  # TRL's disable_dropout sets .p on nn.Dropout modules
+
+    model, _, ids = micro_model_with_audio()
+    student = make_student(model, ids, LoraSettings(r=4, alpha=8, dropout=0.1))
+    drops = [m.lora_dropout["student"] for m in student.modules()
+             if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
+    assert drops and all(type(m) is UniformDropout and m.p == 0.1 for m in drops)
