@@ -224,10 +224,32 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
     {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap and kl_tokens.
     """
-    from aligncap_core.eval import compute_metrics
-
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
+    from aligncap_core.eval.meteor import MeteorScorer
+
+    # one METEOR JVM for every split's scores, started now: it loads (~8 s) while the clips
+    # are captioned, instead of once per compute_metrics call after them
+    scorer = MeteorScorer() if meteor else None
+    try:
+        return _evaluate(ckpt_uri, manifest_or_data_dir, out_json, splits=splits, settings=settings,
+                         batch_size=batch_size, kl_gap=kl_gap, teacher_ckpt=teacher_ckpt,
+                         limit=limit, codec_dir=codec_dir, device=device,
+                         meteor=scorer if scorer is not None else False,
+                         codes_cache=codes_cache, show_progress=show_progress)
+    finally:
+        if scorer is not None:
+            scorer.close()
+
+
+def _evaluate(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str | os.PathLike,
+              out_json: str | os.PathLike, *, splits: Sequence[str] | None,
+              settings: GenerationSettings | None, batch_size: int, kl_gap: bool,
+              teacher_ckpt: str | os.PathLike | None, limit: int | None,
+              codec_dir: str | os.PathLike | None, device: str, meteor: Any,
+              codes_cache: str | os.PathLike | None, show_progress: bool) -> dict:
+    from aligncap_core.eval import compute_metrics
+
     out_json = Path(out_json)
     settings = dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
     cap = Captioner.load(ckpt_uri, device=device,

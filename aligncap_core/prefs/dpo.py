@@ -153,9 +153,37 @@ def frozen_reference(policy: Any) -> Any:
     return ref
 
 
+def score_completions_only() -> bool:
+    """Make TRL's fused log-prob head score only the completion (caption) positions on CPU.
+
+    TRL's `_fused_forward` (trl/trainer/utils.py) projects through the LM head and log-softmaxes
+    either just the positions with a label ("compact", plain torch: a boolean-mask gather, then
+    `masked_scatter`) or every position, and picks compact only where Triton runs, to keep tile
+    shapes fixed for compiling backends. On CPU nothing is compiled, and a DPO row is ~250 prompt
+    positions for ~25 caption ones, so the full path scores ~10x the tokens the loss reads (the
+    same waste `model.caption_head` removes from distillation). The per-token log-probs are
+    the same either way (tested). Patches the name that one call site reads (`_use_triton` in
+    `trl.trainer.utils`; TRL's kernel choice reads its own module's); returns whether it is in
+    place (False when a TRL version has no such name: the full path then still runs, correct)."""
+    import trl.trainer.utils as tu
+
+    orig = getattr(tu, "_use_triton", None)
+    if orig is None:
+        return False
+    if not getattr(orig, "_aligncap_compact_on_cpu", False):
+        def _use_compact(device: torch.device) -> bool:
+            return device.type == "cpu" or orig(device)
+
+        _use_compact._aligncap_compact_on_cpu = True
+        tu._use_triton = _use_compact
+    return True
+
+
 def _dpo_trainer_class() -> type:
     # TRL imports in ~10 s: build the subclass on first use, not when aligncap imports
     from trl import DPOTrainer
+
+    score_completions_only()
 
     class PORegularizedDPOTrainer(DPOTrainer):
         """DPOTrainer + lambda_kd * KD(teacher || student) on the chosen caption."""

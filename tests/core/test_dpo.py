@@ -175,3 +175,29 @@ def test_lambda_kd_zero_runs_without_teacher(round0, tmp_path, monkeypatch):
     assert trainer.teacher_passes == 0 and trainer.state.global_step == 2
     with pytest.raises(ConfigError, match="no teacher text"):
         build_dpo_trainer(policy, tok, rows, TeacherInfo(), _cfg(), tmp_path)
+
+
+def test_dpo_loss_scoring_only_completions_equals_scoring_every_position(round0, tmp_path, monkeypatch):
+    import trl.trainer.utils as tu
+
+    assert dpo_mod.score_completions_only()
+    assert tu._use_triton(torch.device("cpu"))  # the compact path is on for CPU
+    policy, tok, _ = load_checkpoint(round0.ckpt, trainable=True)
+    trainer = build_dpo_trainer(policy, tok, read_pairs(round0.pairs), None,
+                                _cfg(lambda_kd=0.0, batch_size=4), tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    params = [p for p in policy.parameters() if p.requires_grad]
+
+    def loss_and_grads():
+        policy.zero_grad(set_to_none=True)
+        loss = trainer.compute_loss(policy, dict(batch))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    compact, g_compact = loss_and_grads()
+    monkeypatch.setattr(tu, "_use_triton", lambda device: False)  # TRL's CPU default
+    full, g_full = loss_and_grads()
+    assert compact.item() != 0.0
+    torch.testing.assert_close(compact, full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_compact, g_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

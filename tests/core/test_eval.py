@@ -128,6 +128,22 @@ def _fake_java(tmp_path, body: str) -> str:
     return str(tmp_path)
 
 
+@pytest.mark.skipif(shutil.which("java") is None, reason="needs a Java runtime")
+def test_a_shared_meteor_scorer_is_reused_and_left_running(parser):
+    preds = [CAPTION, "A man speaks slowly and softly, sounding sad."]
+    refs = [["A woman speaks fast and sounds excited."], ["A man talks slowly, sad and soft."]]
+    own = compute_metrics(preds, refs, parser=parser, meteor=True)
+    with MeteorScorer() as s:
+        first = compute_metrics(preds, refs, parser=parser, meteor=s)
+        jvm = s._meteor.meteor_p
+        second = compute_metrics(preds[::-1], refs[::-1], parser=parser, meteor=s)
+        assert s._meteor is not None and jvm.poll() is None  # still the same running JVM
+    assert jvm.poll() is not None  # the context manager stopped it
+    assert first["meteor_error"] is None and 0 < first["meteor"] < 1
+    assert first["meteor"] == pytest.approx(own["meteor"], abs=1e-9)
+    assert second["meteor"] == pytest.approx(own["meteor"], abs=1e-9)  # corpus score: order-free
+
+
 def test_missing_java_reports_none_with_reason(monkeypatch, tmp_path, parser):
     monkeypatch.setenv("PATH", str(tmp_path))
     m = compute_metrics(["a man speaks"], [["a man speaks"]], parser=parser, meteor=True)
