@@ -14,7 +14,9 @@ are skipped.
 
 from __future__ import annotations
 
+import copy
 import functools
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -26,6 +28,11 @@ from aligncap_core.vocab import ATTRIBUTES
 CATEGORIES = ("emotion", "pitch", "speed", "volume", "tone", "voice_quality", "gender", "intensity")
 # Captions are a sentence or two; a longer text is cut here so one bad row cannot stall a batch.
 MAX_CHARS = 20_000
+# Parses of recent texts, per backend: a pipeline evaluates every stage against the same
+# reference captions (and a split's metrics are recomputed for "all"), so most texts repeat.
+# A parse is a pure function of (backend, text); results are handed out as copies.
+MEMO_SIZE = 20_000
+_MEMO: OrderedDict[tuple[str, str], ClueResult] = OrderedDict()
 _ATTRIBUTE_CATEGORIES = ("emotion", "pitch", "speed", "volume", "intensity")
 
 
@@ -120,10 +127,23 @@ class EmotionClueParser:
         return self.parse_many([text])[0]
 
     def parse_many(self, texts: Iterable[object]) -> list[ClueResult]:
-        """Parse texts in batches with `nlp.pipe`; one ClueResult per input, in order."""
+        """Parse texts in batches with `nlp.pipe`; one ClueResult per input, in order. Texts
+        parsed recently by this backend (`MEMO_SIZE`) and repeats within the call are parsed
+        once."""
         cleaned = [clean_text(t) for t in texts]
-        docs = self.nlp.pipe(cleaned, batch_size=self.batch_size)
-        return [self._from_doc(text, doc) for text, doc in zip(cleaned, docs, strict=True)]
+        todo = list(dict.fromkeys(t for t in cleaned if (self.backend, t) not in _MEMO))
+        docs = self.nlp.pipe(todo, batch_size=self.batch_size)
+        fresh = {text: self._from_doc(text, doc) for text, doc in zip(todo, docs, strict=True)}
+        out = []
+        for t in cleaned:
+            key = (self.backend, t)
+            res = fresh.get(t) or _MEMO[key]
+            _MEMO[key] = res
+            _MEMO.move_to_end(key)
+            out.append(copy.deepcopy(res))
+        while len(_MEMO) > MEMO_SIZE:
+            _MEMO.popitem(last=False)
+        return out
 
     # -- extraction ----------------------------------------------------------------------
     def _from_doc(self, text: str, doc) -> ClueResult:

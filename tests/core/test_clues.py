@@ -407,3 +407,24 @@ def test_parser_agreement_on_synthetic_corpus(synth_rows, backend, parser, blank
         if m["expected"]:
             assert m["recall"] >= 0.90, (attr, m, report["errors"])
     assert report["attributes"]["emotion"]["expected"] > 0
+
+
+def test_parse_many_parses_each_text_once_and_hands_out_copies(blank, monkeypatch):
+    from aligncap_core.clues import parser as parser_mod
+
+    monkeypatch.setattr(parser_mod, "_MEMO", parser_mod.OrderedDict())
+    texts = ["A woman speaks loudly, sounding angry.", "He whispers slowly.",
+             "A woman speaks loudly, sounding angry."]
+    fresh = [blank.parse(t) for t in dict.fromkeys(texts)]  # one text a call
+    seen = []
+    pipe = blank.nlp.pipe
+    monkeypatch.setattr(blank.nlp, "pipe", lambda ts, **kw: seen.extend(ts) or pipe(ts, **kw))
+    got = blank.parse_many(texts)
+    assert seen == []  # every text was in the memo
+    assert [g.to_dict() for g in got] == [fresh[0].to_dict(), fresh[1].to_dict(), fresh[0].to_dict()]
+    got[0].attributes["emotion"] = "changed"  # a caller's edit does not reach the memo
+    assert blank.parse_many(texts[:1])[0].to_dict() == fresh[0].to_dict()
+    monkeypatch.setattr(parser_mod, "MEMO_SIZE", 1)
+    blank.parse_many(["A new text, sounding sad.", "A new text, sounding sad."])
+    assert seen == ["A new text, sounding sad."]  # repeats within a call: parsed once
+    assert list(parser_mod._MEMO) == [(blank.backend, "A new text, sounding sad.")]  # bounded
