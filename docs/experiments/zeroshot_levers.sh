@@ -13,11 +13,12 @@ RUN=${1:-runs/demo}; OUT=${2:-runs/zeroshot_levers}; REALDATA=${3:-../shared/rea
 A=.venv/bin/aligncap; PY=.venv/bin/python
 mkdir -p "$OUT"
 TEACHER=$($PY -c "import json;print(json.load(open('$RUN/teacher/train_summary.json'))['best_checkpoint'])")
-evaluate() {  # checkpoint, data dir, report stem
-  [ -f "$3.json" ] || $A evaluate --model "$1" --manifest "$2" --out "$3.json" --split valid --split zeroshot \
-      --limit 80 > "$3.log" 2>&1
-  if [ -d "$REALDATA" ] && [ ! -f "$3-realdata.json" ]; then
-    $A evaluate --model "$1" --manifest "$REALDATA" --out "$3-realdata.json" --no-kl > "$3-realdata.log" 2>&1
+evaluate() {  # checkpoint, data dir, report folder (report.json + predictions.jsonl each)
+  [ -f "$3/report.json" ] || $A evaluate --model "$1" --manifest "$2" --out "$3/report.json" \
+      --split valid --split zeroshot --limit 80 > "$3.log" 2>&1
+  if [ -d "$REALDATA" ] && [ ! -f "$3-realdata/report.json" ]; then
+    $A evaluate --model "$1" --manifest "$REALDATA" --out "$3-realdata/report.json" --no-kl \
+        > "$3-realdata.log" 2>&1
   fi
 }
 best() { $PY -c "import json;print(json.load(open('$1/train_summary.json'))['best_checkpoint'])"; }
@@ -59,8 +60,8 @@ stages = json.load(open(f"{run}/results.json"))["stages"]
 rows = {"demo student (KD on)": stages["student"], **{f"demo {k} (KD + PO)": v for k, v in stages.items()
                                                        if k.startswith("round-")}}
 for name in ("sft", "augmented"):
-    m = json.load(open(f"{out}/eval-{name}.json"))["metrics"]
-    real = f"{out}/eval-{name}-realdata.json"
+    m = json.load(open(f"{out}/eval-{name}/report.json"))["metrics"]
+    real = f"{out}/eval-{name}-realdata/report.json"
     if os.path.isfile(real):
         m = {**m, "realdata": next(iter(json.load(open(real))["metrics"].values()))}
     rows[{"sft": "KD off (lambda_kd 0)", "augmented": "KD on + augmentation"}[name]] = m
@@ -68,5 +69,6 @@ print("| student | split | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len
 for name, m in rows.items():
     for s in ("valid", "zeroshot", "realdata"):
         if s in m:
-            print(f"| {name} | {s} | " + " | ".join(f"{m[s][k]:.3f}" for k in keys) + " |")
+            print(f"| {name} | {s} | " + " | ".join("-" if m[s].get(k) is None else f"{m[s][k]:.3f}"
+                                                     for k in keys) + " |")
 PY
