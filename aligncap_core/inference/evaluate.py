@@ -15,6 +15,7 @@ Output: `out_json` (metrics per split and "all", plus what was evaluated) and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -226,87 +227,70 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
+    from aligncap_core.eval import compute_metrics
     from aligncap_core.eval.meteor import MeteorScorer
 
-    # one METEOR JVM for every split's scores, started now: it loads (~8 s) while the clips
-    # are captioned, instead of once per compute_metrics call after them
-    scorer = MeteorScorer() if meteor else None
-    try:
-        return _evaluate(ckpt_uri, manifest_or_data_dir, out_json, splits=splits, settings=settings,
-                         batch_size=batch_size, kl_gap=kl_gap, teacher_ckpt=teacher_ckpt,
-                         limit=limit, codec_dir=codec_dir, device=device,
-                         meteor=scorer if scorer is not None else False,
-                         codes_cache=codes_cache, show_progress=show_progress)
-    finally:
-        if scorer is not None:
-            scorer.close()
+    with contextlib.ExitStack() as stack:
+        # one METEOR JVM for every split's scores, started now: it loads (~8 s) while the clips
+        # are captioned, instead of once per compute_metrics call after them
+        scorer = stack.enter_context(MeteorScorer()) if meteor else False
+        out_json = Path(out_json)
+        settings = dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
+        cap = Captioner.load(ckpt_uri, device=device,
+                             codec_dir=codec_dir or _data_codec(ckpt_uri, manifest_or_data_dir))
+        acoustic = _acoustic_prompt(cap)
+        data_dir, rows, info = eval_data(manifest_or_data_dir, out_json.with_suffix(".data"), cap,
+                                         splits=splits, limit=limit, need_p_act=kl_gap and acoustic,
+                                         show_progress=show_progress, codes_cache=codes_cache)
+        preds = _caption_rows(cap, data_dir, rows, settings, show_progress)
 
+        teacher = None
+        if kl_gap and teacher_ckpt is not None:
+            from aligncap_core.model.checkpoint import load_checkpoint
 
-def _evaluate(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str | os.PathLike,
-              out_json: str | os.PathLike, *, splits: Sequence[str] | None,
-              settings: GenerationSettings | None, batch_size: int, kl_gap: bool,
-              teacher_ckpt: str | os.PathLike | None, limit: int | None,
-              codec_dir: str | os.PathLike | None, device: str, meteor: Any,
-              codes_cache: str | os.PathLike | None, show_progress: bool) -> dict:
-    from aligncap_core.eval import compute_metrics
+            t_model, t_tok, _ = load_checkpoint(teacher_ckpt, dtype=next(cap.model.parameters()).dtype,
+                                                device=cap.device)
+            teacher = (t_model.eval(), t_tok)
+        kls = kl_gap_by_split(cap, data_dir, rows, batch_size=batch_size, acoustic_prompt=acoustic,
+                              teacher=teacher, show_progress=show_progress) if kl_gap else {}
 
-    out_json = Path(out_json)
-    settings = dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
-    cap = Captioner.load(ckpt_uri, device=device,
-                         codec_dir=codec_dir or _data_codec(ckpt_uri, manifest_or_data_dir))
-    acoustic = _acoustic_prompt(cap)
-    data_dir, rows, info = eval_data(manifest_or_data_dir, out_json.with_suffix(".data"), cap,
-                                     splits=splits, limit=limit, need_p_act=kl_gap and acoustic,
-                                     show_progress=show_progress, codes_cache=codes_cache)
-    preds = _caption_rows(cap, data_dir, rows, settings, show_progress)
+        from aligncap_core.clues import EmotionClueParser
 
-    teacher = None
-    if kl_gap and teacher_ckpt is not None:
-        from aligncap_core.model.checkpoint import load_checkpoint
+        parser = EmotionClueParser()  # one spaCy load for every split
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(str(r.get("split")), []).append(i)
+        metrics: dict[str, dict] = {}
+        for name, idx in groups.items():
+            metrics[name] = compute_metrics([preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
+                                            [rows[i].get("attributes") for i in idx],
+                                            parser=parser, meteor=scorer)
+            kl, n = kls.get(name, (None, 0))
+            metrics[name].update(kl_gap=kl, kl_tokens=n)
+        if len(groups) == 1:
+            metrics["all"] = dict(next(iter(metrics.values())))
+        else:
+            metrics["all"] = compute_metrics(preds, [r.get("captions") or [] for r in rows],
+                                             [r.get("attributes") for r in rows], parser=parser, meteor=scorer)
+            tokens = sum(n for _, n in kls.values())
+            weighted = sum(v * n for v, n in kls.values() if v is not None)
+            metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens)
 
-        t_model, t_tok, _ = load_checkpoint(teacher_ckpt, dtype=next(cap.model.parameters()).dtype,
-                                            device=cap.device)
-        teacher = (t_model.eval(), t_tok)
-    kls = kl_gap_by_split(cap, data_dir, rows, batch_size=batch_size, acoustic_prompt=acoustic,
-                          teacher=teacher, show_progress=show_progress) if kl_gap else {}
-
-    from aligncap_core.clues import EmotionClueParser
-
-    parser = EmotionClueParser()  # one spaCy load for every split
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault(str(r.get("split")), []).append(i)
-    metrics: dict[str, dict] = {}
-    for name, idx in groups.items():
-        metrics[name] = compute_metrics([preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
-                                        [rows[i].get("attributes") for i in idx],
-                                        parser=parser, meteor=meteor)
-        kl, n = kls.get(name, (None, 0))
-        metrics[name].update(kl_gap=kl, kl_tokens=n)
-    if len(groups) == 1:
-        metrics["all"] = dict(next(iter(metrics.values())))
-    else:
-        metrics["all"] = compute_metrics(preds, [r.get("captions") or [] for r in rows],
-                                         [r.get("attributes") for r in rows], parser=parser, meteor=meteor)
-        tokens = sum(n for _, n in kls.values())
-        weighted = sum(v * n for v, n in kls.values() if v is not None)
-        metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens)
-
-    report = {
-        "checkpoint": str(ckpt_uri), "step": cap.meta.get("step"), "stage": cap.meta.get("stage"),
-        "codec": cap.codec.fingerprint, "speech": dataclasses.asdict(cap.speech),
-        "data": {**info, "evaluated_from": str(data_dir), "splits": list(groups)},
-        "generation": dataclasses.asdict(settings), "kl_teacher": str(teacher_ckpt or "student base"),
-        "metrics": metrics,
-    }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_json.parent / "predictions.jsonl", (
-        {"id": r.get("id"), "split": r.get("split"), "prediction": p,
-         "references": r.get("captions") or [], "attributes": r.get("attributes")}
-        for r, p in zip(rows, preds, strict=True)))
-    with atomic_write(out_json) as f:
-        json.dump(report, f, indent=2, default=str)
-    return report
+        report = {
+            "checkpoint": str(ckpt_uri), "step": cap.meta.get("step"), "stage": cap.meta.get("stage"),
+            "codec": cap.codec.fingerprint, "speech": dataclasses.asdict(cap.speech),
+            "data": {**info, "evaluated_from": str(data_dir), "splits": list(groups)},
+            "generation": dataclasses.asdict(settings), "kl_teacher": str(teacher_ckpt or "student base"),
+            "metrics": metrics,
+        }
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out_json.parent / "predictions.jsonl", (
+            {"id": r.get("id"), "split": r.get("split"), "prediction": p,
+             "references": r.get("captions") or [], "attributes": r.get("attributes")}
+            for r, p in zip(rows, preds, strict=True)))
+        with atomic_write(out_json) as f:
+            json.dump(report, f, indent=2, default=str)
+        return report
 
 
 def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict],

@@ -108,7 +108,7 @@ def caption_positions(caption_start: torch.Tensor, caption_len: torch.Tensor,
     token j of row b (one before it; clamped junk where mask is False)."""
     caption_start, caption_len = caption_start.long(), caption_len.long()
     if caption_start.numel() and int(caption_start.min()) < 1:
-        raise ValueError("align_caption_logits: caption_start must be >= 1 (a caption follows "
+        raise ValueError("caption_positions: caption_start must be >= 1 (a caption follows "
                          "at least bos)")
     l_cap = int(caption_len.max()) if caption_len.numel() else 0
     offs = torch.arange(l_cap, device=caption_start.device)
