@@ -138,7 +138,7 @@ def _train_logger(out: Path):
 @train_app.command("teacher")
 def train_teacher_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Prepared dataset folder with clues (p_act) and codes.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics.jsonl); an existing one is resumed.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics.jsonl); one made with the same settings and data is resumed, one made otherwise is refused.")],
     config: Annotated[Path | None, typer.Option("--config", help="TeacherConfig YAML (unknown keys are an error).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Override train.max_steps.")] = None,
 ) -> None:
@@ -155,7 +155,7 @@ def train_teacher_cmd(
 def train_student_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Prepared dataset folder with clues (p_act) and codes.")],
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher checkpoint (path or s3://).")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics.jsonl); an existing one is resumed.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics.jsonl); one made with the same settings and data is resumed, one made otherwise is refused.")],
     config: Annotated[Path | None, typer.Option("--config", help="StudentConfig YAML (unknown keys are an error).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Override train.max_steps.")] = None,
     lambda_kd: Annotated[float | None, typer.Option("--lambda-kd", help="KD weight (0 = SFT-only baseline, no teacher pass).")] = None,

@@ -17,7 +17,8 @@ def train_teacher(data_dir: str = "runs/pipeline/data", out_dir: str = "runs/pip
                   teacher: TeacherParams = TeacherParams(),
                   tracking: TrackingParams = TrackingParams(),
                   parent_run_id: str | None = None) -> str:
-    """Train the text teacher into OUT/teacher; returns its best checkpoint path."""
+    """Train the text teacher into OUT/teacher/<run key> (one folder per settings and data);
+    returns its best checkpoint path."""
     with parent_run(tracking, out_dir, "train-teacher", parent_run_id) as t:
         ckpt, _ = run_stage(train_teacher_task, data_dir, str(Path(out_dir) / "teacher"),
                             teacher.resolved(), parent_run_id=t.parent_run_id, tracking_uri=t.uri,
@@ -30,7 +31,8 @@ def distill(data_dir: str = "runs/pipeline/data", teacher_ckpt: str = "",
             out_dir: str = "runs/pipeline", student: StudentParams = StudentParams(),
             tracking: TrackingParams = TrackingParams(),
             parent_run_id: str | None = None) -> str:
-    """Distil `teacher_ckpt` into the speech student at OUT/student; returns its best checkpoint."""
+    """Distil `teacher_ckpt` into the speech student at OUT/student/<run key> (one folder per
+    settings, data and teacher); returns its best checkpoint."""
     if not teacher_ckpt:
         raise ValueError("distill: teacher_ckpt is empty; pass the checkpoint train-teacher returned")
     with parent_run(tracking, out_dir, "distill", parent_run_id) as t:

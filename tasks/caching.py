@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aligncap_core.train.identity import checkpoint_fingerprint  # noqa: F401  (re-exported)
 from aligncap_core.utils import sha256_file, stable_json
 
 # Bump to invalidate every cached stage result at once (a task's return shape changed).
@@ -94,19 +95,6 @@ def first_row(data_dir: str | os.PathLike) -> dict | None:
     with path.open() as f:
         line = f.readline().strip()
     return json.loads(line) if line else None
-
-
-def checkpoint_fingerprint(ckpt: str | os.PathLike | None) -> str | None:
-    """A checkpoint's identity: its meta.json (stage, step, data fingerprint, metrics) plus the
-    names and sizes of its files, so a re-trained checkpoint at the same path gets a new key
-    without hashing gigabytes of weights."""
-    if ckpt is None or _is_remote(str(ckpt)):
-        return None
-    root = Path(ckpt)
-    if not (root / "meta.json").is_file():
-        return None
-    listing = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
-    return hashlib.sha256(stable_json([(root / "meta.json").read_text(), listing]).encode()).hexdigest()
 
 
 def make_key_fn(stage: str, inputs: KeyInputs) -> Callable[[Any, dict[str, Any]], str | None]:

@@ -1,9 +1,13 @@
 """Training stages as Prefect tasks: the text teacher and the KD speech student (distill).
 
 Configs cross the task boundary as plain dicts (the YAML form of TeacherConfig / StudentConfig)
-and are validated by `from_dict` inside the task, where they are used. The library resumes from
-the newest checkpoint in `out_dir`, so a Prefect retry (after an OOM kill or a preempted GPU
-node) continues training instead of starting over.
+and are validated by `from_dict` inside the task, where they are used.
+
+Each run trains into its own folder `OUT_DIR/<run key>` (`train.identity`): the key is derived
+from the resolved config, the data fingerprint (and the teacher checkpoint for the student) and
+the stage's code version. So a run with a changed setting trains a new model beside the old one,
+and the same settings find their folder again: the library resumes from its newest checkpoint, so
+a Prefect retry (after an OOM kill or a preempted GPU node) continues instead of starting over.
 """
 
 from __future__ import annotations
@@ -28,14 +32,20 @@ def _teacher_inputs(p: dict[str, Any]) -> list[Any] | None:
       **TRAIN_RETRIES, **PERSIST, **RELEASE)
 def train_teacher(data_dir: str, out_dir: str, config: dict[str, Any] | None = None,
                   parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
-    """Train the text teacher; returns the best checkpoint's path. MLflow child run `teacher`."""
+    """Train the text teacher into OUT_DIR/<run key>; returns the best checkpoint's path.
+    MLflow child run `teacher`."""
     from aligncap_core.train.config import TeacherConfig, from_dict, to_dict
+    from aligncap_core.train.identity import keyed_run_dir
+    from aligncap_core.train.stages import teacher_identity
     from aligncap_core.train.stages import train_teacher as run_stage
 
     cfg = from_dict(TeacherConfig, config)
-    with stage_run(parent_run_id, "teacher", {"data_dir": data_dir, **to_dict(cfg)}, tracking_uri) as run, \
+    ident = teacher_identity(data_dir, cfg)
+    run_dir = keyed_run_dir(out_dir, ident)
+    params = {"data_dir": data_dir, "run_key": ident.key, **to_dict(cfg)}
+    with stage_run(parent_run_id, "teacher", params, tracking_uri) as run, \
             train_logger(run, tracking_uri) as logger:
-        ckpt = str(run_stage(data_dir, out_dir, cfg, logger=logger))
+        ckpt = str(run_stage(data_dir, run_dir, cfg, logger=logger))
     get_run_logger().info("teacher: best checkpoint %s", ckpt)
     return ckpt
 
@@ -50,15 +60,20 @@ def _student_inputs(p: dict[str, Any]) -> list[Any] | None:
 def train_student(data_dir: str, teacher_ckpt: str, out_dir: str,
                   config: dict[str, Any] | None = None, parent_run_id: str | None = None,
                   tracking_uri: str | None = None) -> str:
-    """Distil the teacher into the speech student (CE + lambda_kd * KL); returns the best
-    checkpoint's path. MLflow child run `distill`."""
+    """Distil the teacher into the speech student (CE + lambda_kd * KL) in OUT_DIR/<run key>;
+    returns the best checkpoint's path. MLflow child run `distill`."""
     from aligncap_core.train.config import StudentConfig, from_dict, to_dict
+    from aligncap_core.train.identity import keyed_run_dir
+    from aligncap_core.train.stages import student_identity
     from aligncap_core.train.stages import train_student as run_stage
 
     cfg = from_dict(StudentConfig, config)
-    params = {"data_dir": data_dir, "teacher_checkpoint": teacher_ckpt, **to_dict(cfg)}
+    ident = student_identity(data_dir, teacher_ckpt, cfg)
+    run_dir = keyed_run_dir(out_dir, ident)
+    params = {"data_dir": data_dir, "teacher_checkpoint": teacher_ckpt, "run_key": ident.key,
+              **to_dict(cfg)}
     with stage_run(parent_run_id, "distill", params, tracking_uri) as run, \
             train_logger(run, tracking_uri) as logger:
-        ckpt = str(run_stage(data_dir, teacher_ckpt, out_dir, cfg, logger=logger))
+        ckpt = str(run_stage(data_dir, teacher_ckpt, run_dir, cfg, logger=logger))
     get_run_logger().info("distill: best checkpoint %s", ckpt)
     return ckpt

@@ -225,19 +225,24 @@ class _Runs:
 
 def _teacher(data: Path, run_dir: Path, cfg: AblationConfig, seed: int, *, acoustic: bool) -> str:
     from aligncap_core.train.config import TeacherConfig, from_dict
-    from aligncap_core.train.stages import train_teacher
+    from aligncap_core.train.identity import keyed_run_dir
+    from aligncap_core.train.stages import teacher_identity, train_teacher
 
     c = from_dict(TeacherConfig, _with(cfg.teacher, {"acoustic_prompt": acoustic, "train.seed": seed}))
+    # one folder per settings: a changed config trains anew instead of resuming the old run
+    run_dir = keyed_run_dir(run_dir, teacher_identity(data, c))
     return str(train_teacher(data, run_dir, c, show_progress=False))
 
 
 def _student(data: Path, teacher_ckpt: str, run_dir: Path, cfg: AblationConfig, seed: int,
              lambda_kd: float, *, acoustic: bool) -> str:
     from aligncap_core.train.config import StudentConfig, from_dict
-    from aligncap_core.train.stages import train_student
+    from aligncap_core.train.identity import keyed_run_dir
+    from aligncap_core.train.stages import student_identity, train_student
 
     c = from_dict(StudentConfig, _with(cfg.student, {"lambda_kd": lambda_kd, "acoustic_prompt": acoustic,
                                                      "train.seed": seed}))
+    run_dir = keyed_run_dir(run_dir, student_identity(data, teacher_ckpt, c))
     return str(train_student(data, teacher_ckpt, run_dir, c, show_progress=False))
 
 

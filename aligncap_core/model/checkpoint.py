@@ -100,7 +100,7 @@ def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: s
                     round: int = 0, data_fingerprint: str | None = None,
                     metrics: dict[str, float] | None = None,
                     trainer_state: dict[str, Any] | None = None,
-                    full_weights: bool = False) -> Path:
+                    full_weights: bool = False, run_key: str | None = None) -> Path:
     """Write a checkpoint directory atomically and return its path.
 
     model: a PeftModel (kind="adapter": every adapter it holds is saved) or, with
@@ -109,6 +109,7 @@ def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: s
         checkpoint (e.g. the teacher's); local paths are stored absolute.
     trainer_state: free-form dict for resuming (optimizer/scheduler state_dicts, step, data
         position); the RNG states are added here as `rng`.
+    run_key: the key of the training run that made it (`train.identity`), kept in meta.json.
     """
     if not full_weights and not _is_peft(model):
         raise ConfigError("save_checkpoint: model has no adapters; pass full_weights=True to "
@@ -118,7 +119,7 @@ def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: s
     meta = {
         "format_version": FORMAT_VERSION, "kind": "full" if full_weights else "adapter",
         "stage": stage, "round": round, "step": int(step), "base_model": base_model,
-        "data_fingerprint": data_fingerprint, "metrics": metrics or {},
+        "data_fingerprint": data_fingerprint, "run_key": run_key, "metrics": metrics or {},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with atomic_dir(out_dir) as tmp:

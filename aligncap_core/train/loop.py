@@ -40,6 +40,7 @@ from aligncap_core.model.checkpoint import (
     trainable_state,
 )
 from aligncap_core.train.config import TrainConfig
+from aligncap_core.train.identity import RunIdentity, claim_run_dir
 from aligncap_core.train.loggers import Logger
 from aligncap_core.train.threads import ThreadGovernor
 from aligncap_core.utils import atomic_write, discard_dir, progress
@@ -63,7 +64,8 @@ class TrainTask:
     """name: stage name (progress bar, metrics). model: trained in place; its `requires_grad`
     parameters are the ones optimized. compute_loss(model, batch) runs under autocast; batch is
     `collate(examples)` moved to the device. save(path, step, metrics, trainer_state) writes a
-    checkpoint directory (atomically) and returns its path."""
+    checkpoint directory (atomically) and returns its path. identity: what makes this run (config
+    and input fingerprints); `fit` resumes a run dir only when it was made by the same identity."""
 
     name: str
     model: torch.nn.Module
@@ -72,6 +74,7 @@ class TrainTask:
     collate: Callable[[list[Any]], Any]
     compute_loss: Callable[[Any, Any], StepOutput]
     save: Callable[[Path, int, dict[str, float], dict[str, Any]], Path]
+    identity: RunIdentity | None = None
 
 
 @dataclass
@@ -193,12 +196,17 @@ RESUME_MISMATCH = ("checkpoint parameters not in the model: {missing}; the run d
 def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger | None = None,
         show_progress: bool = True) -> FitResult:
     """Train `task.model` in place per `cfg`, checkpointing into `run_dir`; resumes from the
-    newest checkpoint there. Returns the best (lowest valid loss) and last checkpoints."""
+    newest checkpoint there. Returns the best (lowest valid loss) and last checkpoints.
+
+    With `task.identity`, a run dir made by another identity (other settings or inputs) is never
+    resumed: `train.identity.RunMismatchError` says what differs and what to do."""
     # ---- setup
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not task.train_set:
         raise ConfigError(f"{task.name}: no training examples")
+    if task.identity is not None:
+        claim_run_dir(run_dir, task.identity)
     device = resolve_device(cfg.device)
     threads_before = torch.get_num_threads()
     # CPU: all cores when the machine is idle, 1 when other jobs compete for them (3x faster

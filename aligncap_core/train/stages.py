@@ -29,6 +29,12 @@ from aligncap_core.train.config import (
     dump_config,
     to_dict,
 )
+from aligncap_core.train.identity import (
+    RunIdentity,
+    checkpoint_fingerprint,
+    claim_run_dir,
+    identity_config,
+)
 from aligncap_core.train.loggers import JsonlLogger, Logger
 from aligncap_core.train.loop import StepOutput, TrainTask, fit
 
@@ -48,6 +54,26 @@ def forward_caption(model: Any, b: dict[str, torch.Tensor]
                                    b["caption_start"], b["caption_len"])
     targets = caption_targets(b["labels"], b["caption_start"], b["caption_len"])
     return aligned, mask, aligned_ce_loss(aligned, targets)
+
+
+# ---- run identities: what makes each stage's model ---------------------------------------------
+def teacher_identity(data_dir: str | Path, cfg: TeacherConfig) -> RunIdentity:
+    """The teacher run `cfg` trains on `data_dir` (its key names the run folder in the flows)."""
+    return RunIdentity("teacher", identity_config(to_dict(cfg)),
+                       {"data": data.data_fingerprint(data_dir)})
+
+
+def student_identity(data_dir: str | Path, teacher_ckpt: str | Path,
+                     cfg: StudentConfig) -> RunIdentity:
+    """The student run `cfg` distils from `teacher_ckpt` (local or s3://) on `data_dir`."""
+    from aligncap_core.model.checkpoint import fetch_to_local
+
+    teacher = checkpoint_fingerprint(fetch_to_local(teacher_ckpt))
+    if teacher is None:
+        raise ConfigError(f"{teacher_ckpt}: not a checkpoint (no meta.json); pass the teacher "
+                          "checkpoint folder `train teacher` wrote (OUT/step-*)")
+    return RunIdentity("student", identity_config(to_dict(cfg)),
+                       {"data": data.data_fingerprint(data_dir), "teacher": teacher})
 
 
 # ---- stage 1: teacher --------------------------------------------------------------------------
@@ -84,12 +110,14 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig 
                   logger: Logger | None = None, show_progress: bool = True) -> Path:
     """Train the text teacher on every (train clip, caption); returns the best checkpoint dir.
 
-    Re-running with the same `out_dir` resumes from its newest checkpoint (a finished run
-    returns at once).
+    Re-running with the same `out_dir` and the same settings and data resumes from its newest
+    checkpoint (a finished run returns at once); a folder made with other settings or data is
+    refused (`train.identity.RunMismatchError`), never resumed.
     """
     cfg = cfg or TeacherConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ident = teacher_identity(data_dir, cfg)
+    claim_run_dir(out_dir, ident)  # before anything is written into a folder of another run
     dump_config(cfg, out_dir / "config.yaml")
     logger = logger or JsonlLogger(out_dir / "metrics.jsonl")
     logger.log_params({"stage": "teacher", **to_dict(cfg)})
@@ -110,10 +138,10 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig 
         return save_checkpoint(path, model, tok, stage="teacher", step=step,
                                base_model=base_model, run_config=to_dict(cfg),
                                data_fingerprint=fp, metrics=metrics, trainer_state=state,
-                               full_weights=cfg.from_scratch)
+                               full_weights=cfg.from_scratch, run_key=ident.key)
 
     task = TrainTask("teacher", model, train_set, valid_set, data.teacher_collator(tok.pad_token_id),
-                     compute_loss, save)
+                     compute_loss, save, identity=ident)
     return fit(task, cfg.train, out_dir, logger, show_progress).best_checkpoint
 
 
@@ -150,11 +178,13 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
     """Distil the teacher into the speech student; returns the best checkpoint dir.
 
     lambda_kd=0 is the SFT-only baseline: the teacher pass is skipped entirely (no teacher
-    inputs are even built). Re-running with the same `out_dir` resumes.
+    inputs are even built). Re-running with the same `out_dir`, settings, data and teacher
+    resumes; a folder made otherwise is refused (`train.identity.RunMismatchError`).
     """
     cfg = cfg or StudentConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ident = student_identity(data_dir, teacher_ckpt, cfg)
+    claim_run_dir(out_dir, ident)  # before anything is written into a folder of another run
     dump_config(cfg, out_dir / "config.yaml")
     logger = logger or JsonlLogger(out_dir / "metrics.jsonl")
     logger.log_params({"stage": "student", "teacher_checkpoint": str(teacher_ckpt),
@@ -192,11 +222,13 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
     def save(path: Path, step: int, metrics: dict[str, float], state: dict[str, Any]) -> Path:
         saved = save_checkpoint(path, model, tok, stage="student", step=step,
                                 base_model=base_model, run_config=to_dict(cfg),
-                                data_fingerprint=fp, metrics=metrics, trainer_state=state)
+                                data_fingerprint=fp, metrics=metrics, trainer_state=state,
+                                run_key=ident.key)
         return attach_codec(saved, codec, instruction=cfg.instruction, keep_q=cfg.keep_q)
 
     collate = data.student_collator(tok.pad_token_id, with_teacher=use_kd)
-    task = TrainTask("student", model, train_set, valid_set, collate, compute_loss, save)
+    task = TrainTask("student", model, train_set, valid_set, collate, compute_loss, save,
+                     identity=ident)
     return fit(task, cfg.train, out_dir, logger, show_progress).best_checkpoint
 
 

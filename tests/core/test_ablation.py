@@ -73,8 +73,10 @@ def test_every_variant_and_seed_is_trained_evaluated_and_tracked(ablation):
     assert len(set(ckpts.values())) == len(VARIANTS)
     assert json.loads((root / "out" / "results.json").read_text())["runs"] == results["runs"]
     # the no-P_act teacher read the transcript only; the P_act one its clues too
-    assert "acoustic_prompt: false" in (root / "out/seed-0/teacher-no-pact/config.yaml").read_text()
-    assert "acoustic_prompt: true" in (root / "out/seed-0/teacher/config.yaml").read_text()
+    (no_pact,) = (root / "out/seed-0/teacher-no-pact").glob("*/config.yaml")  # OUT/<run key>/
+    (pact,) = (root / "out/seed-0/teacher").glob("*/config.yaml")
+    assert "acoustic_prompt: false" in no_pact.read_text()
+    assert "acoustic_prompt: true" in pact.read_text()
 
     c = MlflowClient(uri)
     (exp,) = [e for e in c.search_experiments() if e.name == "aligncap-ablation"]

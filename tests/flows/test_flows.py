@@ -179,3 +179,32 @@ def test_pipeline_end_to_end_micro(tmp_path):
         assert any(k.startswith("eval/valid/") for k in children[name].data.metrics)
     mv = client.get_model_version_by_alias("aligncap-sec", "champion")
     assert mv.tags["stage"] == results["champion"]
+
+
+def test_teacher_flow_changed_setting_trains_anew_same_setting_trains_once(tmp_path):
+    """Issue #19, problem 1: a changed learning rate into the same out_dir must not return (or
+    resume) the old model; the same settings twice must not train twice."""
+    from flows.params import TeacherParams, TrackingParams
+    from flows.train import train_teacher
+    from tests.core.test_train import make_corpus
+
+    data = make_corpus(tmp_path / "data")
+    off = TrackingParams(enabled=False)
+    train = {**MICRO_TRAIN, "eval_every": 0, "checkpoint_every": 0}
+
+    def run(lr: float):
+        params = TeacherParams(preset="micro", max_steps=4, config={"train": {**train, "lr": lr}})
+        state = train_teacher(str(data), str(tmp_path / "out"), params, off, return_state=True)
+        return state.result(), _task_states(state.state_details.flow_run_id)["train_teacher"]
+
+    a, a_state = run(3e-3)
+    b, b_state = run(1e-2)
+    assert (a_state, b_state) == ("Completed", "Completed")  # trained twice
+    assert a != b and Path(a).parent != Path(b).parent  # two run folders under OUT/teacher
+    assert Path(a).is_dir() and Path(b).is_dir()
+    ma, mb = (json.loads((Path(p) / "meta.json").read_text()) for p in (a, b))
+    assert ma["run_key"] != mb["run_key"]
+    assert yaml.safe_load((Path(b).parent / "config.yaml").read_text())["train"]["lr"] == 1e-2
+
+    again, again_state = run(3e-3)
+    assert again == a and again_state == "Cached"  # same settings: trained once
