@@ -66,7 +66,8 @@ def register(ckpt: str, stage: str, out_dir: str | None = None, parent_run_id: s
 
     Not cached: registering is a side effect that must happen on every run that picks a champion.
     """
-    from aligncap_core.tracking import DEFAULT_MODEL_NAME, log_checkpoint, register_champion
+    from aligncap_core.serving.pyfunc import log_pyfunc_model
+    from aligncap_core.tracking import DEFAULT_MODEL_NAME, register_champion
 
     out = {"checkpoint": ckpt, "version": None, "model_uri": None}
     if out_dir:
@@ -82,7 +83,7 @@ def register(ckpt: str, stage: str, out_dir: str | None = None, parent_run_id: s
     if parent_run_id:
         name = model_name or DEFAULT_MODEL_NAME
         with stage_run(parent_run_id, run_name(stage), uri=tracking_uri) as run:
-            source = log_checkpoint(ckpt, run, artifact_path="champion", uri=tracking_uri)
+            source = log_pyfunc_model(ckpt, run, artifact_path="champion", uri=tracking_uri)
             tags = {"stage": stage, "checkpoint": str(Path(ckpt).resolve())}
             if score is not None:
                 tags["score"] = str(score)
@@ -105,6 +106,7 @@ def resolve_champion(dst_dir: str, tracking_uri: str | None = None,
     from mlflow.exceptions import MlflowException
 
     from aligncap_core.errors import ConfigError
+    from aligncap_core.serving import checkpoint_in
     from aligncap_core.tracking import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, client
 
     name = model_name or DEFAULT_MODEL_NAME
@@ -119,6 +121,7 @@ def resolve_champion(dst_dir: str, tracking_uri: str | None = None,
     else:
         mlflow.set_tracking_uri(tracking_uri)  # download_artifacts resolves runs:/ through it
         ckpt = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=dst_dir)
+        ckpt = checkpoint_in(ckpt, f"models:/{name}/{mv.version}")  # a pyfunc model holds it
     score = mv.tags.get("score")
     get_run_logger().info("champion version %s (%s): %s", mv.version, mv.tags.get("stage"), ckpt)
     return {"checkpoint": str(ckpt), "version": str(mv.version), "stage": mv.tags.get("stage"),

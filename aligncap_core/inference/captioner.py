@@ -53,18 +53,26 @@ def check_clip(path: str | os.PathLike) -> None:
 
 def read_clip(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     """Mono float32 samples of an audio file at `sample_rate` Hz; DataError naming the file."""
-    from aligncap_core.data.audio import AudioProblem, decode, resample, to_mono
-
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: audio file not found")
+    return decode_clip(p, sample_rate, label=str(path))
+
+
+def decode_clip(source: bytes | str | os.PathLike, sample_rate: int, *, label: str = "audio",
+                max_seconds: float = float("inf")) -> np.ndarray:
+    """Mono float32 samples at `sample_rate` Hz of a local file or encoded bytes (any format
+    soundfile reads). DataError starting with `label` on undecodable, empty, non-finite or
+    (checked from the header, before decoding) longer than `max_seconds` audio."""
+    from aligncap_core.data.audio import AudioProblem, decode, resample, to_mono
+
     try:
-        x, rate = decode(p)
+        x, rate = decode(source, max_duration=max_seconds)
         x = to_mono(x)
     except AudioProblem as e:
-        raise DataError(f"{path}: {e.message}") from e
+        raise DataError(f"{label}: {e.message}") from e
     if not np.isfinite(x).all():
-        raise DataError(f"{path}: audio has NaN/inf samples; the file is corrupt")
+        raise DataError(f"{label}: audio has NaN/inf samples; the file is corrupt")
     return resample(x, rate, sample_rate)
 
 
@@ -150,6 +158,16 @@ class Captioner:
         return ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]
 
     # ---- captioning -----------------------------------------------------------------------
+    def default_settings(self, **overrides: Any) -> GenerationSettings:
+        """The checkpoint's decoding settings: `GenerationSettings()` (the library default),
+        updated by a `generation:` mapping in its config.yaml when it has one, then by the
+        `overrides` that are not None. Every entry point (CLI, pyfunc, service) decodes with
+        this, so a new default decoding reaches all of them."""
+        saved = self.config.get("generation") or {}
+        s = dataclasses.replace(GenerationSettings(), **saved) if saved else GenerationSettings()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(s, **given) if given else s
+
     def caption_codes(self, codes: Sequence[np.ndarray],
                       settings: GenerationSettings | None = None) -> list[str]:
         """One caption per `(n_q, T)` codes array, in order. Prompts are generated longest

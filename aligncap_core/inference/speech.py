@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from aligncap_core.errors import ConfigError, DataError
-from aligncap_core.utils import atomic_dir, atomic_write
+from aligncap_core.utils import atomic_dir, atomic_write, link_or_copy
 
 log = logging.getLogger(__name__)
 CODEC_SUBDIR = "codec"
@@ -101,16 +101,6 @@ def find_codec(data_dir: str | os.PathLike) -> SpeechCodec:
     return SpeechCodec(None, fp, n_q)
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    # hard links: every checkpoint of a run holds the ~90 MB codec without using the disk again
-    # (codec saves replace files, never modify them in place, so a link never changes under us)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
-
-
 def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.PathLike | None, *,
                  instruction: str, keep_q: int | None, n_q: int | None = None) -> Path:
     """Make a student checkpoint self-contained; returns `ckpt_dir`.
@@ -132,7 +122,7 @@ def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.Path
             raise DataError(f"{src}: not a saved codec (no {CODEC_JSON})")
         fp = fp or json.loads((src / CODEC_JSON).read_text()).get("fingerprint")
         with atomic_dir(ckpt / CODEC_SUBDIR) as tmp:
-            shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+            shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         recorded = CODEC_SUBDIR
     meta = json.loads(meta_path.read_text())
     meta["speech"] = asdict(SpeechSettings(instruction, keep_q, n_q or codec.n_q or None,
