@@ -192,7 +192,9 @@ def test_student_changes_only_adapter_and_audio_rows(corpus, teacher, tmp_path, 
     assert any("trainable_tokens" in k for k in changed) and any("lora_B" in k for k in changed)
     meta = json.loads((best / "meta.json").read_text())
     assert meta["stage"] == "student" and meta["kind"] == "adapter"
-    assert meta["base_model"] == str(teacher.resolve())
+    assert meta["base_model"] == "base"  # the teacher (its inference files), embedded
+    assert json.loads((best / "base" / "meta.json").read_text())["stage"] == "teacher"
+    assert not (best / "base" / "trainer_state.pt").exists()
     assert "valid/kl" in meta["metrics"] and meta["metrics"]["valid/kl"] >= 0
     kls = [m["train/kl"] for m in _metrics(tmp_path / "student") if "train/kl" in m]
     assert kls and all(k >= 0 for k in kls)
@@ -270,7 +272,7 @@ def test_hub_base_teacher_adapter_then_student(corpus, tmp_path):
     s = stages.train_student(corpus, t, tmp_path / "s", scfg, show_progress=False)
     model, _, smeta = load_checkpoint(s)
     assert sorted(smeta["adapters"]) == ["student", "teacher"] and smeta["active_adapter"] == "student"
-    assert smeta["base_model"] == str(micro_base_dir().resolve())
+    assert smeta["base_model"] == str((s / "base").resolve())  # a local base is embedded
     assert "valid/kl" in smeta["metrics"]
 
 
