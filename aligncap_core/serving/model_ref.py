@@ -56,21 +56,23 @@ def _cache_root(tracking_uri: str) -> Path:
 
 
 def _download(artifact_uri: str, dest: Path, tracking_uri: str) -> Path:
+    """The artifact folder downloaded under `dest` (once: a registry version never changes)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from aligncap_core.utils import atomic_dir
 
-    if dest.is_dir():
-        return dest
-    try:
-        with atomic_dir(dest) as tmp:
-            mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp),
-                                                tracking_uri=tracking_uri)
-    except MlflowException as e:
-        raise ConfigError(f"{artifact_uri}: cannot download from MLflow at {tracking_uri} "
-                          f"({str(e).splitlines()[0][:200]})") from e
-    return dest
+    if not dest.is_dir():
+        try:
+            with atomic_dir(dest) as tmp:
+                mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp),
+                                                    tracking_uri=tracking_uri)
+        except MlflowException as e:
+            raise ConfigError(f"{artifact_uri}: cannot download from MLflow at {tracking_uri} "
+                              f"({str(e).splitlines()[0][:200]})") from e
+    # a folder artifact lands under its own name: DEST/champion/MLmodel
+    inner = [p for p in dest.iterdir() if p.is_dir()]
+    return inner[0] if len(inner) == 1 and not (dest / "MLmodel").exists() and not (dest / "meta.json").exists() else dest
 
 
 def _local_version(ckpt: Path) -> str:
