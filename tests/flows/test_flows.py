@@ -179,6 +179,11 @@ def test_pipeline_end_to_end_micro(tmp_path):
         assert any(k.startswith("eval/valid/") for k in children[name].data.metrics)
     mv = client.get_model_version_by_alias("aligncap-sec", "champion")
     assert mv.tags["stage"] == results["champion"]
+    # registered as an MLflow pyfunc model with a signature, the checkpoint inside it
+    from mlflow.models import Model
+
+    mlmodel = Model.load(client.download_artifacts(mv.run_id, "champion/MLmodel", str(out)))
+    assert "python_function" in mlmodel.flavors and mlmodel.signature is not None
 
 
 def test_teacher_flow_changed_setting_trains_anew_same_setting_trains_once(tmp_path):
