@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import TEXT_VOCAB, emit, log, parser, setup_threads  # noqa: E402
+from bench._common import emit, log, parser, setup_threads  # noqa: E402
 
 SR = 24000
 
@@ -63,7 +63,6 @@ def _wav_bytes(x: np.ndarray) -> bytes:
 
 def build_checkpoint(root: Path, preset: str, smoke: bool) -> Path:
     """A student checkpoint of the demo's shape (module doc) under ROOT/student."""
-    from tokenizers import AddedToken
     from transformers import EncodecConfig, EncodecModel
 
     from aligncap_core.codec import EncodecTokenizer, audio_token_vocab
@@ -74,17 +73,14 @@ def build_checkpoint(root: Path, preset: str, smoke: bool) -> Path:
     from aligncap_core.model.lora import make_student
     from aligncap_core.train.config import DEFAULT_INSTRUCTION
 
-    texts = [DEFAULT_INSTRUCTION, "A woman speaks quickly in a high, trembling voice, sounding excited.",
-             "A man speaks slowly in a low, heavy voice, sounding sad.", "Kids are talking by the door."] * 8
+    # a BPE vocabulary of the demo's size (~4k): pseudo-words give the trainer enough merges,
+    # so the LM head costs what it does in the demo
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghijklmnoprstuvwy"), rng.integers(3, 9)))
+             for _ in range(200 if smoke else 3000)]
+    texts = [DEFAULT_INSTRUCTION] + [" ".join(rng.choice(words, 12)) for _ in range(200 if smoke else 4000)]
     base = build_tiny_base(preset, texts, root / "base")
     model, tok = load_base(base, dtype=torch.float32)
-    n_text = 64 if smoke else TEXT_VOCAB
-    if len(tok) < n_text:  # the demo's BPE vocabulary size: the LM head costs what it does there
-        tok.add_tokens([AddedToken(f"<w{i}>", special=True) for i in range(n_text - len(tok))],
-                       special_tokens=True)
-        model.resize_token_embeddings(len(tok), mean_resizing=False)
-    model.save_pretrained(base)
-    tok.save_pretrained(base)
     codebook = 16 if smoke else 1024
     ids = add_audio_tokens(model, tok, audio_token_vocab(2, codebook))
     student = make_student(model, ids, LoraSettings())
@@ -142,7 +138,9 @@ def _service(ckpt: Path, clips: list[bytes], concurrency: int, work: Path) -> di
     from aligncap_core import procs
 
     port = procs.free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    # the same intra-op threads as this process: both throughput sides run alike
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     rec = procs.start([sys.executable, "-m", "aligncap_core.cli", "serve", "--model", str(ckpt), "--port",
                        str(port), "--device", "cpu"], work / "serve.log", env, cwd=work)
     url = f"http://127.0.0.1:{port}"
