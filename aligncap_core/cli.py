@@ -275,15 +275,22 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per generation / KL batch.")] = 16,
     codec_dir: Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = "consistent",
+    samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = 8,
+    risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = 3.0,
 ) -> None:
-    """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination), KL gap."""
+    """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
+    per attribute: mention rate, accuracy when stated, contradictions, baselines), KL gap."""
     from aligncap_core.eval import format_table
+    from aligncap_core.inference.consistent import DecodingSettings
     from aligncap_core.inference.evaluate import evaluate_checkpoint
 
     settings = _generation_settings(beams, False, 1.0, 1.0, max_new_tokens, batch_size)
+    strategy = "greedy" if beams > 1 else decoding
     report = evaluate_checkpoint(model, manifest, out, splits=split, settings=settings,
                                  batch_size=batch_size, kl_gap=not no_kl, teacher_ckpt=teacher,
-                                 limit=limit, codec_dir=codec_dir, device=device)
+                                 limit=limit, codec_dir=codec_dir, device=device,
+                                 decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk))
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")
 
