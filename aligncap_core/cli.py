@@ -241,16 +241,18 @@ ModelRef = Annotated[str, typer.Option("--model", help="Student/round checkpoint
 TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow server for models:/ and runs:/ (default $MLFLOW_TRACKING_URI, else runs/mlflow.db).")]
 CodecDir = Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one (DATA_DIR/codec of the training data).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or consistent (default: the checkpoint's).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 
 def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
-            max_seconds: float, **settings):
+            max_seconds: float, decoding: str | None, **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
-                                max_seconds=max_seconds, **settings)
-    console.print(f"model {engine.model.uri} ({engine.version}); decoding {engine.settings}")
+                                max_seconds=max_seconds, decoding=decoding, **settings)
+    console.print(f"model {engine.model.uri} ({engine.version}); {engine.captioner.decoding}; "
+                  f"{engine.settings}", markup=False)
     return engine
 
 
@@ -266,6 +268,7 @@ def caption_cmd(
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Longest caption, tokens.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per generation batch.")] = None,
     max_seconds: MaxSeconds = 60.0,
+    decoding: DecodingOpt = None,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -275,7 +278,7 @@ def caption_cmd(
     from aligncap_core.serving.batch import caption_to_jsonl, expand_inputs
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
-    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, num_beams=beams,
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -307,6 +310,7 @@ def serve_cmd(
     max_seconds: MaxSeconds = 60.0,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most clips captioned together under load.")] = 16,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more clips after its first.")] = 10.0,
+    decoding: DecodingOpt = None,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -314,7 +318,7 @@ def serve_cmd(
     """HTTP service: POST /caption (multipart `file`) -> {caption, attributes, model_version}; GET /health."""
     from aligncap_core.serving.http import serve
 
-    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds)
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -332,15 +336,22 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per generation / KL batch.")] = 16,
     codec_dir: Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = "consistent",
+    samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = 8,
+    risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = 3.0,
 ) -> None:
-    """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination), KL gap."""
+    """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
+    per attribute: mention rate, accuracy when stated, contradictions, baselines), KL gap."""
     from aligncap_core.eval import format_table
+    from aligncap_core.inference.consistent import DecodingSettings
     from aligncap_core.inference.evaluate import evaluate_checkpoint
 
     settings = _generation_settings(beams, False, 1.0, 1.0, max_new_tokens, batch_size)
+    strategy = "greedy" if beams > 1 else decoding
     report = evaluate_checkpoint(model, manifest, out, splits=split, settings=settings,
                                  batch_size=batch_size, kl_gap=not no_kl, teacher_ckpt=teacher,
-                                 limit=limit, codec_dir=codec_dir, device=device)
+                                 limit=limit, codec_dir=codec_dir, device=device,
+                                 decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk))
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")
 

@@ -142,7 +142,7 @@ def _service(ckpt: Path, clips: list[bytes], concurrency: int, work: Path) -> di
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
     rec = procs.start([sys.executable, "-m", "aligncap_core.cli", "serve", "--model", str(ckpt), "--port",
-                       str(port), "--device", "cpu"], work / "serve.log", env, cwd=work)
+                       str(port), "--device", "cpu", "--decoding", "greedy"], work / "serve.log", env, cwd=work)
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_healthy("aligncap serve", f"{url}/health", rec, 300)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "student" if (work / "student" / "codec").is_dir() else build_checkpoint(work, args.preset, args.smoke)
     _fix_caption_length(ckpt, args.caption_tokens)
-    engine = CaptionEngine.load(ckpt, device="cpu")
+    engine = CaptionEngine.load(ckpt, device="cpu", decoding="greedy")  # the goal's settings
     log(f"serving bench: {args.clips} clips of {args.seconds} s, {threads} threads, decoding {engine.settings}")
     clip = _wav_bytes(_speechlike(args.seconds, 0))
     latency = _latency(engine, clip, reps)

@@ -27,16 +27,19 @@ def evaluate(ckpt: str, data: str, out_json: str, splits: list[str] | None = Non
     with a speech checkpoint; writes `out_json` + predictions.jsonl beside it.
 
     splits: splits to evaluate (None: every split but train); limit: clips per split.
-    settings: `evaluate_checkpoint` keywords: meteor, kl_gap, batch_size, max_new_tokens.
+    settings: `evaluate_checkpoint` keywords: meteor, kl_gap, batch_size, max_new_tokens, and
+    decoding ({strategy, samples, risk, ...}: `inference.consistent.DecodingSettings`).
     Returns {split: metrics} plus "all" (every evaluated clip together).
     """
     from aligncap_core.inference import evaluate_checkpoint
+    from aligncap_core.inference.consistent import DecodingSettings
     from aligncap_core.model.generate import GenerationSettings
 
     settings = dict(settings or {})
     gen = GenerationSettings(max_new_tokens=settings.pop("max_new_tokens", 64))
+    decoding = DecodingSettings(**settings.pop("decoding", {}))
     report = evaluate_checkpoint(ckpt, data, out_json, splits=splits, limit=limit, settings=gen,
-                                 **settings)
+                                 decoding=decoding, **settings)
     metrics = report["metrics"]
     get_run_logger().info("evaluate %s on %s: %s", Path(ckpt).name, Path(data).name,
                           {s: {k: metrics[s].get(k) for k in ("bleu4", "cider", "clue_f1")}

@@ -113,8 +113,11 @@ def run_round(policy_ckpt: str, data_dir: str, round_dir: str, cfg: dict, round:
     else:
         ckpt = rdir / "policy"
         # "speech" is added to meta.json last (dpo_step): a checkpoint without it is redone
+        from aligncap_core.train.loggers import JsonlLogger
+
+        logger = JsonlLogger(rdir / "dpo_metrics.jsonl")  # loss, rewards, margins per step
         timed("dpo", ckpt, lambda: dpo_step(policy_ckpt, pairs["path"], data_dir, str(ckpt),
-                                            cfg_d, round), done=_has_speech(ckpt))
+                                            cfg_d, round, logger), done=_has_speech(ckpt))
         result["checkpoint"] = str(ckpt)
     t0 = time.monotonic()
     result["metrics"] = _evaluate(evaluate_fn, result["checkpoint"], data_dir, rdir, c)

@@ -1,7 +1,8 @@
 """Caption raw audio with a speech-student checkpoint.
 
     cap = Captioner.load("runs/student/step-00000600")        # or s3://..., codec_dir=...
-    cap.caption_files(["a.wav", "b.flac"], GenerationSettings(num_beams=4))
+    cap.caption_files(["a.wav", "b.flac"])                     # attribute-consistent decoding
+    cap.caption_files(["a.wav"], decoding=DecodingSettings(strategy="greedy"))
     cap.caption_codes([codes_a, codes_b])                      # (n_q, T) int arrays
 
 Audio path: decode (any soundfile format, any rate), downmix, resample to the codec's rate
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from aligncap_core.errors import ConfigError, DataError
+from aligncap_core.inference.consistent import Decision, DecodingSettings, consistent_captions
 from aligncap_core.inference.speech import SpeechSettings, resolve_speech
 from aligncap_core.model.generate import GenerationSettings, generate_captions
 
@@ -88,6 +90,8 @@ class Captioner:
     config: dict  # the checkpoint's resolved run config (config.yaml; {} when absent)
     max_len: int  # tokens a sequence may hold (the model's positions, capped by the train config)
     codec_batch_size: int = 4  # CPU EnCodec is fastest at small batches (codec.dataset)
+    decoding: DecodingSettings = dataclasses.field(default_factory=DecodingSettings)
+    _parser: Any = None
 
     @classmethod
     def load(cls, ckpt_uri: str | os.PathLike, device: str = "auto",
@@ -168,23 +172,59 @@ class Captioner:
         given = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(s, **given) if given else s
 
-    def caption_codes(self, codes: Sequence[np.ndarray],
-                      settings: GenerationSettings | None = None) -> list[str]:
-        """One caption per `(n_q, T)` codes array, in order. Prompts are generated longest
-        first, so each batch carries little left padding."""
+    def caption_codes(self, codes: Sequence[np.ndarray], settings: GenerationSettings | None = None,
+                      decoding: DecodingSettings | None = None) -> list[str]:
+        """One caption per `(n_q, T)` codes array, in order (see `decode`)."""
+        return self.decode(codes, settings, decoding)[0]
+
+    def decode(self, codes: Sequence[np.ndarray], settings: GenerationSettings | None = None,
+               decoding: DecodingSettings | None = None) -> tuple[list[str], list[Decision | None]]:
+        """(captions, decisions), one per `(n_q, T)` codes array, in order.
+
+        settings: generation limits (max_new_tokens, batch_size). decoding: greedy or the
+        attribute-consistent decoder (`inference.consistent`); default `self.decoding`. A
+        decision (consistent decoding only, else None) says which candidate was chosen and how
+        much the candidates agreed on each attribute. Prompts are generated longest first, so
+        each batch carries little left padding.
+        """
         from aligncap_core.prefs.candidates import audio_token_ids_of
 
         s = settings or GenerationSettings()
+        d = decoding or self.decoding
         if not codes:
-            return []
+            return [], []
         prompts = [self.prompt_ids(np.asarray(c), s.max_new_tokens) for c in codes]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        texts = generate_captions(self.model, self.tokenizer, [prompts[i] for i in order], s,
-                                  suppress_token_ids=audio_token_ids_of(self.tokenizer))
-        out = [""] * len(prompts)
-        for i, t in zip(order, texts, strict=True):
-            out[i] = t
-        return out
+        suppress = audio_token_ids_of(self.tokenizer)
+
+        def generate(ps: Sequence[Sequence[int]], do_sample: bool, n: int, seed: int | None) -> list[str]:
+            g = dataclasses.replace(s, do_sample=do_sample, num_return_sequences=n, num_beams=1,
+                                    temperature=d.temperature if do_sample else s.temperature,
+                                    top_p=d.top_p if do_sample else s.top_p)
+            return generate_captions(self.model, self.tokenizer, ps, g, suppress_token_ids=suppress,
+                                     generator_seed=seed)
+
+        sorted_prompts = [prompts[i] for i in order]
+        if d.strategy == "greedy":
+            texts = generate_captions(self.model, self.tokenizer, sorted_prompts, s,
+                                      suppress_token_ids=suppress)
+            decisions: list[Decision | None] = [None] * len(texts)
+        else:
+            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser)
+        out: list[str] = [""] * len(prompts)
+        why: list[Decision | None] = [None] * len(prompts)
+        for i, t, w in zip(order, texts, decisions, strict=True):
+            out[i], why[i] = t, w
+        return out, why
+
+    @property
+    def parser(self) -> Any:
+        """The emotion clue parser (loaded on first use: spaCy takes ~1 s)."""
+        if self._parser is None:
+            from aligncap_core.clues import EmotionClueParser
+
+            self._parser = EmotionClueParser()
+        return self._parser
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
         """Codes `(n_q, T)` of each file. Every file is read (and checked) before any encoding,
@@ -192,10 +232,10 @@ class Captioner:
         wavs = [read_clip(p, self.codec.sample_rate) for p in paths]
         return self.codec.encode(wavs, batch_size=self.codec_batch_size)
 
-    def caption_files(self, paths: Sequence[str | os.PathLike],
-                      settings: GenerationSettings | None = None) -> list[str]:
+    def caption_files(self, paths: Sequence[str | os.PathLike], settings: GenerationSettings | None = None,
+                      decoding: DecodingSettings | None = None) -> list[str]:
         """One caption per audio file (WAV/FLAC/OGG, any rate, mono or stereo), in order."""
-        return self.caption_codes(self.encode_files(paths), settings)
+        return self.caption_codes(self.encode_files(paths), settings, decoding)
 
 
 def _run_config(root: Path) -> dict:

@@ -31,18 +31,22 @@ class CaptionEngine:
     not safe to call from two threads at once; callers batch instead).
 
     settings: `GenerationSettings` overrides (max_new_tokens, num_beams, batch_size, ...) on
-    top of the checkpoint's defaults. max_seconds: the longest clip accepted.
+    top of the checkpoint's defaults. decoding: a strategy ("greedy", "consistent") instead of
+    the Captioner's default (`inference.consistent.DecodingSettings`). max_seconds: the longest
+    clip accepted.
     """
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,
-                 parser_backend: str = "auto", **settings: Any) -> None:
-        from aligncap_core.clues import EmotionClueParser
+                 decoding: str | None = None, **settings: Any) -> None:
+        import dataclasses
 
         self.captioner = captioner
         self.model = model
         self.settings = captioner.default_settings(**settings)
+        if decoding:
+            captioner.decoding = dataclasses.replace(captioner.decoding, strategy=decoding)
         self.max_seconds = max_seconds
-        self.parser = EmotionClueParser(backend=parser_backend)
+        self.parser = captioner.parser  # the one the consistent decoder votes with
         self._lock = threading.Lock()
 
     @classmethod

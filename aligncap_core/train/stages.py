@@ -1,13 +1,15 @@
 """The two AlignCap training stages (ARCHITECTURE.md, method steps 4-5) as recipes on `fit`.
 
-train_teacher: text teacher, `transcript + P_act -> caption`.
+train_teacher: text teacher, `transcript + P_act -> caption`, selected and stopped on its copy
+    rate (the share of P_act's attribute values its greedy valid captions state, copy_rate.py).
     base "tiny": tokenizer trained on the corpus, a from-scratch Llama with the audio tokens
     already added (so the student inherits the vocabulary), every weight trained; saved as a
     full checkpoint. Hub base: a LoRA adapter named "teacher"; saved as an adapter checkpoint.
 train_student: speech student, `instruction + <audio>...</audio> -> caption`, LoRA + audio-token
     rows on the frozen teacher weights, loss = CE + lambda_kd * KL(p_teacher || p_student).
 
-Both return the best (lowest valid loss) checkpoint directory inside `out_dir`.
+Both return the best checkpoint directory inside `out_dir` (by `train.select_metric`: the
+teacher's copy rate, the student's valid loss).
 """
 
 from __future__ import annotations
@@ -140,8 +142,21 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig 
                                data_fingerprint=fp, metrics=metrics, trainer_state=state,
                                full_weights=cfg.from_scratch, run_key=ident.key)
 
+    validate = None
+    if cfg.acoustic_prompt:
+        from aligncap_core.clues import EmotionClueParser
+        from aligncap_core.train.copy_rate import teacher_copy_rate
+
+        copy_rows = [r for r in data.read_rows(data_dir, "valid") if r.get("p_act")]
+        copy_rows = copy_rows[:cfg.copy_eval_clips]
+        parser = EmotionClueParser()
+
+        def validate(m: Any) -> dict[str, float]:
+            rates = teacher_copy_rate(m, tok, copy_rows, acoustic_prompt=True, parser=parser)
+            return {f"valid/{k}": v for k, v in rates.items() if k != "copy_pairs"}
+
     task = TrainTask("teacher", model, train_set, valid_set, data.teacher_collator(tok.pad_token_id),
-                     compute_loss, save, identity=ident)
+                     compute_loss, save, identity=ident, validate=validate)
     return fit(task, cfg.train, out_dir, logger, show_progress).best_checkpoint
 
 

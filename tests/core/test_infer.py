@@ -166,8 +166,26 @@ def test_evaluate_prepared_dir(student, corpus, tmp_path):
         assert m["n"] == 8 and m["kl_gap"] is not None and m["kl_gap"] >= 0 and m["kl_tokens"] > 0
     preds = read_jsonl(out.parent / "predictions.jsonl")
     assert len(preds) == 8 and {p["split"] for p in preds} == {"valid"}
-    assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes"}
+    # the default decoding is attribute-consistent: each prediction says why it was chosen
+    assert saved["decoding"]["strategy"] == "consistent"
+    assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes", "decision"}
+    assert set(preds[0]["decision"]) == {"index", "utility", "agreement", "omitted"}
     assert report["metrics"]["valid"]["bleu1"] == saved["metrics"]["valid"]["bleu1"]
+
+
+def test_consistent_decoding_picks_among_greedy_and_samples(captioner, corpus):
+    from aligncap_core.codec import load_codes
+    from aligncap_core.inference.consistent import DecodingSettings
+
+    codes = [load_codes(corpus, r) for r in read_jsonl(corpus / "manifest.jsonl")[:6]]
+    gen = GenerationSettings(max_new_tokens=12)
+    greedy = captioner.caption_codes(codes, gen, DecodingSettings(strategy="greedy"))
+    d = DecodingSettings(samples=4, seed=3)
+    caps, why = captioner.decode(codes, gen, d)
+    assert len(caps) == 6 and all(w is not None for w in why)
+    assert caps == captioner.decode(codes, gen, d)[0]  # same seed, same captions
+    for c, g, w in zip(caps, greedy, why, strict=True):
+        assert 0 <= w.index <= 4 and (w.index != 0 or c == g)  # index 0 is the greedy caption
 
 
 def test_evaluate_raw_manifest_prepares_tokenizes_and_adds_clues(student, tmp_path):

@@ -164,6 +164,11 @@ def test_pipeline_end_to_end_micro(tmp_path):
     text = console.export_text()
     assert f"{results['champion']}*" in text and f"ce {stages['teacher']['valid']['ce']:.3f}" in text
     assert f"{stages['round-1']['valid']['hallucination_rate']:.3f}" in text
+    # hearing apart from phrasing: mention / accuracy when stated, and the no-audio baseline row
+    m = stages["round-1"]["valid"]
+    if m["mention_gender"] is not None and m["acc_stated_gender"] is not None:
+        assert f"{m['mention_gender']:.3f} / {m['acc_stated_gender']:.3f}" in text
+    assert "majority" in text and f"{m['majority_hallucination_rate']:.3f}" in text
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("flows-test")
