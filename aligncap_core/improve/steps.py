@@ -192,7 +192,11 @@ def dpo_step(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg
                               texts=teacher_texts(data_dir, ids, policy_prompt(policy_ckpt).acoustic_prompt))
     out = run_dpo_round(policy_ckpt, pairs_path, teacher, out_dir, dcfg, logger)
     release_memory()
-    inherit_student_settings(policy_ckpt, out, data_dir)
+    from aligncap_core.train.runtime import is_main_process, wait_for_everyone
+
+    if is_main_process():  # launched (train.launch): rank 0 writes, the others wait for it
+        inherit_student_settings(policy_ckpt, out, data_dir)
+    wait_for_everyone()
     return str(out)
 
 

@@ -35,7 +35,8 @@ KEY_CHARS = 16
 STAGE_VERSIONS = {"teacher": 1, "student": 1}
 
 # TrainConfig fields that change how a run is executed or logged, not the model it produces.
-OPERATIONAL = frozenset({"num_threads", "log_every", "keep_checkpoints", "checkpoint_every"})
+OPERATIONAL = frozenset({"num_threads", "log_every", "keep_checkpoints", "checkpoint_every",
+                         "gradient_checkpointing", "fused_adamw"})
 
 
 class RunMismatchError(ConfigError):
