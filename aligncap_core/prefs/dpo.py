@@ -266,8 +266,10 @@ def _dpo_trainer_class() -> type:
             dpo = out[0] if return_outputs else out
             kd = self._kd_term(model, inputs)
             mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["dpo_loss"].append(float(dpo.detach()))
-            self._metrics[mode]["kd_loss"].append(float(kd.detach()))
+            # the mean over processes, as TRL logs its own figures (every process is here)
+            both = self.accelerator.gather(torch.stack([dpo.detach(), kd.detach()])[None])
+            self._metrics[mode]["dpo_loss"].append(float(both[:, 0].mean()))
+            self._metrics[mode]["kd_loss"].append(float(both[:, 1].mean()))
             loss = dpo + self.lambda_kd * kd
             return (loss, out[1]) if return_outputs else loss
 

@@ -16,7 +16,8 @@ library's (`train.stages`, `improve.steps.dpo_step`), so a launched run writes t
 folder, resumes the same way and is refused by the same run identity check.
 
 A spec is JSON: paths, the stage config as a dict, and optionally `tracking`
-({"run_id", "uri"}): rank 0 then logs the step metrics into that MLflow run.
+({"run_id", "uri"}) and `metrics_path`: rank 0 then logs the step metrics into that MLflow run
+and / or JSON Lines file.
 """
 
 from __future__ import annotations
@@ -56,16 +57,23 @@ def resolve_processes(processes: int | None = None) -> int:
 
 
 def _tracking_logger(spec: dict[str, Any]) -> Any:
-    t = spec.get("tracking") or {}
-    if not t.get("run_id"):
-        return None
+    """Rank 0's logger of a spec: the MLflow run of `tracking`, and/or the JSON Lines file
+    `metrics_path`; None without either (the stage then logs into its run folder)."""
     from aligncap_core.train.runtime import is_main_process
 
-    if not is_main_process():
+    t = spec.get("tracking") or {}
+    if not is_main_process() or not (t.get("run_id") or spec.get("metrics_path")):
         return None
-    from aligncap_core.tracking import MlflowLogger
+    from aligncap_core.train.loggers import JsonlLogger, MultiLogger
 
-    return MlflowLogger(t["run_id"], t.get("uri"))
+    loggers: list[Any] = []
+    if t.get("run_id"):
+        from aligncap_core.tracking import MlflowLogger
+
+        loggers.append(MlflowLogger(t["run_id"], t.get("uri")))
+    if spec.get("metrics_path"):
+        loggers.append(JsonlLogger(spec["metrics_path"]))
+    return loggers[0] if len(loggers) == 1 else MultiLogger(*loggers)
 
 
 def _teacher(spec: dict[str, Any], logger: Any) -> str:
@@ -93,8 +101,17 @@ def _dpo(spec: dict[str, Any], logger: Any) -> str:
                         spec["out_dir"], spec.get("config") or {}, int(spec["round"]), logger))
 
 
+def _dpo_round(spec: dict[str, Any], logger: Any) -> str:
+    from aligncap_core.prefs.dpo import DPORoundConfig, run_dpo_round
+
+    return str(run_dpo_round(spec["policy_ckpt"], spec["pairs_path"], spec.get("teacher"),
+                             spec["out_dir"], DPORoundConfig.from_dict(spec.get("config")), logger))
+
+
+# teacher / student: train.stages; dpo: a preference round's DPO step on its data dir
+# (improve.steps.dpo_step, what the flows run); dpo_round: one DPO round on a pairs file
 STAGES: dict[str, Callable[[dict[str, Any], Any], str]] = {
-    "teacher": _teacher, "student": _student, "dpo": _dpo}
+    "teacher": _teacher, "student": _student, "dpo": _dpo, "dpo_round": _dpo_round}
 
 
 def _free_port() -> int:

@@ -254,7 +254,8 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
             raise ConfigError(f"{resume_from}: checkpoint has no trainer_state to resume from; "
                               "use a new --out directory")
         state = LoopState.from_dict(ts["loop"])
-        if state.processes != rt.world:
+        finished = state.step >= cfg.max_steps or state.stopped_early or state.reached_target
+        if state.processes != rt.world and not finished:
             raise ConfigError(
                 f"{resume_from}: this run trains on {state.processes} process(es) (global batch "
                 f"{cfg.batch_size * cfg.grad_accum * state.processes}), this launch has {rt.world}: "
