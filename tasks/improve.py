@@ -90,13 +90,19 @@ def _dpo_inputs(p: dict[str, Any]) -> list[Any] | None:
 def dpo_round(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg: dict[str, Any],
               round: int, parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
     """DPO (+KD regulariser) on the round's pairs, starting from the policy; returns the new
-    checkpoint. MLflow child run `round-<k>` (its params: the round's DPO config)."""
-    from aligncap_core.improve import ImproveConfig, dpo_step
+    checkpoint. MLflow child run `round-<k>` (its params: the round's DPO config). Several GPUs:
+    one DDP process each (`train.launch`)."""
+    from aligncap_core.improve import ImproveConfig
+    from aligncap_core.train.launch import run_stage
 
     params = {"policy_checkpoint": policy_ckpt, "pairs": pairs_path,
               **ImproveConfig.from_dict(cfg).dpo_config(round).to_dict()}
     with stage_run(parent_run_id, f"round-{round}", params, tracking_uri) as run, \
             train_logger(run, tracking_uri) as logger:
-        ckpt = dpo_step(policy_ckpt, pairs_path, data_dir, out_dir, cfg, round, logger)
+        # one process per GPU of the worker under `accelerate launch` (tasks/train.py)
+        spec = {"policy_ckpt": policy_ckpt, "pairs_path": pairs_path, "data_dir": data_dir,
+                "out_dir": out_dir, "config": cfg, "round": round,
+                "tracking": {"run_id": run, "uri": tracking_uri}}
+        ckpt = run_stage("dpo", spec, logger=logger)
     get_run_logger().info("round %d: DPO checkpoint %s", round, ckpt)
     return str(ckpt)

@@ -8,6 +8,11 @@ from the resolved config, the data fingerprint (and the teacher checkpoint for t
 the stage's code version. So a run with a changed setting trains a new model beside the old one,
 and the same settings find their folder again: the library resumes from its newest checkpoint, so
 a Prefect retry (after an OOM kill or a preempted GPU node) continues instead of starting over.
+
+On a worker with several GPUs the task starts the stage under `accelerate launch`, one DDP
+process per GPU (`aligncap_core.train.launch`: $ALIGNCAP_NUM_PROCESSES, else every GPU the job
+sees, which the gpu job templates set with gpu_count); with one GPU or none it trains in this
+process, as before. Rank 0 logs into the stage's MLflow run either way.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ def train_teacher(data_dir: str, out_dir: str, config: dict[str, Any] | None = N
     MLflow child run `teacher`."""
     from aligncap_core.train.config import TeacherConfig, from_dict, to_dict
     from aligncap_core.train.identity import keyed_run_dir
+    from aligncap_core.train.launch import run_stage
     from aligncap_core.train.stages import teacher_identity
-    from aligncap_core.train.stages import train_teacher as run_stage
 
     cfg = from_dict(TeacherConfig, config)
     ident = teacher_identity(data_dir, cfg)
@@ -45,7 +50,9 @@ def train_teacher(data_dir: str, out_dir: str, config: dict[str, Any] | None = N
     params = {"data_dir": data_dir, "run_key": ident.key, **to_dict(cfg)}
     with stage_run(parent_run_id, "teacher", params, tracking_uri) as run, \
             train_logger(run, tracking_uri) as logger:
-        ckpt = str(run_stage(data_dir, run_dir, cfg, logger=logger))
+        spec = {"data_dir": data_dir, "out_dir": str(run_dir), "config": to_dict(cfg),
+                "tracking": {"run_id": run, "uri": tracking_uri}}
+        ckpt = run_stage("teacher", spec, logger=logger)
     get_run_logger().info("teacher: best checkpoint %s", ckpt)
     return ckpt
 
@@ -64,8 +71,8 @@ def train_student(data_dir: str, teacher_ckpt: str, out_dir: str,
     returns the best checkpoint's path. MLflow child run `distill`."""
     from aligncap_core.train.config import StudentConfig, from_dict, to_dict
     from aligncap_core.train.identity import keyed_run_dir
+    from aligncap_core.train.launch import run_stage
     from aligncap_core.train.stages import student_identity
-    from aligncap_core.train.stages import train_student as run_stage
 
     cfg = from_dict(StudentConfig, config)
     ident = student_identity(data_dir, teacher_ckpt, cfg)
@@ -74,6 +81,8 @@ def train_student(data_dir: str, teacher_ckpt: str, out_dir: str,
               **to_dict(cfg)}
     with stage_run(parent_run_id, "distill", params, tracking_uri) as run, \
             train_logger(run, tracking_uri) as logger:
-        ckpt = str(run_stage(data_dir, teacher_ckpt, run_dir, cfg, logger=logger))
+        spec = {"data_dir": data_dir, "teacher_ckpt": teacher_ckpt, "out_dir": str(run_dir),
+                "config": to_dict(cfg), "tracking": {"run_id": run, "uri": tracking_uri}}
+        ckpt = run_stage("student", spec, logger=logger)
     get_run_logger().info("distill: best checkpoint %s", ckpt)
     return ckpt

@@ -162,7 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry of every launched process: `python -m aligncap_core.train.launch STAGE SPEC.json`."""
     stage, spec_path = (argv or sys.argv[1:])[:2]
     spec = json.loads(Path(spec_path).read_text())
-    result = STAGES[stage](spec, _tracking_logger(spec))
+    logger = _tracking_logger(spec)
+    result = STAGES[stage](spec, logger)
+    for lg in getattr(logger, "loggers", [logger]):  # send what MLflow still buffers
+        if hasattr(lg, "close"):
+            lg.close()
     from aligncap_core.train.runtime import is_main_process
 
     if is_main_process() and spec.get("result_path"):

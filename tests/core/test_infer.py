@@ -54,10 +54,14 @@ def raw_corpus(root: Path, n: int = 24, n_valid: int = 8) -> Path:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
+    return coded_corpus(tmp_path_factory.mktemp("infer") / "data")
+
+
+def coded_corpus(root: Path) -> Path:
     """A prepared, clue-annotated data dir tokenized with the tiny codec saved in DATA_DIR/codec."""
     from aligncap_core.codec import calibrate_encodec, read_audio, tokenize_dataset
 
-    root = raw_corpus(tmp_path_factory.mktemp("infer") / "data")
+    root = raw_corpus(root)
     rows = read_jsonl(root / "manifest.jsonl")
     wavs = [read_audio(root / r["audio"], SR) for r in rows if r["split"] == "train"]
     codec = calibrate_encodec(lambda i: wavs[i], [len(w) for w in wavs], n_q=2, iters=5,
