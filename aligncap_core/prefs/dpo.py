@@ -413,13 +413,29 @@ def _dataset_on_disk(dataset: Any, work_dir: Path) -> Any:
 
 
 def _metrics_callback(logger: Any) -> Any:
-    """A TrainerCallback forwarding every logged step's numbers to `logger` as `dpo/<name>`."""
+    """A TrainerCallback forwarding every logged step's numbers to `logger` as `dpo/<name>`,
+    plus, as the training loop logs them, `dpo/step_s` (the wall time of the last optimizer
+    step) and on a GPU `dpo/peak_mem_gb` (this process's peak allocated memory)."""
+    import time
+
     from transformers import TrainerCallback
 
     class ForwardMetrics(TrainerCallback):
+        t_step, last_step_s = 0.0, None
+
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.t_step = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.last_step_s = time.perf_counter() - self.t_step
+
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             metrics = {f"dpo/{k}": float(v) for k, v in (logs or {}).items()
                        if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"}
+            if metrics and self.last_step_s is not None and "dpo/loss" in metrics:
+                metrics["dpo/step_s"] = self.last_step_s
+                if torch.cuda.is_available():
+                    metrics["dpo/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             if metrics:
                 logger.log_metrics(metrics, int(state.global_step))
 
