@@ -63,7 +63,10 @@ class TrainConfig:
     weights_dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     fused_adamw: bool | None = None  # torch's fused AdamW kernel; None = on CUDA only
-    max_len: int = 1024  # tokens per sequence (capped at the model's positions); prompt cut on the left
+    # tokens per sequence (capped at the model's positions). Longer speech is split into
+    # windows of the clip (model.batching.speech_windows), never cut; a longer teacher text
+    # loses its first tokens (counted and logged)
+    max_len: int = 1024
     num_threads: int = 0  # torch CPU threads (0 = torch's default: all cores)
     log_every: int = 10  # optimizer steps between metric logs
     # The validation figure that picks the best checkpoint and drives early stopping: valid/loss,
