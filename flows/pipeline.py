@@ -143,7 +143,8 @@ def results_table(results: dict[str, Any]) -> Any:
     """A rich Table of results.json: a row per stage and split (valid, zeroshot, realdata), the
     champion marked with *, and per split a `majority` row (no-audio baseline: the hallucination
     rate and accuracy of always stating each attribute's most frequent value). Attribute columns
-    show `mention / accuracy when stated`; the teacher (a text model) shows its valid CE only."""
+    show `mention / accuracy when stated`; the teacher (a text model) shows its valid CE and its
+    copy rate (the share of its prompt's attribute values its captions state)."""
     from rich.table import Table
 
     table = Table(title=f"aligncap pipeline: champion {results['champion']} "
@@ -154,10 +155,11 @@ def results_table(results: dict[str, Any]) -> Any:
     for stage, by_split in results["stages"].items():
         mark = "*" if stage == results["champion"] else ""
         for split, m in by_split.items():
-            if "clue_f1" not in m:  # the teacher: {"valid": {"loss", "ce"}}
-                ce = m.get("ce")
+            if "clue_f1" not in m:  # the teacher: {"valid": {"loss", "ce", "copy_rate", ...}}
+                ce, copy = m.get("ce"), m.get("copy_rate")
                 table.add_row(stage + mark, split, "-" if ce is None else f"ce {ce:.3f}",
-                              *(["-"] * (len(TABLE_METRICS) + len(TABLE_ATTRIBUTES) - 1)))
+                              "-" if copy is None else f"copies {copy:.3f}",
+                              *(["-"] * (len(TABLE_METRICS) + len(TABLE_ATTRIBUTES) - 2)))
                 continue
             baselines.setdefault(split, m)
             table.add_row(stage + mark, split, *(_num(m.get(k)) for k in TABLE_METRICS),

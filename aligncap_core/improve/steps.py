@@ -60,10 +60,11 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
     sampling}; returns `out_path`."""
     import torch
 
-    from aligncap_core.codec import codes_to_tokens, load_codes
+    from aligncap_core.codec.prosody import ProsodySettings
     from aligncap_core.model.batching import student_prompt_windows
     from aligncap_core.model.checkpoint import load_checkpoint
     from aligncap_core.prefs.candidates import sample_candidates
+    from aligncap_core.train.data import speech_tokens
 
     c = ImproveConfig.from_dict(cfg)
     rows = select_clips(data_dir, c.clips_per_round, c.seed + round)
@@ -77,9 +78,10 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
     if budget < 2:
         raise ConfigError(f"max_new_tokens={c.max_new_tokens} leaves no room for the prompt")
     prompts, kept = [], []
+    prosody = ProsodySettings.coerce(prompt.prosody)
     for r in rows:
-        ids = student_prompt_windows(tok, prompt.instruction, codes_to_tokens(
-            load_codes(data_dir, r), keep_q=prompt.keep_q), budget)
+        ids = student_prompt_windows(tok, prompt.instruction,
+                                     speech_tokens(data_dir, r, prompt.keep_q, prosody), budget)
         if len(ids) > 1:
             continue  # a preference pair has one prompt: a clip read in windows sits the round out
         prompts.append({"id": r["id"], "prompt_ids": ids[0]})

@@ -146,19 +146,35 @@ class Captioner:
         return next(self.model.parameters()).device
 
     # ---- prompts --------------------------------------------------------------------------
-    def prompt_windows(self, codes: np.ndarray, max_new_tokens: int) -> list[list[int]]:
-        """The prompt(s) for `(n_q, T)` codes: bos + instruction + `<audio>...</audio>` ids, or,
+    @property
+    def prosody(self) -> Any:
+        """The ProsodySettings of the prosody stream this student reads, or None."""
+        from aligncap_core.codec.prosody import ProsodySettings
+
+        return ProsodySettings.coerce(self.speech.prosody)
+
+    def prompt_windows(self, clip: np.ndarray | Speech, max_new_tokens: int) -> list[list[int]]:
+        """The prompt(s) for one clip (its `(n_q, T)` codes, or a `Speech`): bos + instruction
+        + `<audio>...</audio>` (+ `<prosody>...</prosody>` when the student reads it) ids, or,
         for a clip longer than the model's budget (max_len - max_new_tokens), one such prompt
-        per window of its audio (`batching.speech_windows`, as in training); never cut."""
+        per window of its speech (`batching.speech_windows`, every stream over the same span,
+        as in training); never cut."""
         from aligncap_core.codec import codes_to_tokens
         from aligncap_core.model.batching import student_prompt_windows
 
+        speech = clip if isinstance(clip, Speech) else Speech(np.asarray(clip))
+        tokens = codes_to_tokens(speech.codes, keep_q=self.speech.keep_q)
+        if self.prosody is not None:
+            if speech.prosody is None:
+                raise ConfigError("this checkpoint reads a prosody stream beside the codes: caption "
+                                  "audio (caption_files / encode_waves), or pass Speech(codes, "
+                                  "prosody tokens)")
+            tokens += speech.prosody
         budget = self.max_len - max_new_tokens
         if budget < 2:
             raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt "
                               f"(the model holds {self.max_len} tokens)")
-        return student_prompt_windows(self.tokenizer, self.speech.instruction,
-                                      codes_to_tokens(codes, keep_q=self.speech.keep_q), budget)
+        return student_prompt_windows(self.tokenizer, self.speech.instruction, tokens, budget)
 
     @torch.no_grad()
     def caption_logprob(self, prompts: Sequence[Sequence[int]], captions: Sequence[str]) -> list[float]:
@@ -189,14 +205,15 @@ class Captioner:
         given = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(s, **given) if given else s
 
-    def caption_codes(self, codes: Sequence[np.ndarray], settings: GenerationSettings | None = None,
+    def caption_codes(self, codes: Sequence[np.ndarray | Speech], settings: GenerationSettings | None = None,
                       decoding: DecodingSettings | None = None) -> list[str]:
-        """One caption per `(n_q, T)` codes array, in order (see `decode`)."""
+        """One caption per clip (`(n_q, T)` codes, or a `Speech`), in order (see `decode`)."""
         return self.decode(codes, settings, decoding)[0]
 
-    def decode(self, codes: Sequence[np.ndarray], settings: GenerationSettings | None = None,
+    def decode(self, codes: Sequence[np.ndarray | Speech], settings: GenerationSettings | None = None,
                decoding: DecodingSettings | None = None) -> tuple[list[str], list[Decision | None]]:
-        """(captions, decisions), one per `(n_q, T)` codes array, in order.
+        """(captions, decisions), one per clip (`(n_q, T)` codes, or a `Speech` when the
+        student reads a prosody stream too), in order.
 
         settings: generation limits (max_new_tokens, batch_size). decoding: greedy or the
         attribute-consistent decoder (`inference.consistent`); default `self.decoding`. A
@@ -212,7 +229,7 @@ class Captioner:
             return [], []
         # a clip too long for the model is read window by window (`prompt_windows`); each
         # window is captioned, and the clip gets the caption the model is surest of
-        windows = [self.prompt_windows(np.asarray(c), s.max_new_tokens) for c in codes]
+        windows = [self.prompt_windows(c, s.max_new_tokens) for c in codes]
         owner = [i for i, ws in enumerate(windows) for _ in ws]
         prompts = [w for ws in windows for w in ws]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -263,16 +280,37 @@ class Captioner:
             self._parser = EmotionClueParser()
         return self._parser
 
-    def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
-        """Codes `(n_q, T)` of each file. Every file is read (and checked) before any encoding,
+    def encode_waves(self, waves: Sequence[np.ndarray]) -> list[np.ndarray | Speech]:
+        """What the student reads of each mono wave at the codec's rate: its codes `(n_q, T)`,
+        or a `Speech` with the prosody stream too when the student reads one."""
+        codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
+        prosody = self.prosody
+        if prosody is None:
+            return codes
+        from aligncap_core.codec.prosody import prosody_codes, prosody_to_tokens
+
+        rate = self.codec.sample_rate
+        return [Speech(c, prosody_to_tokens(prosody_codes(w, rate, prosody), prosody))
+                for c, w in zip(codes, waves, strict=True)]
+
+    def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray | Speech]:
+        """`encode_waves` of each file. Every file is read (and checked) before any encoding,
         so a bad file fails fast with its name."""
-        wavs = [read_clip(p, self.codec.sample_rate) for p in paths]
-        return self.codec.encode(wavs, batch_size=self.codec_batch_size)
+        return self.encode_waves([read_clip(p, self.codec.sample_rate) for p in paths])
 
     def caption_files(self, paths: Sequence[str | os.PathLike], settings: GenerationSettings | None = None,
                       decoding: DecodingSettings | None = None) -> list[str]:
         """One caption per audio file (WAV/FLAC/OGG, any rate, mono or stereo), in order."""
         return self.caption_codes(self.encode_files(paths), settings, decoding)
+
+
+@dataclass
+class Speech:
+    """One clip as the student reads it: EnCodec codes `(n_q, T)` and, for a student that reads
+    one, its prosody stream as tokens (`codec.prosody.prosody_to_tokens`)."""
+
+    codes: np.ndarray
+    prosody: list[str] | None = None
 
 
 def _run_config(root: Path) -> dict:

@@ -153,6 +153,7 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
             pairs = data.student_examples(tok, data_dir, split_rows, instruction=cap.speech.instruction,
                                           keep_q=cap.speech.keep_q, max_len=cap.max_len,
                                           acoustic_prompt=acoustic_prompt, with_teacher=True,
+                                          prosody=cap.prosody,
                                           teacher_tokenizer=teacher[1] if teacher else None)
             if teacher is not None:
                 _check_same_captions(pairs)
@@ -294,7 +295,6 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
 
 def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings: GenerationSettings,
                   decoding: DecodingSettings, show_progress: bool) -> tuple[list[str], list]:
-    from aligncap_core.codec import load_codes
 
     preds: list[str] = []
     decisions: list = []
@@ -303,11 +303,25 @@ def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings
         task = bar.add_task(f"caption ({decoding.strategy})", total=len(rows))
         for b in range(0, len(rows), chunk):
             part = rows[b:b + chunk]
-            texts, why = cap.decode([load_codes(data_dir, r) for r in part], settings, decoding)
+            texts, why = cap.decode([_speech(cap, data_dir, r) for r in part], settings, decoding)
             preds += texts
             decisions += why
             bar.update(task, advance=len(part))
     return preds, decisions
+
+
+def _speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
+    """A row as the student reads it: its codes, and its prosody stream when the student reads one."""
+    from aligncap_core.codec import load_codes
+
+    codes = load_codes(data_dir, row)
+    prosody = cap.prosody
+    if prosody is None:
+        return codes
+    from aligncap_core.inference.captioner import Speech
+    from aligncap_core.train.data import prosody_tokens
+
+    return Speech(codes, prosody_tokens(data_dir, row, prosody))
 
 
 def _acoustic_prompt(cap: Captioner) -> bool:

@@ -43,7 +43,8 @@ from aligncap_core.utils import atomic_dir, atomic_write, link_or_copy
 
 FORMAT_VERSION = 2
 EMBEDDED_BASE = "base"  # meta["base_model"] of a checkpoint that holds its base (module doc)
-AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>")
+# speech tokens the LM reads but never writes: EnCodec codes and the prosody stream (codec.prosody)
+AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>|<pf\d+>|<pf_u>|<pl\d+>|<prosody>|</prosody>")
 _CACHE = Path(os.environ.get("ALIGNCAP_CACHE", Path.home() / ".cache" / "aligncap"))
 
 

@@ -112,7 +112,6 @@ class CaptionEngine:
             return []
         with self._lock:
             cap = self.captioner
-            codes = cap.codec.encode(list(waves), batch_size=cap.codec_batch_size)
-            texts = cap.caption_codes(codes, self.settings)
+            texts = cap.caption_codes(cap.encode_waves(waves), self.settings)
         parsed = self.parser.parse_many(texts)
         return [{"caption": t, "attributes": dict(p.attributes)} for t, p in zip(texts, parsed, strict=True)]

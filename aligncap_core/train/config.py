@@ -162,8 +162,17 @@ class StudentConfig:
     instruction: str = DEFAULT_INSTRUCTION  # text before the audio tokens
     keep_q: int | None = None  # read only the first keep_q codebooks (None: all the codec has)
     acoustic_prompt: bool = True  # the teacher's input during KD includes P_act
+    # read a prosody token stream (quantised log-F0 and level, codec/prosody.py) after the codes
+    prosody: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=_student_train)
+
+    @property
+    def prosody_settings(self) -> Any:
+        """The ProsodySettings of the stream the student reads, or None."""
+        from aligncap_core.codec.prosody import ProsodySettings
+
+        return ProsodySettings.coerce(self.prosody)
 
     def __post_init__(self) -> None:
         if self.lambda_kd < 0:

@@ -103,10 +103,12 @@ def student_identity(data_dir: str | Path, teacher_ckpt: str | Path,
 def build_teacher_model(data_dir: Path, out_dir: Path, cfg: TeacherConfig) -> tuple[Any, Any, str]:
     """(model, tokenizer, base_model) ready to train: audio tokens added, trainable set chosen."""
     from aligncap_core.codec import audio_token_vocab
+    from aligncap_core.codec.prosody import prosody_vocab
     from aligncap_core.model.base import BASE_INFO, add_audio_tokens, build_tiny_base, load_base
 
     rows = data.read_rows(data_dir)
-    vocab = audio_token_vocab(*data.codec_layout(data_dir, rows))
+    # the prosody tokens are in every vocabulary, so any student of this teacher may read them
+    vocab = audio_token_vocab(*data.codec_layout(data_dir, rows)) + prosody_vocab()
     if cfg.from_scratch:
         base_dir = out_dir / "base"
         with main_process_first():  # rank 0 builds it; launched, the others then load it
@@ -202,7 +204,9 @@ def build_student_model(data_dir: Path, teacher_ckpt: str | Path,
         # student checkpoints hold both adapters on the hub base (not on the teacher checkpoint,
         # which load_checkpoint would merge into the base weights)
         teacher_adapter, base_model = TEACHER_ADAPTER, meta["base_model"]
-    vocab = audio_token_vocab(*data.codec_layout(data_dir, data.read_rows(data_dir)))
+    from aligncap_core.codec.prosody import prosody_vocab
+
+    vocab = audio_token_vocab(*data.codec_layout(data_dir, data.read_rows(data_dir))) + prosody_vocab()
     # already in the teacher's vocabulary (added in the teacher stage): this just returns ids
     audio_ids = add_audio_tokens(model, tok, vocab)
     torch.manual_seed(cfg.train.seed)  # LoRA A init
@@ -232,7 +236,7 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
         return data.student_examples(
             tok, data_dir, data.read_rows(data_dir, split), instruction=cfg.instruction,
             keep_q=cfg.keep_q, max_len=max_len, acoustic_prompt=cfg.acoustic_prompt,
-            with_teacher=use_kd)
+            with_teacher=use_kd, prosody=cfg.prosody_settings)
 
     train_set, valid_set = examples("train"), examples("valid")
     fp = data.data_fingerprint(data_dir)
@@ -258,7 +262,8 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
                                 base_model=base_model, run_config=to_dict(cfg),
                                 data_fingerprint=fp, metrics=metrics, trainer_state=state,
                                 run_key=ident.key)
-        return attach_codec(saved, codec, instruction=cfg.instruction, keep_q=cfg.keep_q)
+        return attach_codec(saved, codec, instruction=cfg.instruction, keep_q=cfg.keep_q,
+                            prosody=cfg.prosody_settings)
 
     collate = data.student_collator(tok.pad_token_id, with_teacher=use_kd)
     task = TrainTask("student", model, train_set, valid_set, collate, compute_loss, save,

@@ -233,3 +233,29 @@ def test_dpo_checkpoint_inherits_the_policys_speech_settings(student, tmp_path):
     (dpo / "config.yaml").write_text(f"policy: {student}\n")
     s = resolve_speech(dpo)
     assert s.codec == str(student / "codec") and s.n_q == 2
+
+
+def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
+    """A student trained with `prosody: true` reads `<prosody> ... </prosody>` after its codes;
+    its checkpoint records the stream's settings, and captioning audio computes the stream."""
+    from aligncap_core.codec import load_codes
+    from aligncap_core.inference.captioner import Speech
+
+    teacher = stages.train_teacher(corpus, tmp_path / "t", TeacherConfig(preset="micro", train=quick(max_steps=4)),
+                                   show_progress=False)
+    ckpt = stages.train_student(corpus, teacher, tmp_path / "s",
+                                StudentConfig(prosody=True, train=quick(max_steps=4, eval_every=0)),
+                                show_progress=False)
+    speech = json.loads((ckpt / "meta.json").read_text())["speech"]
+    assert speech["prosody"]["hop_s"] == 0.08
+    cap = Captioner.load(ckpt, device="cpu")
+    rows = read_jsonl(corpus / "manifest.jsonl")[:2]
+    [clip] = cap.encode_files([corpus / rows[0]["audio"]])
+    assert isinstance(clip, Speech) and clip.prosody[0] == "<prosody>"
+    (ids,) = cap.prompt_windows(clip, 8)
+    vocab = cap.tokenizer.get_vocab()
+    assert ids[-len(clip.prosody):] == [vocab[t] for t in clip.prosody]  # the stream ends the prompt
+    assert len(cap.caption_files([corpus / r["audio"] for r in rows],
+                                 GenerationSettings(max_new_tokens=6))) == 2
+    with pytest.raises(ConfigError, match="prosody stream"):
+        cap.prompt_windows(load_codes(corpus, rows[0]), 8)  # bare codes cannot feed this student

@@ -163,6 +163,8 @@ def test_pipeline_end_to_end_micro(tmp_path):
     console.print(results_table(on_disk))
     text = console.export_text()
     assert f"{results['champion']}*" in text and f"ce {stages['teacher']['valid']['ce']:.3f}" in text
+    # the teacher was selected on its copy rate, which the table reports
+    assert f"copies {stages['teacher']['valid']['copy_rate']:.3f}" in text
     assert f"{stages['round-1']['valid']['hallucination_rate']:.3f}" in text
     # hearing apart from phrasing: mention / accuracy when stated, and the no-audio baseline row
     m = stages["round-1"]["valid"]
