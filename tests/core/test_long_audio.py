@@ -170,3 +170,26 @@ def test_captioner_reads_a_long_clip_window_by_window(tmp_path):
     scores = cap.caption_logprob(windows, texts)
     assert captions[1] == texts[int(torch.tensor(scores).argmax())]
     assert captions[0] == cap.decode([short_codes], s, greedy)[0][0]
+
+
+def test_windows_keep_the_prosody_stream_after_the_audio():
+    """The student's prompt may end with a second stream (`<prosody> ... </prosody>` after
+    `</audio>`, codec/prosody.py): each window carries its own span of both, in that order,
+    right before the caption."""
+    from aligncap_core.codec.prosody import prosody_vocab
+    from aligncap_core.model.base import add_audio_tokens
+
+    model, tok, _ = micro_model_with_audio()
+    add_audio_tokens(model, tok, prosody_vocab())
+    cap = "She whispers softly."
+    audio, prosody = _audio(60), _prosody(10)
+    exs = encode_student_windows(tok, "Describe.", audio + prosody, cap, max_len=60)
+    assert len(exs) > 1
+    seen_a, seen_p = [], []
+    for e in exs:
+        toks = tok.convert_ids_to_tokens(e.input_ids[:e.caption_start])
+        i, j = toks.index(AUDIO_OPEN), toks.index("<prosody>")
+        assert toks[j - 1] == AUDIO_CLOSE and toks[-1] == "</prosody>" and i < j
+        seen_a += toks[i + 1:j - 1]
+        seen_p += toks[j + 1:-1]
+    assert seen_a == audio[1:-1] and seen_p == prosody[1:-1]
