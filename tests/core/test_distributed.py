@@ -24,9 +24,12 @@ import torch
 
 from aligncap_core.errors import ConfigError
 from aligncap_core.train import stages
-from aligncap_core.train.config import StudentConfig, TeacherConfig, from_dict
+from aligncap_core.train.config import StudentConfig, from_dict
 from aligncap_core.train.launch import launch_command, run_stage
-from tests.core.test_train import make_corpus, quick
+from tests.core import test_train
+
+# the training tests' module fixtures: the toy corpus and a micro teacher trained on it
+corpus, teacher = test_train.corpus, test_train.teacher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,18 +84,6 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-5, worst
     return worst
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def teacher(corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("teacher")
-    return stages.train_teacher(corpus, out, TeacherConfig(preset="micro", train=quick(max_steps=10)),
-                                show_progress=False)
 
 
 def _student_cfg(grad_accum: int) -> dict:
