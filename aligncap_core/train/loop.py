@@ -395,8 +395,8 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
     # ---- cleanup
     if governor:
         torch.set_num_threads(threads_before)
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
-        model.gradient_checkpointing_disable()  # the caller may generate with it next
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_disable()  # the caller may generate with it next
     assert last_path is not None  # the loop ran at least once or resumed from a checkpoint
     best = run_dir / state.best_checkpoint if state.best_checkpoint else last_path
     result = FitResult(

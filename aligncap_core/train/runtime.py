@@ -162,7 +162,7 @@ class Runtime:
         upcast_trainable(model)
         if gradient_checkpointing:
             # non-reentrant: works with frozen inputs (LoRA) and DDP without extra hooks
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             if getattr(model, "config", None) is not None:
                 model.config.use_cache = False
         model.to(self.device)

@@ -69,7 +69,7 @@ def test_student_with_bf16_base_checkpointing_and_fused_adamw(tmp_path, monkeypa
     def fit(task, cfg, run_dir, logger=None, show_progress=True):
         result = real_fit(task, cfg, run_dir, logger, show_progress)
         seen["dtypes"] = {(p.requires_grad, p.dtype) for p in task.model.parameters()}
-        seen["checkpointing"] = task.model.get_base_model().is_gradient_checkpointing
+        seen["checkpointing"] = task.model.get_base_model().is_activation_checkpointing
         return result
 
     monkeypatch.setattr(stages, "fit", fit)
