@@ -242,13 +242,20 @@ class Captioner:
             return generate_captions(self.model, self.tokenizer, ps, g, suppress_token_ids=suppress,
                                      generator_seed=seed)
 
+        def omit(ps: Sequence[Sequence[int]], attrs: Sequence[str]) -> list[str]:
+            from aligncap_core.inference.consistent import omit_token_ids
+
+            g = dataclasses.replace(s, do_sample=False, num_return_sequences=1, num_beams=1)
+            return generate_captions(self.model, self.tokenizer, ps, g,
+                                     suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs))
+
         sorted_prompts = [prompts[i] for i in order]
         if d.strategy == "greedy":
             texts = generate_captions(self.model, self.tokenizer, sorted_prompts, s,
                                       suppress_token_ids=suppress)
             decisions: list[Decision | None] = [None] * len(texts)
         else:
-            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser)
+            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit)
         out: list[str] = [""] * len(prompts)
         why: list[Decision | None] = [None] * len(prompts)
         for i, t, w in zip(order, texts, decisions, strict=True):
