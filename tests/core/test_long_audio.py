@@ -170,6 +170,9 @@ def test_captioner_reads_a_long_clip_window_by_window(tmp_path):
     scores = cap.caption_logprob(windows, texts)
     assert captions[1] == texts[int(torch.tensor(scores).argmax())]
     assert captions[0] == cap.decode([short_codes], s, greedy)[0][0]
+    # the default (attribute-consistent) decoding decides per window too, then the same pick
+    texts, decisions = cap.decode([long_codes, short_codes], s)
+    assert len(texts) == len(decisions) == 2 and all(isinstance(t, str) for t in texts)
 
 
 def test_windows_keep_the_prosody_stream_after_the_audio():
