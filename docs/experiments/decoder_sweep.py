@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     g_parsed = parser.parse_many(greedy)
     sampled: dict[float, list[list]] = {}
     for t in (float(x) for x in args.temperatures.split(",")):
-        prompts = [cap.prompt_ids(c, gen.max_new_tokens) for c in clips]
+        prompts = [cap.prompt_windows(c, gen.max_new_tokens)[0] for c in clips]  # clips fit one window
         from aligncap_core.model.generate import generate_captions
         from aligncap_core.prefs.candidates import audio_token_ids_of
 
