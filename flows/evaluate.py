@@ -47,11 +47,15 @@ def evaluate_speech(stage: str, ckpt: str, data_dir: str | None, out_dir: str,
         path = report_path(out_dir, stage, REALDATA)
         # one codes folder for every stage: they share the corpus codec, so the real clips are
         # encoded once per pipeline run, not once per stage
-        settings = {**evaluation.settings(), "codes_cache": str(Path(out_dir) / "eval" / "realdata-codes")}
+        settings = {**evaluation.settings(), "codes_cache": str(Path(out_dir) / "eval" / "realdata-codes"),
+                    "group_by": evaluation.realdata_group_by}
         m, _ = run_stage(evaluate_task, ckpt, real, path, splits=None,
                          limit=evaluation.realdata_limit or evaluation.limit,
                          settings=settings, output=lambda _: exists(path))
         by_split[REALDATA] = m["all"]
+        for key, metrics in m.items():  # per corpus: realdata/emodb, realdata/ravdess
+            if evaluation.realdata_group_by and key.startswith(f"{evaluation.realdata_group_by}:"):
+                by_split[f"{REALDATA}/{key.split(':', 1)[1]}"] = metrics
     return by_split
 
 
