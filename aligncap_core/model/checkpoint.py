@@ -11,15 +11,17 @@ Layout (FORMAT_VERSION 1):
                        teacher trains every weight)
     trainer_state.pt   optional: optimizer, scheduler, step, RNG states, data position
 
-Written with `utils.atomic_dir` (temporary sibling + rename): a crash never leaves a half
-checkpoint, and `latest_checkpoint` never sees one.
+Written with `utils.atomic_dir` (temporary sibling + rename, files fsync'd first): a crash never
+leaves a half checkpoint, and `latest_checkpoint` never sees one. meta.json lists the size of
+every file saved with it (`files`), so a checkpoint damaged afterwards (a truncated copy, a full
+disk on a network mount) is recognised by `verify_checkpoint` instead of failing deep inside a
+loader.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import re
 from datetime import UTC, datetime
@@ -36,7 +38,6 @@ from aligncap_core.utils import atomic_dir, atomic_write
 
 FORMAT_VERSION = 1
 AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>")
-_CACHE = Path(os.environ.get("ALIGNCAP_CACHE", Path.home() / ".cache" / "aligncap"))
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -135,6 +136,8 @@ def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: s
             yaml.safe_dump(run_config or {}, f, sort_keys=False)
         if trainer_state is not None:
             torch.save({**trainer_state, "rng": capture_rng_state()}, tmp / "trainer_state.pt")
+        meta["files"] = {p.relative_to(tmp).as_posix(): p.stat().st_size
+                         for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return Path(out_dir)
 
@@ -302,12 +305,12 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step (ties: newest) under `run_dir`, or None.
-    Temporary `.tmp-*` directories of an interrupted save are ignored."""
+def checkpoints_newest_first(run_dir: str | Path) -> list[Path]:
+    """The checkpoints under `run_dir`, highest step first (ties: newest). Temporary `.tmp-*`
+    directories of an interrupted save, and anything without a readable meta.json, are ignored."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        return None
+        return []
     found = []
     for p in run_dir.iterdir():
         if p.name.startswith(".") or not (p / "meta.json").is_file():
@@ -317,35 +320,36 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         except (ValueError, ConfigError):
             continue
         found.append((int(meta["step"]), str(meta.get("created") or ""), p))
-    return max(found)[2] if found else None
+    return [p for *_, p in sorted(found, reverse=True)]
 
 
-def fetch_to_local(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """A local directory for `uri`: local paths are returned as they are; `s3://bucket/prefix`
-    is downloaded (boto3; endpoint and credentials from the usual AWS_* environment) into
-    `cache_dir` (default ~/.cache/aligncap/s3/bucket/prefix), atomically."""
-    s = str(uri)
-    if not s.startswith("s3://"):
-        return Path(s)
-    bucket, _, prefix = s[5:].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket or not prefix:
-        raise StorageError(f"{s}: expected s3://bucket/prefix")
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step (ties: newest) under `run_dir`, or None."""
+    found = checkpoints_newest_first(run_dir)
+    return found[0] if found else None
 
-    dest = Path(cache_dir or _CACHE / "s3") / bucket / prefix
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """What is wrong with a local checkpoint's files (missing, or another size than meta.json
+    recorded when it was saved), None when they are as saved. Checkpoints from before the
+    `files` record are only checked for meta.json."""
+    root = Path(path)
     try:
-        client = boto3.client("s3")
-        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix + "/") for o in page.get("Contents", [])]
-        if not keys:
-            raise StorageError(f"{s}: no objects under this prefix")
-        with atomic_dir(dest) as tmp:
-            for key in keys:
-                target = tmp / key[len(prefix) + 1:]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, key, str(target))
-    except (BotoCoreError, ClientError) as e:
-        raise StorageError(f"{s}: cannot download ({e})") from e
-    return dest
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"meta.json unreadable ({e})"
+    for rel, size in (meta.get("files") or {}).items():
+        f = root / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != size:
+            return f"{rel} has {f.stat().st_size} bytes, {size} were saved (truncated or overwritten)"
+    return None
+
+
+def fetch_to_local(uri: str | Path) -> Path:
+    """A local directory for a checkpoint `uri`: a local path as it is; an `s3://` artifact of
+    the store (or a plain prefix) materialized into the local cache (`aligncap_core.store`)."""
+    from aligncap_core.store import materialize
+
+    return materialize(uri)
