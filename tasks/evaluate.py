@@ -158,7 +158,8 @@ def register(ckpt: str, stage: str, out_dir: str | None = None, parent_run_id: s
 @task(name="resolve_champion", **IO_RETRIES)
 def resolve_champion(tracking_uri: str | None = None, model_name: str | None = None) -> dict:
     """The model version behind the registry alias `champion`, downloaded from the registry into
-    CACHE/registry/<name>-v<version> (versions never change, so once is enough) and checked
+    CACHE/registry/<name>-v<version>-<source hash> (a version never changes, so once is enough;
+    the hash of its artifact location tells registries apart) and checked
     against the content fingerprint it was registered with: a champion whose files changed
     since is refused, never trained on.
 
@@ -181,7 +182,9 @@ def resolve_champion(tracking_uri: str | None = None, model_name: str | None = N
     except MlflowException as e:
         raise ConfigError(f"no '{CHAMPION_ALIAS}' version of model '{name}' at {tracking_uri}: "
                           "run the aligncap-pipeline flow first, or pass start_checkpoint") from e
-    dest = cache_root() / "registry" / f"{name}-v{mv.version}"
+    from aligncap_core.utils import fingerprint
+
+    dest = cache_root() / "registry" / f"{name}-v{mv.version}-{fingerprint(mv.source)[:12]}"
     if not (dest / "meta.json").is_file():
         tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
         try:
