@@ -30,6 +30,7 @@ from tasks import (
     publish,
     register,
     resolve_champion,
+    tag_run,
 )
 
 
@@ -120,6 +121,14 @@ def self_improve(data_dir: str | None = None, out_dir: str = "runs/pipeline",
         if t.owned and tracking.register_champion and summary["best_round"] > 0:
             registered = register(best["checkpoint"], best["stage"], None, t.parent_run_id, t.uri,
                                   tracking.model_name, best["score"], data_dir)
+        # what this run decided, on its MLflow run: which version it started from, the scores
+        # it compared, and the version it registered (empty: the registry was left as it was)
+        tag_run(t.parent_run_id if t.owned else None, {
+            "aligncap.improve.key": ident.key, "aligncap.improve.start_version": champion and champion["version"],
+            "aligncap.improve.start_score": summary["rounds"][0]["score"],
+            "aligncap.improve.best_stage": best["stage"], "aligncap.improve.best_score": best["score"],
+            "aligncap.improve.min_delta": cfg["min_delta"],
+            "aligncap.improve.registered_version": registered and registered["version"]}, t.uri)
     r0 = summary["rounds"][0]
     return {"start": {"stage": start_stage, "checkpoint": start_checkpoint, "metrics": r0["metrics"],
                       "score": r0["score"], "version": champion and champion["version"]},

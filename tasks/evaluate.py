@@ -155,6 +155,19 @@ def register(ckpt: str, stage: str, out_dir: str | None = None, parent_run_id: s
     return out
 
 
+@task(name="tag_run", **IO_RETRIES)
+def tag_run(run_id: str | None, tags: dict[str, Any], tracking_uri: str | None = None) -> None:
+    """Set tags (values as strings; None as "") on an MLflow run, e.g. a flow's decision."""
+    if not run_id:
+        return
+    from mlflow.entities import RunTag
+
+    from aligncap_core.tracking import client
+
+    client(tracking_uri).log_batch(run_id, tags=[RunTag(k, "" if v is None else str(v))
+                                                 for k, v in tags.items()])
+
+
 @task(name="resolve_champion", **IO_RETRIES)
 def resolve_champion(tracking_uri: str | None = None, model_name: str | None = None) -> dict:
     """The model version behind the registry alias `champion`, downloaded from the registry into
