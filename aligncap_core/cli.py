@@ -237,28 +237,89 @@ def _generation_settings(beams: int, sample: bool, temperature: float, top_p: fl
                               temperature=temperature, top_p=top_p, batch_size=batch_size)
 
 
+ModelRef = Annotated[str, typer.Option("--model", help="Student/round checkpoint folder, s3://, models:/NAME@ALIAS (or /VERSION) or runs:/RUN_ID/PATH.")]
+TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow server for models:/ and runs:/ (default $MLFLOW_TRACKING_URI, else runs/mlflow.db).")]
+CodecDir = Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one (DATA_DIR/codec of the training data).")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or consistent (default: the checkpoint's).")]
+MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
+
+
+def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
+            max_seconds: float, decoding: str | None, **settings):
+    from aligncap_core.serving.engine import CaptionEngine
+
+    engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
+                                max_seconds=max_seconds, decoding=decoding, **settings)
+    console.print(f"model {engine.model.uri} ({engine.version}); {engine.captioner.decoding}; "
+                  f"{engine.settings}", markup=False)
+    return engine
+
+
 @app.command("caption")
 def caption_cmd(
-    audio: Annotated[list[Path], typer.Argument(help="Audio files (WAV/FLAC/OGG, any rate, mono or stereo).")],
-    model: Annotated[str, typer.Option("--model", help="Student checkpoint (path or s3://).")],
-    beams: Annotated[int, typer.Option("--beams", help="Beam search width (1 = greedy).")] = 1,
-    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy/beam decoding.")] = False,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 1.0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest caption, tokens.")] = 64,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per generation batch.")] = 16,
-    codec_dir: Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one (DATA_DIR/codec of the training data).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    inputs: Annotated[list[str], typer.Argument(help="Audio files, folders (every audio file under them) and manifests (.jsonl); local or s3://.")],
+    model: ModelRef,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for predictions.jsonl + rejects.jsonl (default: print `id<TAB>caption` lines).")] = None,
+    beams: Annotated[int | None, typer.Option("--beams", help="Beam search width (default: the checkpoint's decoding).")] = None,
+    sample: Annotated[bool | None, typer.Option("--sample/--no-sample", help="Sample instead of greedy/beam decoding (default: the checkpoint's).")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature.")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Longest caption, tokens.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per generation batch.")] = None,
+    max_seconds: MaxSeconds = 60.0,
+    decoding: DecodingOpt = None,
+    tracking_uri: TrackingUri = None,
+    codec_dir: CodecDir = None,
+    device: Device = "auto",
 ) -> None:
-    """Caption audio files with a student checkpoint: one `path<TAB>caption` line per file."""
-    from aligncap_core.inference.captioner import Captioner, check_clip
+    """Caption clips; unreadable ones are reported (rejects.jsonl, stderr) and skipped. With
+    --out: OUT/predictions.jsonl (id, audio, caption, attributes, seconds) and a JSON summary."""
+    from aligncap_core.serving.batch import caption_to_jsonl, expand_inputs
 
-    settings = _generation_settings(beams, sample, temperature, top_p, max_new_tokens, batch_size)
-    for p in audio:  # a bad path fails before the model loads
-        check_clip(p)
-    cap = Captioner.load(model, device=device, codec_dir=codec_dir)
-    for p, text in zip(audio, cap.caption_files(audio, settings), strict=True):
-        typer.echo(f"{p}\t{text}")
+    refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, num_beams=beams,
+                     do_sample=sample, temperature=temperature, top_p=top_p,
+                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="aligncap-caption-") as tmp:
+        summary = caption_to_jsonl(engine, inputs, out or tmp, refs=refs,
+                                   show_progress=sys.stderr.isatty())
+        summary["ignored"] = ignored
+        for line in Path(summary["rejects"]).read_text().splitlines():
+            console.print(f"[yellow]skipped:[/yellow] {json.loads(line)['reason']}", soft_wrap=True, markup=False)
+        if out is None:
+            for line in Path(summary["predictions"]).read_text().splitlines():
+                row = json.loads(line)
+                typer.echo(f"{row['audio']}\t{row['caption']}")
+    if out is not None:
+        stdout.print_json(json.dumps(summary))
+    console.print(f"{summary['captioned']} captioned, {summary['rejected']} skipped, "
+                  f"{len(ignored)} non-audio files ignored ({summary['clips_per_s']} clips/s)")
+    if summary["rejected"] and not summary["captioned"]:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_cmd(
+    model: ModelRef,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (127.0.0.1: this machine only; 0.0.0.0 exposes it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    max_mb: Annotated[float, typer.Option("--max-mb", help="Largest upload, MB (413 above).")] = 20.0,
+    max_seconds: MaxSeconds = 60.0,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most clips captioned together under load.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more clips after its first.")] = 10.0,
+    decoding: DecodingOpt = None,
+    tracking_uri: TrackingUri = None,
+    codec_dir: CodecDir = None,
+    device: Device = "auto",
+) -> None:
+    """HTTP service: POST /caption (multipart `file`) -> {caption, attributes, model_version}; GET /health."""
+    from aligncap_core.serving.http import serve
+
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding)
+    serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
 @app.command("evaluate")
@@ -275,15 +336,22 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per generation / KL batch.")] = 16,
     codec_dir: Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = "consistent",
+    samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = 8,
+    risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = 3.0,
 ) -> None:
-    """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination), KL gap."""
+    """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
+    per attribute: mention rate, accuracy when stated, contradictions, baselines), KL gap."""
     from aligncap_core.eval import format_table
+    from aligncap_core.inference.consistent import DecodingSettings
     from aligncap_core.inference.evaluate import evaluate_checkpoint
 
     settings = _generation_settings(beams, False, 1.0, 1.0, max_new_tokens, batch_size)
+    strategy = "greedy" if beams > 1 else decoding
     report = evaluate_checkpoint(model, manifest, out, splits=split, settings=settings,
                                  batch_size=batch_size, kl_gap=not no_kl, teacher_ckpt=teacher,
-                                 limit=limit, codec_dir=codec_dir, device=device)
+                                 limit=limit, codec_dir=codec_dir, device=device,
+                                 decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk))
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")
 

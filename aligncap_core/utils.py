@@ -68,6 +68,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         raise
 
 
+def link_or_copy(src: str, dst: str) -> str:
+    """`shutil.copytree`'s copy_function that hard-links where the file system allows (a file
+    shared by many checkpoints then uses the disk once) and copies otherwise. Safe because
+    aligncap's savers replace files (atomic rename), never modify them in place."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
 def discard_dir(path: str | os.PathLike) -> None:
     """Delete a directory by renaming it to a hidden `.del-<name>` first, so a kill during the
     deletion never leaves a half-deleted directory under its real name. OSError of the rename

@@ -22,6 +22,7 @@ SCRIPTS = {  # name -> extra args (default, --full)
     "generate_speed": ([], []),
     "codec_speed": ([], ["--n", "96"]),
     "dpo_round": ([], []),
+    "serving": ([], ["--clips", "128"]),
     "pipeline": ([], ["--sizes", "500,1000,2000", "--demo"]),
 }
 

@@ -113,11 +113,28 @@ class EvalParams(_Params):
     meteor: bool = Field(True, description="Compute METEOR (starts a JVM, ~5 s).")
     kl_gap: bool = Field(True, description="Measure the speech-text KL gap (teacher vs student).")
     batch_size: int = Field(16, ge=1, description="Clips per generation batch.")
+    decoding: str = Field("consistent", description="greedy, or consistent: sample several "
+                          "captions and keep the one that agrees with the per-attribute majority, "
+                          "leaving out attributes the samples disagree on.")
+    decoding_samples: int = Field(8, ge=1, description="Consistent decoding: sampled captions per clip "
+                                  "(besides the greedy one).")
+    decoding_risk: float = Field(3.0, ge=0, description="Consistent decoding: cost of a false "
+                                 "statement relative to a true one (an attribute is stated when more "
+                                 "than risk/(1+risk) of the candidates agree).")
 
     def settings(self) -> dict[str, Any]:
         """Keyword settings of the evaluate task (part of its cache key)."""
         return {"max_new_tokens": self.max_new_tokens, "meteor": self.meteor,
-                "kl_gap": self.kl_gap, "batch_size": self.batch_size}
+                "kl_gap": self.kl_gap, "batch_size": self.batch_size,
+                "decoding": {"strategy": self.decoding, "samples": self.decoding_samples,
+                             "risk": self.decoding_risk}}
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalParams:
+        from aligncap_core.inference.consistent import DecodingSettings
+
+        _validate(lambda: DecodingSettings(**self.settings()["decoding"]))
+        return self
 
     def realdata_manifest(self) -> str | None:
         """The real-data manifest when it exists here, else None (it is optional)."""

@@ -136,29 +136,51 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
     return results
 
 
-TABLE_METRICS = ("clue_f1", "hallucination_rate", "kl_gap", "cider", "bleu4", "meteor", "acc_emotion",
-                 "acc_gender")
+TABLE_METRICS = ("clue_f1", "hallucination_rate", "kl_gap", "cider", "meteor")
+TABLE_ATTRIBUTES = ("emotion", "pitch", "speed", "volume", "gender")
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+
+def _stated(m: dict, attr: str) -> str:
+    """`mention / accuracy when stated` of one attribute, e.g. "0.95 / 0.91"."""
+    if m.get(f"mention_{attr}") is None:
+        return "-"
+    return f"{_num(m.get(f'mention_{attr}'))} / {_num(m.get(f'acc_stated_{attr}'))}"
 
 
 def results_table(results: dict[str, Any]) -> Any:
     """A rich Table of results.json: a row per stage and split (valid, zeroshot, realdata), the
-    champion marked with *; the teacher (a text model) shows its valid cross-entropy only."""
+    champion marked with *, and per split a `majority` row (no-audio baseline: the hallucination
+    rate and accuracy of always stating each attribute's most frequent value). Attribute columns
+    show `mention / accuracy when stated`; the teacher (a text model) shows its valid CE and its
+    copy rate (the share of its prompt's attribute values its captions state)."""
     from rich.table import Table
 
     table = Table(title=f"aligncap pipeline: champion {results['champion']} "
-                        f"({results['select_metric']} on valid)")
-    for title in ("stage", "split", *TABLE_METRICS):
+                        f"({results['select_metric']} on valid); attributes: mention / accuracy when stated")
+    for title in ("stage", "split", *TABLE_METRICS, *TABLE_ATTRIBUTES):
         table.add_column(title, justify="right" if title not in ("stage", "split") else "left")
+    baselines: dict[str, dict] = {}
     for stage, by_split in results["stages"].items():
         mark = "*" if stage == results["champion"] else ""
         for split, m in by_split.items():
-            if "clue_f1" not in m:  # the teacher: {"valid": {"loss", "ce"}}
-                ce = m.get("ce")
+            if "clue_f1" not in m:  # the teacher: {"valid": {"loss", "ce", "copy_rate", ...}}
+                ce, copy = m.get("ce"), m.get("copy_rate")
                 table.add_row(stage + mark, split, "-" if ce is None else f"ce {ce:.3f}",
-                              *(["-"] * (len(TABLE_METRICS) - 1)))
+                              "-" if copy is None else f"copies {copy:.3f}",
+                              *(["-"] * (len(TABLE_METRICS) + len(TABLE_ATTRIBUTES) - 2)))
                 continue
-            table.add_row(stage + mark, split, *(
-                "-" if not isinstance(m.get(k), int | float) else f"{m[k]:.3f}" for k in TABLE_METRICS))
+            baselines.setdefault(split, m)
+            table.add_row(stage + mark, split, *(_num(m.get(k)) for k in TABLE_METRICS),
+                          *(_stated(m, a) for a in TABLE_ATTRIBUTES))
+    for split, m in baselines.items():
+        table.add_row("majority", split, "-", _num(m.get("majority_hallucination_rate")),
+                      *(["-"] * (len(TABLE_METRICS) - 2)),
+                      *(("- / " + _num(m.get(f"majority_{a}"))) if m.get(f"majority_{a}") is not None
+                        else "-" for a in TABLE_ATTRIBUTES))
     return table
 
 

@@ -53,8 +53,12 @@ def evaluate(ckpt: str, data: str, out_dir: str, splits: list[str] | None = None
 
     splits: splits to evaluate (None: every split but train; those the data lacks are skipped);
     limit: clips per split. settings: `evaluate_checkpoint` keywords: meteor, kl_gap,
-    batch_size, max_new_tokens, codes_cache. Returns {split: metrics} plus "all"."""
+    batch_size, max_new_tokens, codes_cache, and decoding ({strategy, samples, risk, ...}:
+    `inference.consistent.DecodingSettings`). Returns {split: metrics} plus "all" (every
+    evaluated clip together).
+    """
     from aligncap_core.inference import evaluate_checkpoint
+    from aligncap_core.inference.consistent import DecodingSettings
     from aligncap_core.model.generate import GenerationSettings
     from aligncap_core.store import ArtifactStore, read_manifest
 
@@ -79,9 +83,10 @@ def evaluate(ckpt: str, data: str, out_dir: str, splits: list[str] | None = None
             log.info("evaluate %s on %s: reused %s", ckpt, data, st.uri(rel))
             return done["result"]["metrics"]
         gen = GenerationSettings(max_new_tokens=settings.pop("max_new_tokens", 64))
+        decoding = DecodingSettings(**settings.pop("decoding", {}))
         out_json = st.local(rel) / "report.json"
         report = evaluate_checkpoint(ckpt, str(local), str(out_json), splits=splits, limit=limit,
-                                     settings=gen, **settings)
+                                     settings=gen, decoding=decoding, **settings)
         metrics = report["metrics"]
         st.publish(rel, result={"metrics": metrics, "checkpoint": ckpt, "data": data})
     log.info("evaluate %s on %s: %s", ckpt, data,
@@ -107,20 +112,20 @@ def register(ckpt: str, stage: str, out_dir: str | None = None, parent_run_id: s
              score: float | None = None, data: str | None = None) -> dict:
     """Publish the champion `ckpt` (a URI of the store): copy it to `out_dir` (a plain folder to
     look at and load: the pipeline's OUT/champion) and, when tracked, make it the registry's
-    `champion`: a new model version (the checkpoint uploaded to the stage's MLflow run, tagged
-    with its store URI, content fingerprint, stage, score and data) with the alias on it. A
-    checkpoint registered before (same content) gets the alias back instead of a second version,
-    so a retry never adds versions. Returns {"checkpoint", "version", "model_uri", "content",
-    "copy"}.
+    `champion`: a new model version (an aligncap pyfunc model holding the checkpoint, logged to
+    the stage's MLflow run, tagged with the checkpoint's store URI, content fingerprint, stage,
+    score and data) with the alias on it. A checkpoint registered before (same content) gets
+    the alias back instead of a second version, so a retry never adds versions. Returns
+    {"checkpoint", "version", "model_uri", "content", "copy"}.
 
     Not cached: registering is a side effect that must happen on every run that picks a champion.
     """
+    from aligncap_core.serving.pyfunc import log_pyfunc_model
     from aligncap_core.store import MANIFEST, materialize
     from aligncap_core.tracking import (
         CHAMPION_ALIAS,
         DEFAULT_MODEL_NAME,
         client,
-        log_checkpoint,
         register_champion,
         version_with_tag,
     )
@@ -145,7 +150,7 @@ def register(ckpt: str, stage: str, out_dir: str | None = None, parent_run_id: s
             client(tracking_uri).set_registered_model_alias(name, CHAMPION_ALIAS, mv.version)
         else:
             with stage_run(parent_run_id, run_name(stage), uri=tracking_uri) as run:
-                source = log_checkpoint(local, run, artifact_path="champion", uri=tracking_uri)
+                source = log_pyfunc_model(local, run, artifact_path="champion", uri=tracking_uri)
                 tags = {"stage": stage, "uri": str(ckpt), "content": content, "data": data or ""}
                 if score is not None:
                     tags["score"] = str(score)
@@ -170,23 +175,18 @@ def tag_run(run_id: str | None, tags: dict[str, Any], tracking_uri: str | None =
 
 @task(name="resolve_champion", **IO_RETRIES)
 def resolve_champion(tracking_uri: str | None = None, model_name: str | None = None) -> dict:
-    """The model version behind the registry alias `champion`, downloaded from the registry into
-    CACHE/registry/<name>-v<version>-<source hash> (a version never changes, so once is enough;
-    the hash of its artifact location tells registries apart) and checked
-    against the content fingerprint it was registered with: a champion whose files changed
-    since is refused, never trained on.
+    """The model version behind the registry alias `champion`, downloaded from the registry
+    (`serving.resolve_model`: once per version and tracking server) and checked against the
+    content fingerprint it was registered with: a champion whose files changed since is
+    refused, never trained on.
 
     Returns {"checkpoint" (the local folder), "version", "stage", "score", "data", "uri",
     "content"}; raises a clear error when no champion is registered yet (run the pipeline first).
     """
-    import os
-    import uuid
-
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from aligncap_core.errors import ConfigError, StorageError
-    from aligncap_core.store import cache_root
+    from aligncap_core.serving import resolve_model
     from aligncap_core.tracking import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, client
 
     name = model_name or DEFAULT_MODEL_NAME
@@ -195,29 +195,15 @@ def resolve_champion(tracking_uri: str | None = None, model_name: str | None = N
     except MlflowException as e:
         raise ConfigError(f"no '{CHAMPION_ALIAS}' version of model '{name}' at {tracking_uri}: "
                           "run the aligncap-pipeline flow first, or pass start_checkpoint") from e
-    from aligncap_core.utils import fingerprint
-
-    dest = cache_root() / "registry" / f"{name}-v{mv.version}-{fingerprint(mv.source)[:12]}"
-    if not (dest / "meta.json").is_file():
-        tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            got = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                      tracking_uri=tracking_uri)
-            try:
-                os.rename(got, dest)
-            except OSError:
-                if not (dest / "meta.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    ckpt = resolve_model(f"models:/{name}/{mv.version}", tracking_uri).checkpoint
     content = mv.tags.get("content")
-    if content and checkpoint_fingerprint(dest) != content:
+    if content and checkpoint_fingerprint(ckpt) != content:
         raise StorageError(f"model '{name}' version {mv.version}: the files at {mv.source} are not the "
-                           f"ones registered (content {checkpoint_fingerprint(dest)}, registered "
+                           f"ones registered (content {checkpoint_fingerprint(ckpt)}, registered "
                            f"{content}); they were changed after registration. Register a checkpoint "
-                           f"again, or delete {dest} if only that local copy is damaged")
+                           f"again, or delete {ckpt} if only that downloaded copy is damaged")
     score = mv.tags.get("score")
-    get_run_logger().info("champion version %s (%s): %s", mv.version, mv.tags.get("stage"), dest)
-    return {"checkpoint": str(dest), "version": str(mv.version), "stage": mv.tags.get("stage"),
+    get_run_logger().info("champion version %s (%s): %s", mv.version, mv.tags.get("stage"), ckpt)
+    return {"checkpoint": str(ckpt), "version": str(mv.version), "stage": mv.tags.get("stage"),
             "score": float(score) if score else None, "data": mv.tags.get("data") or None,
             "uri": mv.tags.get("uri"), "content": content}

@@ -22,7 +22,7 @@ from tasks.caching import (
     store_key,
 )
 from tasks.data import IO_RETRIES, PERSIST, RELEASE
-from tasks.tracking import stage_run
+from tasks.tracking import stage_run, train_logger
 from tasks.train import TRAIN_RETRIES
 
 
@@ -108,8 +108,9 @@ def dpo_round(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cf
         return st.uri(rel)
     params = {"policy_checkpoint": policy_ckpt, "pairs": pairs_path,
               **ImproveConfig.from_dict(cfg).dpo_config(round).to_dict()}
-    with stage_run(parent_run_id, f"round-{round}", params, tracking_uri):
-        dpo_step(policy_ckpt, pairs_path, data_dir, out_dir, cfg, round)
+    with stage_run(parent_run_id, f"round-{round}", params, tracking_uri) as run, \
+            train_logger(run, tracking_uri) as logger:
+        dpo_step(policy_ckpt, pairs_path, data_dir, out_dir, cfg, round, logger)
     uri = st.publish(rel)
     get_run_logger().info("round %d: DPO checkpoint %s", round, uri)
     return uri

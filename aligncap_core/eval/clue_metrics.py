@@ -15,6 +15,7 @@ the generic-caption test, and judged by `hallucination_rate` and `acc_gender` in
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from aligncap_core.clues import ClueResult
@@ -93,25 +94,52 @@ def hallucination_rate(preds: Sequence[ClueResult], attributes: Sequence[dict | 
 
 
 def attribute_accuracy(preds: Sequence[ClueResult], attributes: Sequence[dict | None]) -> dict[str, float | None]:
-    """Per attribute `a` in the vocabulary, over the rows whose ground truth has `a`:
+    """Per attribute `a` in the vocabulary, over the rows whose ground truth has `a`, metrics that
+    keep *what the captioner heard* apart from *what it chose to say*:
 
-    acc_<a>:     share whose caption asserts exactly the true value. A caption that does not
-                 mention `a` counts as wrong, so this is recall-like, not precision-like.
-    mention_<a>: share whose caption asserts any value for `a` (acc_<a> / mention_<a> is the
-                 precision of the values the captions do state).
-    Both 0-1; None when no row has `a`.
+    acc_<a>:           share whose caption asserts exactly the true value; a caption that does
+                       not mention `a` counts as wrong (omission-counts-wrong, recall-like).
+    mention_<a>:       share whose caption asserts any value for `a` (what it chose to say).
+    acc_stated_<a>:    among the captions that state `a`, the share that state the true value
+                       (what it heard); None when no caption states `a`.
+    contradiction_<a>: share whose caption states a value other than the true one (a caption
+                       that says less is not counted; one that says something false is).
+    majority_<a>:      accuracy of always stating the split's most frequent true value: the
+                       baseline of acc_stated_<a> that needs no audio.
+    chance_<a>:        1 / number of vocabulary values: the baseline of a uniform guess.
+    All 0-1; None (chance_<a> too) when no row has `a`. acc = mention x acc_stated, and
+    mention = acc + contradiction, on every split.
     """
     out: dict[str, float | None] = {}
-    for a in ATTRIBUTES:
+    for a, values in ATTRIBUTES.items():
         rows = correct = mentioned = 0
+        truths: Counter[str] = Counter()
         for p, attrs in zip(preds, attributes, strict=True):
             truth = known_attributes(attrs).get(a)
             if truth is None:
                 continue
             rows += 1
+            truths[truth] += 1
             said = p.attributes.get(a)
             mentioned += said is not None
             correct += said == truth
         out[f"acc_{a}"] = correct / rows if rows else None
         out[f"mention_{a}"] = mentioned / rows if rows else None
+        out[f"acc_stated_{a}"] = correct / mentioned if mentioned else None
+        out[f"contradiction_{a}"] = (mentioned - correct) / rows if rows else None
+        out[f"majority_{a}"] = truths.most_common(1)[0][1] / rows if rows else None
+        out[f"chance_{a}"] = 1 / len(values) if rows else None
     return out
+
+
+def majority_hallucination_rate(attributes: Sequence[dict | None]) -> float | None:
+    """The hallucination rate of a captioner that ignores the audio and states, for every
+    attribute, the split's most frequent true value: the per-caption baseline. None when no row
+    has attributes."""
+    truths = [known_attributes(a) for a in attributes]
+    truths = [t for t in truths if t]
+    if not truths:
+        return None
+    majority = {a: Counter(t[a] for t in truths if a in t).most_common(1)[0][0]
+                for a in ATTRIBUTES if any(a in t for t in truths)}
+    return sum(any(majority[a] != v for a, v in t.items()) for t in truths) / len(truths)

@@ -14,12 +14,17 @@ REFERENCE_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "coco_bleu1", "coco_ble
                      "meteor", "rouge_l", "cider", "clue_precision", "clue_recall", "clue_f1")
 
 
+# per-attribute metric prefixes (`clue_metrics.attribute_accuracy`), in report order
+ATTRIBUTE_METRICS = ("acc", "mention", "acc_stated", "contradiction", "majority", "chance")
+
+
 def metric_keys() -> list[str]:
     """Every key `compute_metrics` returns, in order."""
     return (["n", "n_with_refs", "n_with_attributes"] + list(REFERENCE_METRICS[:9]) + ["meteor_error"]
             + list(REFERENCE_METRICS[9:])
-            + ["hallucination_rate", "generic_rate", "distinct2"]
-            + [f"{p}_{a}" for p in ("acc", "mention") for a in ATTRIBUTES])
+            + ["hallucination_rate", "majority_hallucination_rate", "generic_rate", "distinct2"]
+            + [f"{p}_{a}" for p in ATTRIBUTE_METRICS for a in ATTRIBUTES])
+
 
 
 def compute_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]] | None = None,
@@ -48,9 +53,13 @@ def compute_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         clue_precision, clue_recall, clue_f1: micro-averaged clue-key overlap, 0-1
             (`clue_metrics.clue_prf`).
         hallucination_rate: share of clips with attributes whose caption contradicts one, 0-1.
+        majority_hallucination_rate: the same for a captioner that states every attribute's
+            most frequent true value of this set (no audio): the per-caption baseline.
         generic_rate: share of captions with no emotional clue, 0-1.
         distinct2: unique / total bigrams over all captions, 0-1.
-        acc_<attr>, mention_<attr> for each vocabulary attribute (`clue_metrics.attribute_accuracy`).
+        per vocabulary attribute (`clue_metrics.attribute_accuracy`): acc_<attr> (omission counts
+            wrong), mention_<attr>, acc_stated_<attr> (accuracy when stated), contradiction_<attr>,
+            and the baselines majority_<attr> and chance_<attr>.
     Reference metrics are None when no clip has references; attribute metrics None when no clip
     has attributes; everything but `n` is None for an empty corpus.
     All n-gram metrics use `text_metrics.tokenize` (lower-cased, punctuation dropped).
@@ -91,6 +100,7 @@ def compute_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         out["generic_rate"] = cm.generic_rate(pred_parsed)
         out["distinct2"] = tm.distinct_n(hyps, 2)
         out["hallucination_rate"] = cm.hallucination_rate(pred_parsed, attributes)
+        out["majority_hallucination_rate"] = cm.majority_hallucination_rate(attributes)
         out.update(cm.attribute_accuracy(pred_parsed, attributes))
 
         if ref_rows:

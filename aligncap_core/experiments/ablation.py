@@ -228,7 +228,10 @@ def _teacher(data: Path, run_dir: Path, cfg: AblationConfig, seed: int, *, acous
     from aligncap_core.train.identity import keyed_run_dir
     from aligncap_core.train.stages import teacher_identity, train_teacher
 
-    c = from_dict(TeacherConfig, _with(cfg.teacher, {"acoustic_prompt": acoustic, "train.seed": seed}))
+    d = _with(cfg.teacher, {"acoustic_prompt": acoustic, "train.seed": seed})
+    if not acoustic:  # no prompt to copy: the transcript-only teacher is selected on its loss
+        d.setdefault("train", {}).update(select_metric="valid/loss", select_mode="min", stop_at=None)
+    c = from_dict(TeacherConfig, d)
     # one folder per settings: a changed config trains anew instead of resuming the old run
     run_dir = keyed_run_dir(run_dir, teacher_identity(data, c))
     return str(train_teacher(data, run_dir, c, show_progress=False))

@@ -22,6 +22,7 @@ from aligncap_core.prefs.pairs import STRATEGIES
 from aligncap_core.utils import read_yaml_mapping
 
 PAIR_STRATEGIES = (*STRATEGIES, "both")
+BOTH = ("golden_vs_sample", "best_vs_worst")  # what pair_strategy "both" unites
 JUDGE_KINDS = ("rubric", "openai")
 # config keys that may change between a run and its resumption without changing what the
 # finished rounds mean (you extend a run by raising `rounds`, or let it go on with more patience)
@@ -57,7 +58,9 @@ class ImproveConfig:
         round), None = every train clip.
     judge: `prefs.make_judge` config: {"kind": "rubric"} (offline, default) or {"kind":
         "openai", "base_url": ..., "model": ..., ...}.
-    pair_strategy: golden_vs_sample (SpeechAlign), best_vs_worst (AlignCap) or both (the union,
+    pair_strategy: golden_vs_sample (SpeechAlign), best_vs_worst (AlignCap),
+        faithful_vs_contradicting (a faithful sample vs a sample that contradicts the clip's
+        attributes, `prefs.pairs`) or both (the union of golden_vs_sample and best_vs_worst,
         duplicates dropped); min_margin / max_pairs_per_clip as in `build_preference_pairs`
         (both apply per strategy).
     dpo: `DPORoundConfig` fields (beta, lambda_kd, learning_rate, max_steps, ...); `round` is

@@ -26,13 +26,15 @@ from aligncap_core.utils import atomic_write
 class PolicyPrompt:
     """instruction / keep_q: the student's prompt; acoustic_prompt: whether its KD teacher read
     P_act; max_len: the config's token budget (None: the model's positions);
-    codec_fingerprint: the codec its codes must come from (None: not recorded)."""
+    codec_fingerprint: the codec its codes must come from (None: not recorded); prosody: the
+    ProsodySettings dict of the prosody stream it reads after the codes (None: none)."""
 
     instruction: str
     keep_q: int | None
     acoustic_prompt: bool
     max_len: int | None
     codec_fingerprint: str | None
+    prosody: dict | None = None
 
 
 def _config(root: Path) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def policy_prompt(ckpt: str | os.PathLike) -> PolicyPrompt:
         keep_q=speech["keep_q"] if "keep_q" in speech else cfg.get("keep_q"),
         acoustic_prompt=bool(cfg.get("acoustic_prompt", True)),
         max_len=(cfg.get("train") or {}).get("max_len"),
-        codec_fingerprint=speech.get("codec_fingerprint"))
+        codec_fingerprint=speech.get("codec_fingerprint"), prosody=speech.get("prosody"))
 
 
 def teacher_adapter_of(meta: dict) -> str | None:

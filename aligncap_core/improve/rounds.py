@@ -93,6 +93,14 @@ def _reuse(what: str, out_arg: int, done: Callable[[Path], bool],
     return step
 
 
+def _logged_dpo_step(policy: str, pairs: str, data_dir: str, out_dir: str, cfg: dict, round: int) -> str:
+    """`dpo_step` with its step metrics (loss, rewards, margins) in round-k/dpo_metrics.jsonl."""
+    from aligncap_core.train.loggers import JsonlLogger
+
+    return dpo_step(policy, pairs, data_dir, out_dir, cfg, round,
+                    JsonlLogger(Path(out_dir).parent / "dpo_metrics.jsonl"))
+
+
 def local_steps(evaluate_fn: EvaluateFn | None = None) -> RoundSteps:
     """The library's steps, in this process; a step whose output file exists is reused (outputs
     are written atomically, so they are complete); a DPO checkpoint counts once it has its
@@ -102,7 +110,7 @@ def local_steps(evaluate_fn: EvaluateFn | None = None) -> RoundSteps:
         candidates=_reuse("candidates", 2, Path.exists, generate_candidates_step),
         judge=_reuse("judgments", 2, Path.exists, judge_step),
         pairs=pairs_step,
-        dpo=_reuse("DPO checkpoint", 3, _has_speech, dpo_step),
+        dpo=_reuse("DPO checkpoint", 3, _has_speech, _logged_dpo_step),
         evaluate=evaluate_fn or evaluate_step)
 
 

@@ -16,6 +16,7 @@ import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aligncap_core.errors import ConfigError, DataError
 from aligncap_core.improve.config import ImproveConfig
@@ -59,10 +60,11 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
     sampling}; returns `out_path`."""
     import torch
 
-    from aligncap_core.codec import codes_to_tokens, load_codes
+    from aligncap_core.codec.prosody import ProsodySettings
     from aligncap_core.model.batching import student_prompt_ids
     from aligncap_core.model.checkpoint import load_checkpoint
     from aligncap_core.prefs.candidates import sample_candidates
+    from aligncap_core.train.data import speech_tokens
 
     c = ImproveConfig.from_dict(cfg)
     rows = select_clips(data_dir, c.clips_per_round, c.seed + round)
@@ -76,9 +78,10 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
     if budget < 2:
         raise ConfigError(f"max_new_tokens={c.max_new_tokens} leaves no room for the prompt")
     prompts = []
+    prosody = ProsodySettings.coerce(prompt.prosody)
     for r in rows:
         ids = student_prompt_ids(tok, prompt.instruction,
-                                 codes_to_tokens(load_codes(data_dir, r), keep_q=prompt.keep_q))
+                                 speech_tokens(data_dir, r, prompt.keep_q, prosody))
         # over budget: keep bos and the audio right before the caption (Captioner.prompt_ids)
         prompts.append({"id": r["id"],
                         "prompt_ids": ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]})
@@ -120,7 +123,8 @@ def pairs_step(judged_path: str, cfg: dict, out_path: str, round: int, policy_ck
     """Chosen/rejected pairs from the judged candidates (cfg.pair_strategy; "both" = the union
     of both strategies, a pair found by both kept once). Returns {path, n_pairs, by_strategy,
     n_clips, skipped: {clips_without_pairs, skipped_judgments, duplicate_pairs}}."""
-    from aligncap_core.prefs.pairs import STRATEGIES, build_preference_pairs, write_pairs
+    from aligncap_core.improve.config import BOTH
+    from aligncap_core.prefs.pairs import build_preference_pairs, write_pairs
 
     c = ImproveConfig.from_dict(cfg)
     judged = read_jsonl(judged_path)
@@ -129,7 +133,7 @@ def pairs_step(judged_path: str, cfg: dict, out_path: str, round: int, policy_ck
         log.warning("pairs: candidates in %s were sampled from %s, not from %s", judged_path,
                     sorted(sampled_from), policy_ckpt)
     judge = next((r["judge"] for r in judged if r.get("judge")), "unknown")
-    strategies = STRATEGIES if c.pair_strategy == "both" else (c.pair_strategy,)
+    strategies = BOTH if c.pair_strategy == "both" else (c.pair_strategy,)
     pairs: list[dict] = []
     seen: set[tuple[str, str, str]] = set()
     by_strategy: dict[str, int] = {}
@@ -170,11 +174,12 @@ def teacher_texts(data_dir: str | Path, ids: set[str], acoustic_prompt: bool) ->
 
 
 def dpo_step(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg: dict,
-             round: int) -> str:
+             round: int, logger: Any = None) -> str:
     """One DPO round (+ lambda_kd * KD on the chosen caption; `cfg.dpo.lambda_kd = 0` runs plain
     DPO without a teacher pass) from `policy_ckpt`, which is also the frozen reference. The KD
     teacher reads the inputs built from the data dir's rows, exactly as in distillation. Saves
-    the new policy (stage "dpo", this round) as a self-contained student; returns its path."""
+    the new policy (stage "dpo", this round) as a self-contained student; returns its path.
+    logger: receives DPO's step metrics (loss, rewards, margins, pair accuracy)."""
     from aligncap_core.model.checkpoint import read_meta
     from aligncap_core.prefs.dpo import run_dpo_round
     from aligncap_core.prefs.dpo_data import TeacherInfo
@@ -187,7 +192,7 @@ def dpo_step(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg
         ids = {p["id"] for p in read_pairs(pairs_path)}
         teacher = TeacherInfo(adapter=teacher_adapter_of(read_meta(policy_ckpt)),
                               texts=teacher_texts(data_dir, ids, policy_prompt(policy_ckpt).acoustic_prompt))
-    out = run_dpo_round(policy_ckpt, pairs_path, teacher, out_dir, dcfg)
+    out = run_dpo_round(policy_ckpt, pairs_path, teacher, out_dir, dcfg, logger)
     release_memory()
     inherit_student_settings(policy_ckpt, out, data_dir)
     return str(out)

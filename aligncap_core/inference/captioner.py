@@ -1,7 +1,8 @@
 """Caption raw audio with a speech-student checkpoint.
 
     cap = Captioner.load("runs/student/step-00000600")        # or s3://..., codec_dir=...
-    cap.caption_files(["a.wav", "b.flac"], GenerationSettings(num_beams=4))
+    cap.caption_files(["a.wav", "b.flac"])                     # attribute-consistent decoding
+    cap.caption_files(["a.wav"], decoding=DecodingSettings(strategy="greedy"))
     cap.caption_codes([codes_a, codes_b])                      # (n_q, T) int arrays
 
 Audio path: decode (any soundfile format, any rate), downmix, resample to the codec's rate
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from aligncap_core.errors import ConfigError, DataError
+from aligncap_core.inference.consistent import Decision, DecodingSettings, consistent_captions
 from aligncap_core.inference.speech import SpeechSettings, resolve_speech
 from aligncap_core.model.generate import GenerationSettings, generate_captions
 
@@ -53,18 +55,26 @@ def check_clip(path: str | os.PathLike) -> None:
 
 def read_clip(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     """Mono float32 samples of an audio file at `sample_rate` Hz; DataError naming the file."""
-    from aligncap_core.data.audio import AudioProblem, decode, resample, to_mono
-
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: audio file not found")
+    return decode_clip(p, sample_rate, label=str(path))
+
+
+def decode_clip(source: bytes | str | os.PathLike, sample_rate: int, *, label: str = "audio",
+                max_seconds: float = float("inf")) -> np.ndarray:
+    """Mono float32 samples at `sample_rate` Hz of a local file or encoded bytes (any format
+    soundfile reads). DataError starting with `label` on undecodable, empty, non-finite or
+    (checked from the header, before decoding) longer than `max_seconds` audio."""
+    from aligncap_core.data.audio import AudioProblem, decode, resample, to_mono
+
     try:
-        x, rate = decode(p)
+        x, rate = decode(source, max_duration=max_seconds)
         x = to_mono(x)
     except AudioProblem as e:
-        raise DataError(f"{path}: {e.message}") from e
+        raise DataError(f"{label}: {e.message}") from e
     if not np.isfinite(x).all():
-        raise DataError(f"{path}: audio has NaN/inf samples; the file is corrupt")
+        raise DataError(f"{label}: audio has NaN/inf samples; the file is corrupt")
     return resample(x, rate, sample_rate)
 
 
@@ -80,6 +90,8 @@ class Captioner:
     config: dict  # the checkpoint's resolved run config (config.yaml; {} when absent)
     max_len: int  # tokens a sequence may hold (the model's positions, capped by the train config)
     codec_batch_size: int = 4  # CPU EnCodec is fastest at small batches (codec.dataset)
+    decoding: DecodingSettings = dataclasses.field(default_factory=DecodingSettings)
+    _parser: Any = None
 
     @classmethod
     def load(cls, ckpt_uri: str | os.PathLike, device: str = "auto",
@@ -134,15 +146,30 @@ class Captioner:
         return next(self.model.parameters()).device
 
     # ---- prompts --------------------------------------------------------------------------
-    def prompt_ids(self, codes: np.ndarray, max_new_tokens: int) -> list[int]:
-        """bos + instruction + `<audio>...</audio>` ids for `(n_q, T)` codes. Over the length
+    @property
+    def prosody(self) -> Any:
+        """The ProsodySettings of the prosody stream this student reads, or None."""
+        from aligncap_core.codec.prosody import ProsodySettings
+
+        return ProsodySettings.coerce(self.speech.prosody)
+
+    def prompt_ids(self, clip: np.ndarray | Speech, max_new_tokens: int) -> list[int]:
+        """bos + instruction + `<audio>...</audio>` (+ `<prosody>...</prosody>` when the student
+        reads it) ids for one clip: its `(n_q, T)` codes, or a `Speech`. Over the length
         budget, prompt tokens after bos are dropped from the left, as in training
         (`batching.build_example`): the audio right before the caption is kept."""
         from aligncap_core.codec import codes_to_tokens
         from aligncap_core.model.batching import student_prompt_ids
 
-        ids = student_prompt_ids(self.tokenizer, self.speech.instruction,
-                                 codes_to_tokens(codes, keep_q=self.speech.keep_q))
+        speech = clip if isinstance(clip, Speech) else Speech(np.asarray(clip))
+        tokens = codes_to_tokens(speech.codes, keep_q=self.speech.keep_q)
+        if self.prosody is not None:
+            if speech.prosody is None:
+                raise ConfigError("this checkpoint reads a prosody stream beside the codes: caption "
+                                  "audio (caption_files / encode_waves), or pass Speech(codes, "
+                                  "prosody tokens)")
+            tokens += speech.prosody
+        ids = student_prompt_ids(self.tokenizer, self.speech.instruction, tokens)
         budget = self.max_len - max_new_tokens
         if budget < 2:
             raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt "
@@ -150,34 +177,102 @@ class Captioner:
         return ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]
 
     # ---- captioning -----------------------------------------------------------------------
-    def caption_codes(self, codes: Sequence[np.ndarray],
-                      settings: GenerationSettings | None = None) -> list[str]:
-        """One caption per `(n_q, T)` codes array, in order. Prompts are generated longest
-        first, so each batch carries little left padding."""
+    def default_settings(self, **overrides: Any) -> GenerationSettings:
+        """The checkpoint's decoding settings: `GenerationSettings()` (the library default),
+        updated by a `generation:` mapping in its config.yaml when it has one, then by the
+        `overrides` that are not None. Every entry point (CLI, pyfunc, service) decodes with
+        this, so a new default decoding reaches all of them."""
+        saved = self.config.get("generation") or {}
+        s = dataclasses.replace(GenerationSettings(), **saved) if saved else GenerationSettings()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(s, **given) if given else s
+
+    def caption_codes(self, codes: Sequence[np.ndarray | Speech], settings: GenerationSettings | None = None,
+                      decoding: DecodingSettings | None = None) -> list[str]:
+        """One caption per clip (`(n_q, T)` codes, or a `Speech`), in order (see `decode`)."""
+        return self.decode(codes, settings, decoding)[0]
+
+    def decode(self, codes: Sequence[np.ndarray | Speech], settings: GenerationSettings | None = None,
+               decoding: DecodingSettings | None = None) -> tuple[list[str], list[Decision | None]]:
+        """(captions, decisions), one per clip (`(n_q, T)` codes, or a `Speech` when the
+        student reads a prosody stream too), in order.
+
+        settings: generation limits (max_new_tokens, batch_size). decoding: greedy or the
+        attribute-consistent decoder (`inference.consistent`); default `self.decoding`. A
+        decision (consistent decoding only, else None) says which candidate was chosen and how
+        much the candidates agreed on each attribute. Prompts are generated longest first, so
+        each batch carries little left padding.
+        """
         from aligncap_core.prefs.candidates import audio_token_ids_of
 
         s = settings or GenerationSettings()
+        d = decoding or self.decoding
         if not codes:
-            return []
-        prompts = [self.prompt_ids(np.asarray(c), s.max_new_tokens) for c in codes]
+            return [], []
+        prompts = [self.prompt_ids(c, s.max_new_tokens) for c in codes]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        texts = generate_captions(self.model, self.tokenizer, [prompts[i] for i in order], s,
-                                  suppress_token_ids=audio_token_ids_of(self.tokenizer))
-        out = [""] * len(prompts)
-        for i, t in zip(order, texts, strict=True):
-            out[i] = t
-        return out
+        suppress = audio_token_ids_of(self.tokenizer)
 
-    def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
-        """Codes `(n_q, T)` of each file. Every file is read (and checked) before any encoding,
+        def generate(ps: Sequence[Sequence[int]], do_sample: bool, n: int, seed: int | None) -> list[str]:
+            g = dataclasses.replace(s, do_sample=do_sample, num_return_sequences=n, num_beams=1,
+                                    temperature=d.temperature if do_sample else s.temperature,
+                                    top_p=d.top_p if do_sample else s.top_p)
+            return generate_captions(self.model, self.tokenizer, ps, g, suppress_token_ids=suppress,
+                                     generator_seed=seed)
+
+        sorted_prompts = [prompts[i] for i in order]
+        if d.strategy == "greedy":
+            texts = generate_captions(self.model, self.tokenizer, sorted_prompts, s,
+                                      suppress_token_ids=suppress)
+            decisions: list[Decision | None] = [None] * len(texts)
+        else:
+            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser)
+        out: list[str] = [""] * len(prompts)
+        why: list[Decision | None] = [None] * len(prompts)
+        for i, t, w in zip(order, texts, decisions, strict=True):
+            out[i], why[i] = t, w
+        return out, why
+
+    @property
+    def parser(self) -> Any:
+        """The emotion clue parser (loaded on first use: spaCy takes ~1 s)."""
+        if self._parser is None:
+            from aligncap_core.clues import EmotionClueParser
+
+            self._parser = EmotionClueParser()
+        return self._parser
+
+    def encode_waves(self, waves: Sequence[np.ndarray]) -> list[np.ndarray | Speech]:
+        """What the student reads of each mono wave at the codec's rate: its codes `(n_q, T)`,
+        or a `Speech` with the prosody stream too when the student reads one."""
+        codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
+        prosody = self.prosody
+        if prosody is None:
+            return codes
+        from aligncap_core.codec.prosody import prosody_codes, prosody_to_tokens
+
+        rate = self.codec.sample_rate
+        return [Speech(c, prosody_to_tokens(prosody_codes(w, rate, prosody), prosody))
+                for c, w in zip(codes, waves, strict=True)]
+
+    def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray | Speech]:
+        """`encode_waves` of each file. Every file is read (and checked) before any encoding,
         so a bad file fails fast with its name."""
-        wavs = [read_clip(p, self.codec.sample_rate) for p in paths]
-        return self.codec.encode(wavs, batch_size=self.codec_batch_size)
+        return self.encode_waves([read_clip(p, self.codec.sample_rate) for p in paths])
 
-    def caption_files(self, paths: Sequence[str | os.PathLike],
-                      settings: GenerationSettings | None = None) -> list[str]:
+    def caption_files(self, paths: Sequence[str | os.PathLike], settings: GenerationSettings | None = None,
+                      decoding: DecodingSettings | None = None) -> list[str]:
         """One caption per audio file (WAV/FLAC/OGG, any rate, mono or stereo), in order."""
-        return self.caption_codes(self.encode_files(paths), settings)
+        return self.caption_codes(self.encode_files(paths), settings, decoding)
+
+
+@dataclass
+class Speech:
+    """One clip as the student reads it: EnCodec codes `(n_q, T)` and, for a student that reads
+    one, its prosody stream as tokens (`codec.prosody.prosody_to_tokens`)."""
+
+    codes: np.ndarray
+    prosody: list[str] | None = None
 
 
 def _run_config(root: Path) -> dict:

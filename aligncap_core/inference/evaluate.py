@@ -28,6 +28,7 @@ import torch
 
 from aligncap_core.errors import ConfigError, DataError
 from aligncap_core.inference.captioner import Captioner
+from aligncap_core.inference.consistent import DecodingSettings
 from aligncap_core.model.generate import GenerationSettings
 from aligncap_core.utils import atomic_write, progress, read_jsonl, write_jsonl
 
@@ -151,7 +152,8 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
         for split, split_rows in by_split.items():
             pairs = data.student_examples(tok, data_dir, split_rows, instruction=cap.speech.instruction,
                                           keep_q=cap.speech.keep_q, max_len=cap.max_len,
-                                          acoustic_prompt=acoustic_prompt, with_teacher=True)
+                                          acoustic_prompt=acoustic_prompt, with_teacher=True,
+                                          prosody=cap.prosody)
             if teacher is not None:
                 pairs = _retokenize_teacher(pairs, split_rows, teacher[1], acoustic_prompt,
                                             cap.max_len, encode_teacher_example)
@@ -208,12 +210,14 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
                         limit: int | None = None, codec_dir: str | os.PathLike | None = None,
                         device: str = "auto", meteor: bool = True,
                         codes_cache: str | os.PathLike | None = None,
+                        decoding: DecodingSettings | None = None,
                         show_progress: bool = True) -> dict:
     """Caption the held-out clips, score them, measure the speech-text KL gap; write the report.
 
     splits: which splits (default every split but "train"); limit: at most N clips per split.
-    settings: decoding (default greedy, 64 new tokens); batch_size: clips per generation batch
-    and examples per KL forward (overrides settings.batch_size).
+    settings: generation limits (default 64 new tokens); batch_size: clips per generation batch
+    and examples per KL forward (overrides settings.batch_size). decoding: greedy or the
+    attribute-consistent decoder (default: `DecodingSettings()`, see `inference.consistent`).
     kl_gap: also compute KL(teacher || student) on the reference captions (needs captions; rows
     without p_act get clues first). teacher_ckpt: another teacher (default: the student's base).
     codec_dir: codec for a checkpoint without one (default: the data dir's, if it has one).
@@ -242,7 +246,8 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
         data_dir, rows, info = eval_data(manifest_or_data_dir, out_json.with_suffix(".data"), cap,
                                          splits=splits, limit=limit, need_p_act=kl_gap and acoustic,
                                          show_progress=show_progress, codes_cache=codes_cache)
-        preds = _caption_rows(cap, data_dir, rows, settings, show_progress)
+        decoding = decoding or DecodingSettings()
+        preds, decisions = _caption_rows(cap, data_dir, rows, settings, decoding, show_progress)
 
         teacher = None
         if kl_gap and teacher_ckpt is not None:
@@ -280,32 +285,50 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
             "checkpoint": str(ckpt_uri), "step": cap.meta.get("step"), "stage": cap.meta.get("stage"),
             "codec": cap.codec.fingerprint, "speech": dataclasses.asdict(cap.speech),
             "data": {**info, "evaluated_from": str(data_dir), "splits": list(groups)},
-            "generation": dataclasses.asdict(settings), "kl_teacher": str(teacher_ckpt or "student base"),
+            "generation": dataclasses.asdict(settings), "decoding": decoding.to_dict(),
+            "kl_teacher": str(teacher_ckpt or "student base"),
             "metrics": metrics,
         }
         out_json.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(out_json.parent / "predictions.jsonl", (
             {"id": r.get("id"), "split": r.get("split"), "prediction": p,
-             "references": r.get("captions") or [], "attributes": r.get("attributes")}
-            for r, p in zip(rows, preds, strict=True)))
+             "references": r.get("captions") or [], "attributes": r.get("attributes"),
+             **({"decision": dataclasses.asdict(d)} if d is not None else {})}
+            for r, p, d in zip(rows, preds, decisions, strict=True)))
         with atomic_write(out_json) as f:
             json.dump(report, f, indent=2, default=str)
         return report
 
 
-def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict],
-                  settings: GenerationSettings, show_progress: bool) -> list[str]:
-    from aligncap_core.codec import load_codes
+def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings: GenerationSettings,
+                  decoding: DecodingSettings, show_progress: bool) -> tuple[list[str], list]:
 
     preds: list[str] = []
+    decisions: list = []
     chunk = settings.batch_size * 4  # several generation batches per progress update
     with progress(disable=not show_progress) as bar:
-        task = bar.add_task("caption", total=len(rows))
+        task = bar.add_task(f"caption ({decoding.strategy})", total=len(rows))
         for b in range(0, len(rows), chunk):
             part = rows[b:b + chunk]
-            preds += cap.caption_codes([load_codes(data_dir, r) for r in part], settings)
+            texts, why = cap.decode([_speech(cap, data_dir, r) for r in part], settings, decoding)
+            preds += texts
+            decisions += why
             bar.update(task, advance=len(part))
-    return preds
+    return preds, decisions
+
+
+def _speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
+    """A row as the student reads it: its codes, and its prosody stream when the student reads one."""
+    from aligncap_core.codec import load_codes
+
+    codes = load_codes(data_dir, row)
+    prosody = cap.prosody
+    if prosody is None:
+        return codes
+    from aligncap_core.inference.captioner import Speech
+    from aligncap_core.train.data import prosody_tokens
+
+    return Speech(codes, prosody_tokens(data_dir, row, prosody))
 
 
 def _acoustic_prompt(cap: Captioner) -> bool:

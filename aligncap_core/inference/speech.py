@@ -24,11 +24,12 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from aligncap_core.errors import ConfigError, DataError
-from aligncap_core.utils import atomic_dir, atomic_write
+from aligncap_core.utils import atomic_dir, atomic_write, link_or_copy
 
 log = logging.getLogger(__name__)
 CODEC_SUBDIR = "codec"
@@ -54,6 +55,7 @@ class SpeechSettings:
     n_q: int | None  # codebooks the codec emits (keep_q of them are read)
     codec: str | None  # local dir or hub id of the codec; None: none recorded
     codec_fingerprint: str | None
+    prosody: dict | None = None  # ProsodySettings of the prosody stream it reads; None: none
 
 
 def _codes_meta(data_dir: Path) -> dict:
@@ -101,23 +103,15 @@ def find_codec(data_dir: str | os.PathLike) -> SpeechCodec:
     return SpeechCodec(None, fp, n_q)
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    # hard links: every checkpoint of a run holds the ~90 MB codec without using the disk again
-    # (codec saves replace files, never modify them in place, so a link never changes under us)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
-
-
 def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.PathLike | None, *,
-                 instruction: str, keep_q: int | None, n_q: int | None = None) -> Path:
+                 instruction: str, keep_q: int | None, n_q: int | None = None,
+                 prosody: Any = None) -> Path:
     """Make a student checkpoint self-contained; returns `ckpt_dir`.
 
     codec: a `SpeechCodec` (from `find_codec`), a local codec dir (copied into ckpt/codec),
     a hub id (recorded), or None (only the settings are recorded). The copy is atomic (built
     under a temporary name); meta.json gains "speech" only once the codec is in place.
+    prosody: the ProsodySettings of the prosody stream the student reads (None: it reads none).
     """
     ckpt = Path(ckpt_dir)
     meta_path = ckpt / "meta.json"
@@ -132,11 +126,11 @@ def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.Path
             raise DataError(f"{src}: not a saved codec (no {CODEC_JSON})")
         fp = fp or json.loads((src / CODEC_JSON).read_text()).get("fingerprint")
         with atomic_dir(ckpt / CODEC_SUBDIR) as tmp:
-            shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+            shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         recorded = CODEC_SUBDIR
     meta = json.loads(meta_path.read_text())
     meta["speech"] = asdict(SpeechSettings(instruction, keep_q, n_q or codec.n_q or None,
-                                           recorded, fp))
+                                           recorded, fp, prosody.to_dict() if prosody else None))
     with atomic_write(meta_path) as f:
         json.dump(meta, f, indent=2, default=str)
     return ckpt
@@ -177,4 +171,4 @@ def resolve_speech(ckpt_root: str | os.PathLike,
     elif codec is None:
         raise ConfigError(f"{root}: checkpoint has no speech codec; pass --codec-dir DATA_DIR/codec "
                           "(the codec its training data was tokenized with)")
-    return SpeechSettings(s.instruction, s.keep_q, s.n_q, codec, s.codec_fingerprint)
+    return SpeechSettings(s.instruction, s.keep_q, s.n_q, codec, s.codec_fingerprint, s.prosody)

@@ -1,6 +1,6 @@
 """Checkpoint I/O: one directory per checkpoint, one loader for every kind and location.
 
-Layout (FORMAT_VERSION 1):
+Layout (FORMAT_VERSION 2):
     meta.json          stage, round, step, kind, base model, data fingerprint, metrics, created
     config.yaml        the resolved run config
     tokenizer/         tokenizer with the audio tokens
@@ -9,6 +9,12 @@ Layout (FORMAT_VERSION 1):
                        base can be grown to the checkpoint's vocabulary exactly as it was trained
     model/             kind="full": `save_pretrained` of the whole model (the from-scratch
                        teacher trains every weight)
+    base/              kind="adapter" on a local base (the from-scratch teacher checkpoint, a
+                       local model folder): a copy of it (hard links on the same file system),
+                       `meta["base_model"] == "base"`; a hub base is referenced by its hub id
+                       and an s3:// base by its URI. So a checkpoint never names a local path:
+                       it loads after being copied anywhere (FORMAT_VERSION 2; version 1
+                       recorded the base's absolute path, which still loads where it exists)
     trainer_state.pt   optional: optimizer, scheduler, step, RNG states, data position
 
 Written with `utils.atomic_dir` (temporary sibling + rename, files fsync'd first): a crash never
@@ -24,6 +30,7 @@ import copy
 import json
 import random
 import re
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +41,12 @@ import yaml
 
 from aligncap_core.errors import ConfigError, StorageError
 from aligncap_core.model.base import load_base
-from aligncap_core.utils import atomic_dir, atomic_write
+from aligncap_core.utils import atomic_dir, atomic_write, link_or_copy
 
-FORMAT_VERSION = 1
-AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>")
+FORMAT_VERSION = 2
+EMBEDDED_BASE = "base"  # meta["base_model"] of a checkpoint that holds its base (module doc)
+# speech tokens the LM reads but never writes: EnCodec codes and the prosody stream (codec.prosody)
+AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>|<pf\d+>|<pf_u>|<pl\d+>|<prosody>|</prosody>")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -106,8 +115,9 @@ def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: s
 
     model: a PeftModel (kind="adapter": every adapter it holds is saved) or, with
         `full_weights=True`, any model (a PeftModel is merged on a copy first).
-    base_model: what the adapters were trained on: a hub id, a base directory or another
-        checkpoint (e.g. the teacher's); local paths are stored absolute.
+    base_model: what the adapters were trained on: a hub id, an s3:// checkpoint URI, a base
+        directory or another checkpoint (e.g. the teacher's); a local one is copied into
+        `base/` of an adapter checkpoint (`embed_base`), so the checkpoint is self-contained.
     trainer_state: free-form dict for resuming (optimizer/scheduler state_dicts, step, data
         position); the RNG states are added here as `rng`.
     run_key: the key of the training run that made it (`train.identity`), kept in meta.json.
@@ -115,11 +125,13 @@ def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: s
     if not full_weights and not _is_peft(model):
         raise ConfigError("save_checkpoint: model has no adapters; pass full_weights=True to "
                           "save the whole model")
+    embed = not full_weights and Path(base_model).exists()
     if Path(base_model).exists():
         base_model = str(Path(base_model).resolve())
     meta = {
         "format_version": FORMAT_VERSION, "kind": "full" if full_weights else "adapter",
-        "stage": stage, "round": round, "step": int(step), "base_model": base_model,
+        "stage": stage, "round": round, "step": int(step),
+        "base_model": EMBEDDED_BASE if embed else base_model,
         "data_fingerprint": data_fingerprint, "run_key": run_key, "metrics": metrics or {},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -132,14 +144,52 @@ def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: s
             m.save_pretrained(tmp / "model")
         else:
             _save_adapters(model, tokenizer, tmp, meta)
+            if embed:
+                embed_base(base_model, tmp / EMBEDDED_BASE)
+                _unpath_adapter_configs(tmp)
         with atomic_write(tmp / "config.yaml") as f:
             yaml.safe_dump(run_config or {}, f, sort_keys=False)
         if trainer_state is not None:
             torch.save({**trainer_state, "rng": capture_rng_state()}, tmp / "trainer_state.pt")
+        # (config.yaml is left out: a DPO round's is completed afterwards, inherit_student_settings)
         meta["files"] = {p.relative_to(tmp).as_posix(): p.stat().st_size
-                         for p in sorted(tmp.rglob("*")) if p.is_file()}
+                         for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != "config.yaml"}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return Path(out_dir)
+
+
+def embed_base(src: str | Path, dst: str | Path) -> Path:
+    """Copy a local base (a checkpoint or a `save_pretrained` folder) to `dst` for loading only:
+    files are hard-linked where possible, a checkpoint's trainer_state.pt (optimizer moments,
+    2x the weights) is left out, a version-1 adapter checkpoint's own local base is embedded in
+    turn and a full checkpoint's local-path provenance is dropped, so nothing under `dst` names
+    a path outside it."""
+    src, dst = Path(src), Path(dst)
+    skip = shutil.ignore_patterns("trainer_state.pt", ".tmp-*", ".old-*", ".lock", "_artifact.json")
+    shutil.copytree(src, dst, ignore=skip, copy_function=link_or_copy, dirs_exist_ok=True)
+    meta_path = dst / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        base = meta.get("base_model")
+        if base and base != EMBEDDED_BASE and Path(base).is_absolute():
+            if meta.get("kind") == "adapter":
+                embed_base(base, dst / EMBEDDED_BASE)
+                meta["base_model"] = EMBEDDED_BASE
+            else:  # a full model's base is provenance only: a local path means nothing elsewhere
+                meta["base_model"] = None
+            meta_path.unlink()  # a hard link to the source's meta.json: never write through it
+            meta_path.write_text(json.dumps(meta, indent=2, default=str))
+    return dst
+
+
+def _unpath_adapter_configs(root: Path) -> None:
+    """peft writes the base's local path into adapter_config.json (read only by AutoPeftModel,
+    never by `load_checkpoint`); the embedded base replaces it, as in meta.json."""
+    for cfg in (root / "adapters").rglob("adapter_config.json"):
+        d = json.loads(cfg.read_text())
+        if Path(str(d.get("base_model_name_or_path") or "")).is_absolute():
+            d["base_model_name_or_path"] = EMBEDDED_BASE
+            cfg.write_text(json.dumps(d, indent=2))
 
 
 def _save_adapters(model: Any, tokenizer: Any, tmp: Path, meta: dict[str, Any]) -> None:
@@ -196,6 +246,8 @@ def _upgrade_meta(meta: dict[str, Any], root: Path) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise ConfigError(f"{root}: checkpoint format {version} is newer than this aligncap "
                           f"understands ({FORMAT_VERSION}); upgrade aligncap")
+    if version == 1:
+        meta["format_version"] = version = 2  # 2 adds the embedded base/; 1's paths still load
     if version == 0:
         meta.setdefault("kind", "full" if (root / "model").is_dir() else "adapter")
         if meta["kind"] == "adapter" and "adapters" not in meta:
@@ -214,7 +266,11 @@ def read_meta(uri: str | Path) -> dict[str, Any]:
     path = root / "meta.json"
     if not path.exists():
         raise StorageError(f"{uri}: not a checkpoint (no meta.json)")
-    return _upgrade_meta(json.loads(path.read_text()), root)
+    meta = _upgrade_meta(json.loads(path.read_text()), root)
+    if meta.get("base_model") == EMBEDDED_BASE:
+        # where this copy's base is now, so a caller can load it or save it on (a DPO round)
+        meta["base_model"] = str((root / EMBEDDED_BASE).resolve())
+    return meta
 
 
 def load_checkpoint(uri: str | Path, *, dtype: torch.dtype | str | None = None,
@@ -340,6 +396,8 @@ def verify_checkpoint(path: str | Path) -> str | None:
         return f"meta.json unreadable ({e})"
     for rel, size in (meta.get("files") or {}).items():
         f = root / rel
+        if not f.is_file() and rel.rsplit("/", 1)[-1] == "trainer_state.pt":
+            continue  # left out of copies made for loading (embed_base, MLflow models)
         if not f.is_file():
             return f"{rel} is missing"
         if f.stat().st_size != size:

@@ -287,10 +287,12 @@ def _without_teacher(inputs: dict) -> dict:
 
 def build_dpo_trainer(policy: Any, tokenizer: Any, pairs: list[dict],
                       teacher_info: TeacherInfo | dict | None, cfg: DPORoundConfig,
-                      work_dir: str | Path) -> Any:
+                      work_dir: str | Path, logger: Any = None) -> Any:
     """The PO-Regularized DPO trainer for `policy` (a PeftModel whose active adapter is the
     trainable student) on `pairs` (rows of `prefs.pairs.read_pairs`). Building it precomputes
-    the reference log-probs with a frozen copy of `policy` (module doc)."""
+    the reference log-probs with a frozen copy of `policy` (module doc). logger: a
+    `train.loggers.Logger` that receives TRL's step metrics as `dpo/<name>` (loss,
+    rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, ...)."""
     from trl import DPOConfig
 
     teacher = TeacherInfo.coerce(teacher_info)
@@ -325,7 +327,23 @@ def build_dpo_trainer(policy: Any, tokenizer: Any, pairs: list[dict],
     trainer.remove_callback(PrinterCallback)
     if not cfg.show_progress:
         trainer.remove_callback(ProgressCallback)
+    if logger is not None:
+        trainer.add_callback(_metrics_callback(logger))
     return trainer
+
+
+def _metrics_callback(logger: Any) -> Any:
+    """A TrainerCallback forwarding every logged step's numbers to `logger` as `dpo/<name>`."""
+    from transformers import TrainerCallback
+
+    class ForwardMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            metrics = {f"dpo/{k}": float(v) for k, v in (logs or {}).items()
+                       if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"}
+            if metrics:
+                logger.log_metrics(metrics, int(state.global_step))
+
+    return ForwardMetrics()
 
 
 def _expose_lm_head_bias(model: Any) -> None:
@@ -358,9 +376,10 @@ def _norm_uri(uri: Any) -> str:
 
 def run_dpo_round(policy_ckpt: str | Path, pairs_path: str | Path,
                   teacher_info: TeacherInfo | dict | None, out_dir: str | Path,
-                  cfg: DPORoundConfig | dict | None = None) -> Path:
+                  cfg: DPORoundConfig | dict | None = None, logger: Any = None) -> Path:
     """Train one DPO round from the round-k policy checkpoint on the pairs file; save the new
-    policy (stage "dpo", round k+1 unless cfg.round) to `out_dir` and return its path."""
+    policy (stage "dpo", round k+1 unless cfg.round) to `out_dir` and return its path. logger:
+    receives the round's step metrics (`build_dpo_trainer`), e.g. the round's MLflow run."""
     cfg = cfg if isinstance(cfg, DPORoundConfig) else DPORoundConfig.from_dict(cfg)
     pairs = read_pairs(pairs_path)
     if not pairs:
@@ -376,7 +395,7 @@ def run_dpo_round(policy_ckpt: str | Path, pairs_path: str | Path,
         log.warning("dpo: pairs in %s were sampled from %s, not from the policy %s",
                     pairs_path, sorted(built_from), policy_ckpt)
     work, resume = _work_dir(out_dir, policy_ckpt, pairs_path, teacher_info, cfg)
-    trainer = build_dpo_trainer(policy, tokenizer, pairs, teacher_info, cfg, work)
+    trainer = build_dpo_trainer(policy, tokenizer, pairs, teacher_info, cfg, work, logger)
     if resume is not None:
         log.info("dpo: resuming round %d from %s", round_k, resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

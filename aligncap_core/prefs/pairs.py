@@ -13,6 +13,13 @@ Strategies:
       margin removes those false negatives). A sample equal to a reference is never rejected.
   best_vs_worst (AlignCap): the i-th best vs the i-th worst sample (i = 0, 1, ...), while the
       score gap is >= min_margin and the two halves do not meet.
+  faithful_vs_contradicting: rejected = sampled captions that contradict the clip's evidence
+      (its known attributes, else what its references state unanimously: `judges.
+      evidence_attributes`), most contradictions first; chosen = the best-scored sample that
+      contradicts nothing and states at least one verified value, else the best-scored
+      reference. Both sides come from the same clip and (usually) the same policy, and the pair
+      differs where the hallucination is, so DPO's signal is about the false statement, not
+      about wording; min_margin does not apply (a contradiction is the reason for the pair).
 Ties are broken deterministically: by score, then by caption text. Skipped judgments are never
 used. At most `max_pairs_per_clip` pairs per clip.
 """
@@ -28,7 +35,7 @@ from aligncap_core.prefs.candidates import normalize_caption
 from aligncap_core.prefs.judges import Judge, JudgeItem, Judgment
 from aligncap_core.utils import read_jsonl, write_jsonl
 
-STRATEGIES = ("golden_vs_sample", "best_vs_worst")
+STRATEGIES = ("golden_vs_sample", "best_vs_worst", "faithful_vs_contradicting")
 PAIR_FIELDS = ("id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin",
                "provenance")
 # Clip fields copied onto each pair row when present (the DPO round reads teacher_text).
@@ -96,13 +103,14 @@ def _pair(row: dict, chosen: tuple[str, Judgment], rejected: tuple[str, Judgment
 
 def build_preference_pairs(judged: Sequence[dict], strategy: str = "golden_vs_sample",
                            min_margin: float = 1.0, max_pairs_per_clip: int = 2, *,
-                           round: int, policy: str, judge: str) -> list[dict]:
+                           round: int, policy: str, judge: str, parser: Any = None) -> list[dict]:
     """Pairs `{"id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin",
     "chosen_criteria", "rejected_criteria", "provenance": {round, policy, judge, strategy,
     min_margin}}` (+ PASS_THROUGH fields of the clip), clips in input order.
 
     judged: rows of `judge_clips` (`candidates` / `references` as `[(text, Judgment)]`;
-    Judgment dicts are accepted too). See the module doc for the strategies.
+    Judgment dicts are accepted too). See the module doc for the strategies. parser: the
+    emotion clue parser faithful_vs_contradicting checks captions with (default: a new one).
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown pair strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
@@ -112,6 +120,8 @@ def build_preference_pairs(judged: Sequence[dict], strategy: str = "golden_vs_sa
         raise ConfigError(f"max_pairs_per_clip must be >= 1, got {max_pairs_per_clip}")
     prov = {"round": int(round), "policy": str(policy), "judge": str(judge),
             "strategy": strategy, "min_margin": float(min_margin)}
+    if strategy == "faithful_vs_contradicting":
+        return _contrast_pairs(judged, max_pairs_per_clip, prov, parser)
     pairs: list[dict] = []
     for row in judged:
         clip = row.get("id")
@@ -137,6 +147,44 @@ def build_preference_pairs(judged: Sequence[dict], strategy: str = "golden_vs_sa
                 if best[i][1].score - worst[i][1].score < min_margin:
                     break  # later pairs are closer still
                 pairs.append(_pair(row, best[i], worst[i], prov))
+    return pairs
+
+
+def _contrast_pairs(judged: Sequence[dict], max_pairs_per_clip: int, prov: dict,
+                    parser: Any) -> list[dict]:
+    """faithful_vs_contradicting (module doc), with every text parsed in one call."""
+    from aligncap_core.prefs.judges import contradicted, evidence_attributes
+
+    if parser is None:
+        from aligncap_core.clues import EmotionClueParser
+
+        parser = EmotionClueParser()
+    rows = []
+    for row in judged:
+        clip = row.get("id")
+        if not clip:
+            raise ConfigError("build_preference_pairs: a judged row has no 'id'")
+        rows.append((row, _scored(row.get("candidates") or (), clip, "candidates"),
+                     _scored(row.get("references") or (), clip, "references")))
+    texts = sorted({t for _, samples, refs in rows for t, _ in (*samples, *refs)})
+    parsed = dict(zip(texts, parser.parse_many(texts), strict=True))
+    pairs: list[dict] = []
+    for row, samples, refs in rows:
+        truth = evidence_attributes(row.get("attributes"), [parsed[t] for t, _ in refs])
+        if not truth:
+            continue  # nothing to check a caption against
+        bad = {t: contradicted(parsed[t], truth) for t, _ in samples}
+        faithful = [s for s in _by_score(samples, best_first=True) if not bad[s[0]]
+                    and any(parsed[s[0]].attributes.get(k) == v for k, v in truth.items())]
+        golden = [r for r in _by_score(refs, best_first=True) if not contradicted(parsed[r[0]], truth)]
+        chosen = faithful[0] if faithful else golden[0] if golden else None
+        rejected = sorted((s for s in samples if bad[s[0]]),
+                          key=lambda s: (-len(bad[s[0]]), s[1].score, s[0]))
+        if chosen is None:
+            continue
+        for r in rejected[:max_pairs_per_clip]:
+            pairs.append(_pair(row, chosen, r, {**prov, "contradicts": bad[r[0]],
+                                                "chosen_from": "sample" if faithful else "reference"}))
     return pairs
 
 

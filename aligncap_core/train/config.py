@@ -58,6 +58,11 @@ class TrainConfig:
     max_len: int = 1024  # tokens per sequence (capped at the model's positions); prompt cut on the left
     num_threads: int = 0  # torch CPU threads (0 = torch's default: all cores)
     log_every: int = 10  # optimizer steps between metric logs
+    # The validation figure that picks the best checkpoint and drives early stopping: valid/loss,
+    # or one a stage computes at each evaluation (the teacher's valid/copy_rate)
+    select_metric: str = "valid/loss"
+    select_mode: str = "min"  # min: lower is better; max: higher is better
+    stop_at: float | None = None  # stop once the selection figure reaches this value (None: never)
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or math.isinf(self.lr):  # `not >` also catches NaN
@@ -69,6 +74,13 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.device", self.device, DEVICES)
         _choice("train.dtype", self.dtype, DTYPES)
+        _choice("train.select_mode", self.select_mode, ("min", "max"))
+        if not self.select_metric.startswith("valid/"):
+            raise ConfigError(f"train.select_metric must name a validation figure (valid/...), "
+                              f"got {self.select_metric!r}")
+        if self.select_metric.endswith(("loss", "ce", "kl")) and self.select_mode != "min":
+            raise ConfigError(f"train.select_metric {self.select_metric} is a loss: select_mode "
+                              f"must be min, got {self.select_mode}")
         for k in ("max_steps", "batch_size", "grad_accum", "max_len", "log_every"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")
@@ -83,8 +95,11 @@ class TrainConfig:
 
 def _teacher_train() -> TrainConfig:
     # The from-scratch teacher learns a language model of captions from nothing: more steps, and
-    # weight decay 0.1 (the usual value for pretraining) since every weight is trained.
-    return TrainConfig(lr=1e-3, weight_decay=0.1, max_steps=800, batch_size=16)
+    # weight decay 0.1 (the usual value for pretraining) since every weight is trained. It is
+    # selected and stopped on its copy rate (train/copy_rate.py), not its loss: a KD teacher
+    # must state what its prompt says, and at a good loss it may still not.
+    return TrainConfig(lr=1e-3, weight_decay=0.1, max_steps=800, batch_size=16,
+                       select_metric="valid/copy_rate", select_mode="max", stop_at=0.97)
 
 
 def _student_train() -> TrainConfig:
@@ -102,6 +117,7 @@ class TeacherConfig:
     acoustic_prompt: bool = True  # teacher reads P_act after the transcript (False: transcript only)
     lora: LoraSettings = field(default_factory=LoraSettings)  # hub bases: the "teacher" adapter
     train: TrainConfig = field(default_factory=_teacher_train)
+    copy_eval_clips: int = 64  # valid clips captioned at each evaluation for valid/copy_rate
 
     def __post_init__(self) -> None:
         if not self.base:
@@ -110,6 +126,12 @@ class TeacherConfig:
             from aligncap_core.model.config import get_preset
 
             get_preset(self.preset)  # fail at load time, not after the data is tokenized
+        if self.copy_eval_clips < 1:
+            raise ConfigError(f"copy_eval_clips must be >= 1, got {self.copy_eval_clips}")
+        if self.train.select_metric.startswith("valid/copy_rate") and not self.acoustic_prompt:
+            raise ConfigError("teacher.train.select_metric is valid/copy_rate, but without the "
+                              "acoustic prompt (acoustic_prompt: false) there is no prompt to copy; "
+                              "set train.select_metric: valid/loss and train.select_mode: min")
 
     @property
     def from_scratch(self) -> bool:
@@ -125,8 +147,17 @@ class StudentConfig:
     instruction: str = DEFAULT_INSTRUCTION  # text before the audio tokens
     keep_q: int | None = None  # read only the first keep_q codebooks (None: all the codec has)
     acoustic_prompt: bool = True  # the teacher's input during KD includes P_act
+    # read a prosody token stream (quantised log-F0 and level, codec/prosody.py) after the codes
+    prosody: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=_student_train)
+
+    @property
+    def prosody_settings(self) -> Any:
+        """The ProsodySettings of the stream the student reads, or None."""
+        from aligncap_core.codec.prosody import ProsodySettings
+
+        return ProsodySettings.coerce(self.prosody)
 
     def __post_init__(self) -> None:
         if self.lambda_kd < 0:
@@ -150,7 +181,9 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, path: str = "") -> C:
     """Build dataclass `cls` from a (YAML) dict; nested dataclasses from nested dicts.
 
     Unknown keys raise ConfigError naming the dotted key and the known ones; a value of the
-    wrong type raises ConfigError naming the key. Missing keys take the field default.
+    wrong type raises ConfigError naming the key. Missing keys take the field default; in a
+    nested section, the default of *that field* (TeacherConfig's `train` keeps its teacher
+    defaults when only `train.max_steps` is given).
     """
     if data is None:
         data = {}
@@ -162,8 +195,22 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, path: str = "") -> C:
     if unknown:
         raise ConfigError(f"unknown config key {path + str(unknown[0])!r} "
                           f"(known: {', '.join(known)})")
-    kwargs = {k: _coerce(hints[k], v, f"{path}{k}") for k, v in data.items()}
+    kwargs = {}
+    for k, v in data.items():
+        factory = known[k].default_factory
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) and factory is not dataclasses.MISSING:
+            # a nested section keeps its field's own defaults (the teacher's `train` section
+            # defaults differ from a bare TrainConfig's); the given keys go on top
+            v = _deep_merge(to_dict(factory()), v)
+        kwargs[k] = _coerce(hints[k], v, f"{path}{k}")
     return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _coerce(tp: Any, value: Any, name: str) -> Any:

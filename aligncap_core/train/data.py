@@ -93,16 +93,43 @@ def teacher_examples(tokenizer: Any, rows: Sequence[dict], acoustic_prompt: bool
             for r in rows for cap in _captions(r)]
 
 
-def student_examples(tokenizer: Any, data_dir: str | Path, rows: Sequence[dict], *,
-                     instruction: str, keep_q: int | None, max_len: int,
-                     acoustic_prompt: bool, with_teacher: bool) -> list[dict[str, CaptionExample]]:
-    """One `{"student": ..., "teacher": ...}` pair per (clip, caption); no "teacher" entry when
-    `with_teacher` is False (the SFT-only baseline never runs the teacher)."""
+def speech_tokens(data_dir: str | Path, row: dict, keep_q: int | None,
+                  prosody: Any = None) -> list[str]:
+    """What the student reads of a clip: `<audio>` codes `</audio>`, then (with `prosody`, a
+    ProsodySettings) the clip's `<prosody>` stream, computed from its audio file."""
     from aligncap_core.codec import codes_to_tokens, load_codes
 
+    tokens = codes_to_tokens(load_codes(data_dir, row), keep_q=keep_q)
+    if prosody is not None:
+        tokens += prosody_tokens(data_dir, row, prosody)
+    return tokens
+
+
+def prosody_tokens(data_dir: str | Path, row: dict, prosody: Any) -> list[str]:
+    """The `<prosody>` stream of a row's audio file (codec/prosody.py)."""
+    from aligncap_core.codec.prosody import audio_prosody_tokens
+
+    audio = Path(row["audio"])
+    path = audio if audio.is_absolute() else Path(data_dir) / audio
+    if not path.is_file():
+        raise DataError(f"{row.get('id')}: audio file not found: {path} (the prosody stream "
+                        "is read from the audio)")
+    return audio_prosody_tokens(path, PROSODY_RATE, prosody)
+
+
+PROSODY_RATE = 24_000  # Hz the prosody stream is measured at (prepare's default rate)
+
+
+def student_examples(tokenizer: Any, data_dir: str | Path, rows: Sequence[dict], *,
+                     instruction: str, keep_q: int | None, max_len: int,
+                     acoustic_prompt: bool, with_teacher: bool,
+                     prosody: Any = None) -> list[dict[str, CaptionExample]]:
+    """One `{"student": ..., "teacher": ...}` pair per (clip, caption); no "teacher" entry when
+    `with_teacher` is False (the SFT-only baseline never runs the teacher). prosody: a
+    ProsodySettings to append the clip's prosody stream (`speech_tokens`)."""
     out = []
     for r in rows:
-        audio = codes_to_tokens(load_codes(data_dir, r), keep_q=keep_q)
+        audio = speech_tokens(data_dir, r, keep_q, prosody)
         text = teacher_text(r, acoustic_prompt) if with_teacher else ""
         for cap in _captions(r):
             pair = {"student": encode_student_example(tokenizer, instruction, audio, cap, max_len)}

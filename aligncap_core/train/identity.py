@@ -160,7 +160,7 @@ def claim_run_dir(run_dir: str | os.PathLike, ident: RunIdentity,
 
 def checkpoint_fingerprint(ckpt: str | os.PathLike | None) -> str | None:
     """A checkpoint's identity without hashing its weights: its meta.json (stage, step, run key,
-    data fingerprint, metrics) plus the names and sizes of its files, so a checkpoint re-trained
+    data fingerprint, metrics) plus the names and sizes of its model files, so a checkpoint re-trained
     at the same path gets a new fingerprint. A remote artifact of the store (`s3://...`): its
     content hash, read from its manifest without downloading it. None for a URI that is not a
     committed artifact, or a folder without meta.json."""
@@ -175,9 +175,11 @@ def checkpoint_fingerprint(ckpt: str | os.PathLike | None) -> str | None:
         return None
     from aligncap_core.store import MANIFEST
 
-    # the store's manifest and dot entries (locks) are not part of the checkpoint
+    # the store's manifest, dot entries (locks) and the resume state are not the model: copies
+    # made to load it (an MLflow model, an embedded base) leave trainer_state.pt out
     listing = sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*")
-                     if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+                     if p.is_file() and p.name not in (MANIFEST, "trainer_state.pt")
+                     and not p.name.startswith("."))
     return fingerprint((root / "meta.json").read_text(), listing)
 
 

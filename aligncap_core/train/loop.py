@@ -81,6 +81,9 @@ class TrainTask:
     compute_loss: Callable[[Any, Any], StepOutput]
     save: Callable[[Path, int, dict[str, float], dict[str, Any]], Path]
     identity: RunIdentity | None = None
+    # extra validation figures computed at each evaluation (e.g. {"valid/copy_rate": 0.97} from
+    # generated captions); run under no_grad with the model in eval mode
+    validate: Callable[[Any], dict[str, float]] | None = None
 
 
 @dataclass
@@ -90,10 +93,18 @@ class LoopState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    best_loss: float | None = None
+    best_value: float | None = None  # best value of cfg.select_metric so far
     best_checkpoint: str | None = None  # directory name inside the run dir
     bad_evals: int = 0
     stopped_early: bool = False
+    reached_target: bool = False  # cfg.stop_at was reached
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
+        d = dict(d)
+        if "best_loss" in d:  # trainer states written before select_metric existed
+            d["best_value"] = d.pop("best_loss")
+        return cls(**d)
 
 
 @dataclass
@@ -101,9 +112,12 @@ class FitResult:
     best_checkpoint: Path
     last_checkpoint: Path
     step: int
-    best_valid_loss: float | None
+    best_valid_loss: float | None  # the best valid/loss when that selects, else None
     stopped_early: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    select_metric: str = "valid/loss"
+    best_value: float | None = None  # best value of select_metric
+    reached_target: bool = False
 
 
 # ---- small pieces ------------------------------------------------------------------------------
@@ -227,8 +241,9 @@ def resume_point(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
 def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger | None = None,
         show_progress: bool = True) -> FitResult:
     """Train `task.model` in place per `cfg`, checkpointing into `run_dir`; resumes from the
-    newest usable checkpoint there (`resume_point`). Returns the best (lowest valid loss) and
-    last checkpoints.
+    newest usable checkpoint there (`resume_point`). Returns the best (by `cfg.select_metric`:
+    valid loss, or a figure `task.validate` computes) and last checkpoints; stops early at
+    `cfg.stop_at`.
 
     With `task.identity`, a run dir made by another identity (other settings or inputs) is never
     resumed: `train.identity.RunMismatchError` says what differs and what to do. The run dir's
@@ -274,7 +289,7 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         scaler.load_state_dict(ts["scaler"])
-        state = LoopState(**ts["loop"])
+        state = LoopState.from_dict(ts["loop"])
         last_path = resume_from
         restore_rng_state(ts["rng"])  # last: nothing after this may draw random numbers
 
@@ -302,7 +317,7 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
     last_metrics: dict[str, float] = {}
     n_window, t_window, tok_window = 0, 0.0, 0  # t_window: seconds spent in train steps
     order: tuple[int, list[list[int]]] = (-1, [])  # (epoch, its batches), computed per epoch
-    done = state.step >= cfg.max_steps or state.stopped_early
+    done = state.step >= cfg.max_steps or state.stopped_early or state.reached_target
     bar_ctx = progress(disable=not show_progress or done)
     with bar_ctx as bar:
         bar_task = bar.add_task(task.name, total=cfg.max_steps, completed=state.step)
@@ -361,17 +376,26 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
             improved = False
             if cfg.eval_every and task.valid_set and state.step % cfg.eval_every == 0:
                 val = evaluate(task, model, cfg, device, autocast)
+                if task.validate is not None:
+                    val.update(_extra_validation(task, model, autocast))
                 if logger:
                     logger.log_metrics(val, state.step)
                 last_metrics.update(val)
-                if state.best_loss is None or val["valid/loss"] < state.best_loss:
-                    state.best_loss, state.bad_evals, improved = val["valid/loss"], 0, True
+                value = _selection_value(cfg, val)
+                better = (state.best_value is None
+                          or (value > state.best_value if cfg.select_mode == "max"
+                              else value < state.best_value))
+                if better:
+                    state.best_value, state.bad_evals, improved = value, 0, True
                     state.best_checkpoint = checkpoint_name(state.step)
                 else:
                     state.bad_evals += 1
                     patience = cfg.early_stopping_patience
                     state.stopped_early = bool(patience) and state.bad_evals >= patience
-            done = state.step >= cfg.max_steps or state.stopped_early
+                if cfg.stop_at is not None:
+                    state.reached_target = (value >= cfg.stop_at if cfg.select_mode == "max"
+                                            else value <= cfg.stop_at)
+            done = state.step >= cfg.max_steps or state.stopped_early or state.reached_target or state.reached_target
             due = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
             if improved or due or done:
                 last_path = save(last_metrics)
@@ -381,16 +405,38 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
         torch.set_num_threads(threads_before)
     assert last_path is not None  # the loop ran at least once or resumed from a checkpoint
     best = run_dir / state.best_checkpoint if state.best_checkpoint else last_path
-    result = FitResult(best_checkpoint=best, last_checkpoint=last_path, step=state.step,
-                       best_valid_loss=state.best_loss, stopped_early=state.stopped_early,
-                       metrics=last_metrics)
+    result = FitResult(
+        best_checkpoint=best, last_checkpoint=last_path, step=state.step,
+        best_valid_loss=state.best_value if cfg.select_metric == "valid/loss" else None,
+        stopped_early=state.stopped_early, metrics=last_metrics, select_metric=cfg.select_metric,
+        best_value=state.best_value, reached_target=state.reached_target)
     with atomic_write(run_dir / "train_summary.json") as f:
         json.dump({**asdict(result), "best_checkpoint": str(best),
                    "last_checkpoint": str(last_path)}, f, indent=2)
     if state.stopped_early and show_progress:
-        print(f"{task.name}: early stop at step {state.step} (no valid improvement in "
-              f"{state.bad_evals} evals)", file=sys.stderr)
+        print(f"{task.name}: early stop at step {state.step} (no {cfg.select_metric} improvement "
+              f"in {state.bad_evals} evals)", file=sys.stderr)
+    if state.reached_target and show_progress:
+        print(f"{task.name}: {cfg.select_metric} reached {cfg.stop_at} at step {state.step}",
+              file=sys.stderr)
     return result
+
+
+def _extra_validation(task: TrainTask, model: torch.nn.Module,
+                      autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
+    model.eval()
+    try:
+        with torch.no_grad(), autocast():
+            return {k: v for k, v in task.validate(model).items() if v is not None}
+    finally:
+        model.train()
+
+
+def _selection_value(cfg: TrainConfig, val: dict[str, float]) -> float:
+    if cfg.select_metric not in val:
+        raise ConfigError(f"train.select_metric {cfg.select_metric!r} is not among this stage's "
+                          f"validation figures ({', '.join(sorted(val))}); pick one of them")
+    return float(val[cfg.select_metric])
 
 
 @torch.no_grad()

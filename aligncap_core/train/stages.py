@@ -1,13 +1,15 @@
 """The two AlignCap training stages (ARCHITECTURE.md, method steps 4-5) as recipes on `fit`.
 
-train_teacher: text teacher, `transcript + P_act -> caption`.
+train_teacher: text teacher, `transcript + P_act -> caption`, selected and stopped on its copy
+    rate (the share of P_act's attribute values its greedy valid captions state, copy_rate.py).
     base "tiny": tokenizer trained on the corpus, a from-scratch Llama with the audio tokens
     already added (so the student inherits the vocabulary), every weight trained; saved as a
     full checkpoint. Hub base: a LoRA adapter named "teacher"; saved as an adapter checkpoint.
 train_student: speech student, `instruction + <audio>...</audio> -> caption`, LoRA + audio-token
     rows on the frozen teacher weights, loss = CE + lambda_kd * KL(p_teacher || p_student).
 
-Both return the best (lowest valid loss) checkpoint directory inside `out_dir`.
+Both return the best checkpoint directory inside `out_dir` (by `train.select_metric`: the
+teacher's copy rate, the student's valid loss).
 """
 
 from __future__ import annotations
@@ -81,10 +83,12 @@ def student_identity(data_dir: str | Path, teacher_ckpt: str | Path,
 def build_teacher_model(data_dir: Path, out_dir: Path, cfg: TeacherConfig) -> tuple[Any, Any, str]:
     """(model, tokenizer, base_model) ready to train: audio tokens added, trainable set chosen."""
     from aligncap_core.codec import audio_token_vocab
+    from aligncap_core.codec.prosody import prosody_vocab
     from aligncap_core.model.base import BASE_INFO, add_audio_tokens, build_tiny_base, load_base
 
     rows = data.read_rows(data_dir)
-    vocab = audio_token_vocab(*data.codec_layout(data_dir, rows))
+    # the prosody tokens are in every vocabulary, so any student of this teacher may read them
+    vocab = audio_token_vocab(*data.codec_layout(data_dir, rows)) + prosody_vocab()
     if cfg.from_scratch:
         base_dir = out_dir / "base"
         if not (base_dir / BASE_INFO).is_file():  # a resumed run reuses the base it started from
@@ -147,8 +151,21 @@ def _train_teacher(data_dir: Path, out_dir: Path, cfg: TeacherConfig, logger: Lo
                                data_fingerprint=fp, metrics=metrics, trainer_state=state,
                                full_weights=cfg.from_scratch, run_key=ident.key)
 
+    validate = None
+    if cfg.acoustic_prompt:
+        from aligncap_core.clues import EmotionClueParser
+        from aligncap_core.train.copy_rate import teacher_copy_rate
+
+        copy_rows = [r for r in data.read_rows(data_dir, "valid") if r.get("p_act")]
+        copy_rows = copy_rows[:cfg.copy_eval_clips]
+        parser = EmotionClueParser()
+
+        def validate(m: Any) -> dict[str, float]:
+            rates = teacher_copy_rate(m, tok, copy_rows, acoustic_prompt=True, parser=parser)
+            return {f"valid/{k}": v for k, v in rates.items() if k != "copy_pairs"}
+
     task = TrainTask("teacher", model, train_set, valid_set, data.teacher_collator(tok.pad_token_id),
-                     compute_loss, save, identity=ident)
+                     compute_loss, save, identity=ident, validate=validate)
     return fit(task, cfg.train, out_dir, logger, show_progress).best_checkpoint
 
 
@@ -172,7 +189,9 @@ def build_student_model(data_dir: Path, teacher_ckpt: str | Path,
         # student checkpoints hold both adapters on the hub base (not on the teacher checkpoint,
         # which load_checkpoint would merge into the base weights)
         teacher_adapter, base_model = TEACHER_ADAPTER, meta["base_model"]
-    vocab = audio_token_vocab(*data.codec_layout(data_dir, data.read_rows(data_dir)))
+    from aligncap_core.codec.prosody import prosody_vocab
+
+    vocab = audio_token_vocab(*data.codec_layout(data_dir, data.read_rows(data_dir))) + prosody_vocab()
     # already in the teacher's vocabulary (added in the teacher stage): this just returns ids
     audio_ids = add_audio_tokens(model, tok, vocab)
     torch.manual_seed(cfg.train.seed)  # LoRA A init
@@ -211,7 +230,7 @@ def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg:
         return data.student_examples(
             tok, data_dir, data.read_rows(data_dir, split), instruction=cfg.instruction,
             keep_q=cfg.keep_q, max_len=max_len, acoustic_prompt=cfg.acoustic_prompt,
-            with_teacher=use_kd)
+            with_teacher=use_kd, prosody=cfg.prosody_settings)
 
     train_set, valid_set = examples("train"), examples("valid")
     fp = data.data_fingerprint(data_dir)
@@ -237,7 +256,8 @@ def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg:
                                 base_model=base_model, run_config=to_dict(cfg),
                                 data_fingerprint=fp, metrics=metrics, trainer_state=state,
                                 run_key=ident.key)
-        return attach_codec(saved, codec, instruction=cfg.instruction, keep_q=cfg.keep_q)
+        return attach_codec(saved, codec, instruction=cfg.instruction, keep_q=cfg.keep_q,
+                            prosody=cfg.prosody_settings)
 
     collate = data.student_collator(tok.pad_token_id, with_teacher=use_kd)
     task = TrainTask("student", model, train_set, valid_set, collate, compute_loss, save,

@@ -37,6 +37,7 @@ def _run_inprocess(name: str, capsys) -> dict:
     ("generate_speed", ["batched_over_per_caption_loop", "captions_per_s"]),
     ("codec_speed", ["x_realtime", "parallel_over_per_clip", "x_realtime_bound_at_peak"]),
     ("dpo_round", ["on_the_fly_over_precomputed_step", "step_s"]),
+    ("serving", ["latency_s_per_3s_clip", "service_clips_per_s", "batch_clips_per_s"]),
 ])
 def test_bench_script_smoke(name, keys, capsys):
     res = _run_inprocess(name, capsys)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -52,15 +53,18 @@ def test_adapter_checkpoint_round_trip_and_resume(tmp_path):
     )
     expected_draws = (random.random(), np.random.rand(), torch.rand(1))
     assert sorted(p.name for p in path.iterdir()) == [
-        "adapters", "audio_rows.safetensors", "config.yaml", "meta.json", "tokenizer",
-        "trainer_state.pt"]
+        "adapters", "audio_rows.safetensors", "base", "config.yaml", "meta.json", "tokenizer",
+        "trainer_state.pt"]  # base: the local base, embedded (hard links)
+    assert json.loads((path / "meta.json").read_text())["base_model"] == "base"
+    assert (path / "base" / "model.safetensors").stat().st_ino == \
+        (micro_base_dir() / "model.safetensors").stat().st_ino
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
 
     # the base on disk has no audio tokens: the loader grows it from the checkpoint
     model, tok2, meta = load_checkpoint(path)
     assert len(tok2) == len(tok) and meta["step"] == 2 and meta["stage"] == "distill"
     assert meta["data_fingerprint"] == "abc123" and meta["metrics"] == {"loss": 1.5}
-    assert meta["adapters"] == ["student"] and meta["format_version"] == 1
+    assert meta["adapters"] == ["student"] and meta["format_version"] == 2
     assert torch.allclose(model(input_ids=x).logits, want, atol=1e-6)
     assert not any(p.requires_grad for p in model.parameters())
 
@@ -94,7 +98,7 @@ def test_full_teacher_then_student_on_it(tmp_path):
     s_path = save_checkpoint(tmp_path / "student", student, tok, stage="distill", step=3,
                              base_model=str(teacher))
     loaded, _, meta = load_checkpoint(s_path)
-    assert meta["base_model"] == str(teacher.resolve())
+    assert meta["base_model"] == str((s_path / "base").resolve())  # the teacher, embedded
     assert torch.allclose(loaded(input_ids=x).logits, student(input_ids=x).logits, atol=1e-6)
     # a merged full copy of the student loads with the same function
     merged = save_checkpoint(tmp_path / "merged", student, tok, stage="export", step=3,
@@ -139,6 +143,13 @@ def test_latest_checkpoint_shim_and_crash(tmp_path):
     assert read_meta(old)["kind"] == "adapter" and read_meta(old)["adapters"] == ["student"]
     model, _, _ = load_checkpoint(old)
     assert model.active_adapter == "student"
+    # shim: version 1 recorded the base's absolute path and had no base/ folder
+    shutil.rmtree(old / "base")
+    (old / "meta.json").write_text(json.dumps({**meta, "format_version": 1, "kind": "adapter",
+                                               "adapters": ["student"], "active_adapter": "student",
+                                               "base_model": str(micro_base_dir().resolve())}))
+    assert read_meta(old)["format_version"] == 2
+    assert load_checkpoint(old)[2]["base_model"] == str(micro_base_dir().resolve())
     meta["format_version"] = 99
     (old / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError):

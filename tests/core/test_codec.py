@@ -261,3 +261,32 @@ def test_probe_and_cli(tokenized):
     out = CliRunner().invoke(app, ["data", "tokenize", str(d), "--n-q", "2", "--batch-size", "4"])
     assert out.exit_code == 0, out.output
     assert '"encoded": 0' in out.output
+
+
+# ---- prosody stream (codec/prosody.py) ----------------------------------------------------------
+def test_prosody_stream_tracks_pitch_level_and_silence():
+    from aligncap_core.codec.prosody import (
+        ProsodySettings,
+        prosody_codes,
+        prosody_to_tokens,
+        prosody_vocab,
+    )
+
+    sr, s = 24000, ProsodySettings()
+    t = np.arange(sr) / sr
+
+    def voiced(f0, amp):  # a harmonic tone: voiced to YIN
+        return sum(amp / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 4))
+
+    x = np.concatenate([voiced(110, 0.1), np.zeros(sr // 2), voiced(220, 0.2)]).astype(np.float32)
+    codes = prosody_codes(x, sr, s)
+    n_hop = int(round(1 / s.hop_s))  # hops per second
+    assert codes.shape == (2, int(np.ceil(len(x) / (s.hop_s * sr))))
+    low, gap, high = codes[:, 1:n_hop - 1], codes[:, n_hop + 1:n_hop + n_hop // 2 - 1], codes[:, -n_hop + 1:-1]
+    # an octave is 8 bins of 1.5 semitones; silence is unvoiced at the lowest level
+    assert np.all(high[0] - np.median(low[0]) >= 7) and np.all(high[0] - np.median(low[0]) <= 9)
+    assert np.all(gap[0] == s.f0_bins) and np.all(gap[1] == 0)
+    assert np.median(high[1]) - np.median(low[1]) == 1  # +6 dB is one 6 dB level bin
+    tokens = prosody_to_tokens(codes, s)
+    assert tokens[0] == "<prosody>" and tokens[-1] == "</prosody>" and "<pf_u>" in tokens
+    assert len(tokens) == 2 + 2 * codes.shape[1] and set(tokens) <= set(prosody_vocab(s))

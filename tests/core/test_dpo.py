@@ -142,10 +142,17 @@ def test_dpo_trains_adapter_only_and_improves_margin(round0, tmp_path):
 
 
 def test_round_k_plus_1_reference_is_round_k_policy(round0):
-    out = run_dpo_round(round0.ckpt, round0.pairs, None, round0.root / "round-1", _cfg())
+    from aligncap_core.train.loggers import JsonlLogger
+
+    logger = JsonlLogger(round0.root / "dpo_metrics.jsonl")  # what the round's MLflow run gets
+    out = run_dpo_round(round0.ckpt, round0.pairs, None, round0.root / "round-1", _cfg(), logger)
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["stage"], meta["round"], meta["step"]) == ("dpo", 1, 6)
     assert "rewards/margins" in meta["metrics"] and "kd_loss" in meta["metrics"]
+    steps = [json.loads(x) for x in (round0.root / "dpo_metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "dpo/loss" in s] == [1, 2, 3, 4, 5, 6]
+    assert {"dpo/rewards/chosen", "dpo/rewards/rejected", "dpo/rewards/margins",
+            "dpo/rewards/accuracies"} <= set(steps[0])
     # the round-2 trainer scores its reference with the round-1 policy, not the base
     policy1, tok, _ = load_checkpoint(out, trainable=True)
     trainer = build_dpo_trainer(policy1, tok, read_pairs(round0.pairs), None,

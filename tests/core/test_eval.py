@@ -92,6 +92,38 @@ def test_attribute_accuracy_counts_unmentioned_as_wrong(parser):
     assert m["acc_emotion"] is None and m["mention_emotion"] is None
 
 
+def test_hearing_apart_from_phrasing(parser):
+    """acc_stated (what it heard), mention (what it chose to say), contradiction (what it said
+    wrongly) and the no-audio baselines, computed by hand on four captions."""
+    caps = ["A man speaks loudly, sounding angry.",   # gender right, volume right, emotion right
+            "A woman speaks loudly, sounding sad.",   # gender wrong, volume wrong, emotion right
+            "Someone speaks, sounding happy.",        # states neither gender nor volume
+            "A man speaks softly."]                   # gender right, volume right, no emotion
+    attrs = [{"gender": "male", "volume": "loud", "emotion": "angry"},
+             {"gender": "male", "volume": "soft", "emotion": "sad"},
+             {"gender": "female", "volume": "soft", "emotion": "sad"},
+             {"gender": "male", "volume": "soft", "emotion": "sad"}]
+    m = metrics(caps, attrs=attrs, parser=parser)
+    assert m["mention_gender"] == 0.75 and m["acc_gender"] == 0.5
+    assert m["acc_stated_gender"] == pytest.approx(2 / 3) and m["contradiction_gender"] == 0.25
+    assert m["acc_stated_volume"] == pytest.approx(2 / 3) and m["contradiction_volume"] == 0.25
+    assert m["mention_emotion"] == 0.75 and m["acc_stated_emotion"] == pytest.approx(2 / 3)
+    assert m["contradiction_emotion"] == 0.25  # "happy" for a sad clip
+    # baselines: majority class of the truths, uniform guess over the vocabulary
+    assert m["majority_gender"] == 0.75 and m["chance_gender"] == 0.5
+    assert m["majority_emotion"] == 0.75 and m["chance_emotion"] == pytest.approx(1 / 9)
+    assert m["majority_volume"] == 0.75 and m["chance_volume"] == pytest.approx(1 / 3)
+    # no caption states pitch and no clip has it
+    assert m["acc_stated_pitch"] is None and m["chance_pitch"] is None
+    # per caption: 2 (happy) and 1 (woman / loud / sad-right) contradict -> 2 of 4
+    assert m["hallucination_rate"] == 0.5
+    # always "male, soft, sad": wrong on clip 1 (loud, angry) and clip 3 (female)
+    assert m["majority_hallucination_rate"] == 0.5
+    for a in ("gender", "volume", "emotion"):  # the identities the docstring promises
+        assert m[f"acc_{a}"] == pytest.approx(m[f"mention_{a}"] * m[f"acc_stated_{a}"])
+        assert m[f"mention_{a}"] == pytest.approx(m[f"acc_{a}"] + m[f"contradiction_{a}"])
+
+
 def test_generic_captions(parser):
     preds = ["A person is speaking.", "Someone says something.", "A man is talking.",
              "A man speaks, not loudly.", "A woman speaks sadly."]

@@ -135,8 +135,9 @@ def test_cli_caption(student, tmp_path):
     assert res.exit_code == 0, res.output
     path, caption = res.stdout.strip().split("\t")
     assert path == str(tmp_path / "x.wav") and caption
-    res = CliRunner().invoke(app, ["caption", str(tmp_path / "missing.wav"), "--model", str(student)])
-    assert isinstance(res.exception, DataError) and "missing.wav" in str(res.exception)
+    res = CliRunner().invoke(app, ["caption", str(tmp_path / "missing.wav"), "--model", str(student),
+                                   "--device", "cpu"])
+    assert res.exit_code == 1 and "missing.wav" in res.stderr and "audio file not found" in res.stderr
 
 
 def test_checkpoint_without_codec_needs_codec_dir(student, corpus, tmp_path):
@@ -165,8 +166,26 @@ def test_evaluate_prepared_dir(student, corpus, tmp_path):
         assert m["n"] == 8 and m["kl_gap"] is not None and m["kl_gap"] >= 0 and m["kl_tokens"] > 0
     preds = read_jsonl(out.parent / "predictions.jsonl")
     assert len(preds) == 8 and {p["split"] for p in preds} == {"valid"}
-    assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes"}
+    # the default decoding is attribute-consistent: each prediction says why it was chosen
+    assert saved["decoding"]["strategy"] == "consistent"
+    assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes", "decision"}
+    assert set(preds[0]["decision"]) == {"index", "utility", "agreement", "omitted"}
     assert report["metrics"]["valid"]["bleu1"] == saved["metrics"]["valid"]["bleu1"]
+
+
+def test_consistent_decoding_picks_among_greedy_and_samples(captioner, corpus):
+    from aligncap_core.codec import load_codes
+    from aligncap_core.inference.consistent import DecodingSettings
+
+    codes = [load_codes(corpus, r) for r in read_jsonl(corpus / "manifest.jsonl")[:6]]
+    gen = GenerationSettings(max_new_tokens=12)
+    greedy = captioner.caption_codes(codes, gen, DecodingSettings(strategy="greedy"))
+    d = DecodingSettings(samples=4, seed=3)
+    caps, why = captioner.decode(codes, gen, d)
+    assert len(caps) == 6 and all(w is not None for w in why)
+    assert caps == captioner.decode(codes, gen, d)[0]  # same seed, same captions
+    for c, g, w in zip(caps, greedy, why, strict=True):
+        assert 0 <= w.index <= 4 and (w.index != 0 or c == g)  # index 0 is the greedy caption
 
 
 def test_evaluate_raw_manifest_prepares_tokenizes_and_adds_clues(student, tmp_path):
@@ -210,3 +229,29 @@ def test_dpo_checkpoint_inherits_the_policys_speech_settings(student, tmp_path):
     (dpo / "config.yaml").write_text(f"policy: {student}\n")
     s = resolve_speech(dpo)
     assert s.codec == str(student / "codec") and s.n_q == 2
+
+
+def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
+    """A student trained with `prosody: true` reads `<prosody> ... </prosody>` after its codes;
+    its checkpoint records the stream's settings, and captioning audio computes the stream."""
+    from aligncap_core.codec import load_codes
+    from aligncap_core.inference.captioner import Speech
+
+    teacher = stages.train_teacher(corpus, tmp_path / "t", TeacherConfig(preset="micro", train=quick(max_steps=4)),
+                                   show_progress=False)
+    ckpt = stages.train_student(corpus, teacher, tmp_path / "s",
+                                StudentConfig(prosody=True, train=quick(max_steps=4, eval_every=0)),
+                                show_progress=False)
+    speech = json.loads((ckpt / "meta.json").read_text())["speech"]
+    assert speech["prosody"]["hop_s"] == 0.08
+    cap = Captioner.load(ckpt, device="cpu")
+    rows = read_jsonl(corpus / "manifest.jsonl")[:2]
+    [clip] = cap.encode_files([corpus / rows[0]["audio"]])
+    assert isinstance(clip, Speech) and clip.prosody[0] == "<prosody>"
+    ids = cap.prompt_ids(clip, 8)
+    vocab = cap.tokenizer.get_vocab()
+    assert ids[-len(clip.prosody):] == [vocab[t] for t in clip.prosody]  # the stream ends the prompt
+    assert len(cap.caption_files([corpus / r["audio"] for r in rows],
+                                 GenerationSettings(max_new_tokens=6))) == 2
+    with pytest.raises(ConfigError, match="prosody stream"):
+        cap.prompt_ids(load_codes(corpus, rows[0]), 8)  # bare codes cannot feed this student

@@ -59,6 +59,37 @@ def test_golden_vs_sample_margin_order_cap_and_skipped():
     assert p["teacher_text"] == "T" and p["prompt"] == "P" and p["id"] == "c1"
 
 
+def test_faithful_vs_contradicting_pairs_contrast_the_false_statement():
+    from aligncap_core.clues import EmotionClueParser
+
+    attrs = {"emotion": "sad", "gender": "female", "speed": "slow"}
+    row = {**clip([("A woman speaks slowly, sounding sad.", 6.0),      # faithful
+                   ("A woman speaks slowly, sounding happy.", 7.0),    # emotion wrong
+                   ("A man speaks quickly, sounding happy.", 2.0),     # 3 wrong
+                   ("Someone is speaking.", 5.0),                      # says nothing: neither
+                   ("A woman talks slowly and sadly.", 8.0)],          # faithful, best score
+                  refs=[("A woman speaks slowly, sounding sad.", 9.0)]), "attributes": attrs}
+    parser = EmotionClueParser()
+    pairs = build_preference_pairs([row], "faithful_vs_contradicting", max_pairs_per_clip=2,
+                                   parser=parser, **PROV)
+    assert [p["rejected"] for p in pairs] == ["A man speaks quickly, sounding happy.",
+                                              "A woman speaks slowly, sounding happy."]
+    assert {p["chosen"] for p in pairs} == {"A woman talks slowly and sadly."}  # on-policy
+    assert pairs[0]["provenance"]["contradicts"] == ["emotion", "gender", "speed"]
+    assert pairs[1]["provenance"]["chosen_from"] == "sample"
+    # no faithful sample: the best faithful reference is chosen; no evidence: no pairs
+    row2 = {**row, "candidates": [c for c in row["candidates"] if "happy" in c[0]]}
+    pairs2 = build_preference_pairs([row2], "faithful_vs_contradicting", parser=parser, **PROV)
+    assert {p["chosen"] for p in pairs2} == {"A woman speaks slowly, sounding sad."}
+    assert pairs2[0]["provenance"]["chosen_from"] == "reference"
+    bare = {**row, "attributes": None, "references": []}
+    assert build_preference_pairs([bare], "faithful_vs_contradicting", parser=parser, **PROV) == []
+    # without known attributes the references' unanimous statements are the evidence
+    refs_only = {**row, "attributes": None}
+    assert len(build_preference_pairs([refs_only], "faithful_vs_contradicting", parser=parser,
+                                      **PROV)) == 2
+
+
 def test_golden_vs_sample_needs_scored_reference():
     with pytest.raises(ConfigError, match="score the references"):
         build_preference_pairs([{"id": "c", "candidates": [("a", J(1))], "references": ["ref"]}],

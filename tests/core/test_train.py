@@ -151,6 +151,40 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path):
         "step-00000004", "step-00000008"]  # best kept beside the newest
 
 
+def test_select_on_a_stage_figure_and_stop_at_its_target(tmp_path):
+    """A stage's own validation figure (the teacher's copy rate) picks the best checkpoint, not
+    the loss, and training stops once it reaches `stop_at`."""
+    task = _toy_task(tmp_path, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])  # loss keeps falling
+    rates = [0.50, 0.80, 0.70, 0.96, 0.99]
+    task.validate = lambda m: {"valid/copy_rate": rates.pop(0), "valid/skipped": None}
+    cfg = TrainConfig(max_steps=50, batch_size=4, eval_every=2, early_stopping_patience=0,
+                      checkpoint_every=0, keep_checkpoints=1, warmup_steps=0, lr=1e-2,
+                      select_metric="valid/copy_rate", select_mode="max", stop_at=0.95)
+    res = fit(task, cfg, tmp_path / "run", show_progress=False)
+    assert res.reached_target and res.step == 8  # 0.96 at the 4th evaluation
+    assert res.best_checkpoint.name == "step-00000008" and res.best_value == 0.96
+    assert res.best_valid_loss is None and res.metrics["valid/copy_rate"] == 0.96
+
+    # a selection figure the stage does not compute is a clear error, at the first evaluation
+    task = _toy_task(tmp_path, [1.0])
+    with pytest.raises(ConfigError, match="valid/copy_rate.*valid/loss"):
+        fit(task, TrainConfig(max_steps=4, batch_size=4, eval_every=2, warmup_steps=0,
+                              select_metric="valid/copy_rate", select_mode="max"),
+            tmp_path / "run2", show_progress=False)
+    with pytest.raises(ConfigError, match="select_mode must be min"):
+        TrainConfig(select_metric="valid/loss", select_mode="max")
+
+
+def test_teacher_section_keeps_its_own_defaults():
+    """Giving one `train` key of the teacher must not reset the section to a bare TrainConfig
+    (weight decay 0.01 and loss selection instead of the teacher's 0.1 and copy rate)."""
+    cfg = from_dict(TeacherConfig, {"train": {"max_steps": 7}})
+    assert cfg.train.max_steps == 7 and cfg.train.weight_decay == 0.1
+    assert cfg.train.select_metric == "valid/copy_rate" and cfg.train.stop_at == 0.97
+    with pytest.raises(ConfigError, match="no prompt to copy"):
+        from_dict(TeacherConfig, {"acoustic_prompt": False})
+
+
 # ---- stages ------------------------------------------------------------------------------------
 def test_teacher_trains_and_lowers_loss(teacher):
     meta = json.loads((teacher / "meta.json").read_text())
@@ -192,7 +226,9 @@ def test_student_changes_only_adapter_and_audio_rows(corpus, teacher, tmp_path, 
     assert any("trainable_tokens" in k for k in changed) and any("lora_B" in k for k in changed)
     meta = json.loads((best / "meta.json").read_text())
     assert meta["stage"] == "student" and meta["kind"] == "adapter"
-    assert meta["base_model"] == str(teacher.resolve())
+    assert meta["base_model"] == "base"  # the teacher (its inference files), embedded
+    assert json.loads((best / "base" / "meta.json").read_text())["stage"] == "teacher"
+    assert not (best / "base" / "trainer_state.pt").exists()
     assert "valid/kl" in meta["metrics"] and meta["metrics"]["valid/kl"] >= 0
     kls = [m["train/kl"] for m in _metrics(tmp_path / "student") if "train/kl" in m]
     assert kls and all(k >= 0 for k in kls)
@@ -270,7 +306,7 @@ def test_hub_base_teacher_adapter_then_student(corpus, tmp_path):
     s = stages.train_student(corpus, t, tmp_path / "s", scfg, show_progress=False)
     model, _, smeta = load_checkpoint(s)
     assert sorted(smeta["adapters"]) == ["student", "teacher"] and smeta["active_adapter"] == "student"
-    assert smeta["base_model"] == str(micro_base_dir().resolve())
+    assert smeta["base_model"] == str((s / "base").resolve())  # a local base is embedded
     assert "valid/kl" in smeta["metrics"]
 
 

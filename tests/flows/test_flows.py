@@ -170,7 +170,14 @@ def test_pipeline_end_to_end_micro(tmp_path):
     console.print(results_table(on_disk))
     text = console.export_text()
     assert f"{results['champion']}*" in text and f"ce {stages['teacher']['valid']['ce']:.3f}" in text
+    # the teacher was selected on its copy rate, which the table reports
+    assert f"copies {stages['teacher']['valid']['copy_rate']:.3f}" in text
     assert f"{stages['round-1']['valid']['hallucination_rate']:.3f}" in text
+    # hearing apart from phrasing: mention / accuracy when stated, and the no-audio baseline row
+    m = stages["round-1"]["valid"]
+    if m["mention_gender"] is not None and m["acc_stated_gender"] is not None:
+        assert f"{m['mention_gender']:.3f} / {m['acc_stated_gender']:.3f}" in text
+    assert "majority" in text and f"{m['majority_hallucination_rate']:.3f}" in text
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("flows-test")
@@ -186,6 +193,11 @@ def test_pipeline_end_to_end_micro(tmp_path):
         assert any(k.startswith("eval/valid/") for k in children[name].data.metrics)
     mv = client.get_model_version_by_alias("aligncap-sec", "champion")
     assert mv.tags["stage"] == results["champion"]
+    # registered as an MLflow pyfunc model with a signature, the checkpoint inside it
+    from mlflow.models import Model
+
+    mlmodel = Model.load(client.download_artifacts(mv.run_id, "champion/MLmodel", str(out)))
+    assert "python_function" in mlmodel.flavors and mlmodel.signature is not None
 
 
 def test_teacher_flow_changed_setting_trains_anew_same_setting_trains_once(tmp_path):

@@ -29,6 +29,13 @@ def _versions(client, name: str) -> dict[str, dict]:
     return {v.version: dict(v.tags) for v in client.search_model_versions(f"name = '{name}'")}
 
 
+def _registered_checkpoint(source: str) -> Path:
+    # the version's files: an aligncap pyfunc model holds the checkpoint under artifacts/
+    from aligncap_core.serving import checkpoint_in
+
+    return checkpoint_in(source.removeprefix("file://"))
+
+
 def _location(tags: dict) -> str:
     # where a version says its checkpoint is: the store URI now, a local path before
     return tags.get("uri") or tags["checkpoint"]
@@ -74,7 +81,7 @@ def test_nightly_rounds_never_clobber_a_registered_champion(first_champion):
     def night() -> dict:
         before = _versions(client, name)
         alias = client.get_model_version_by_alias(name, "champion").version
-        start = _tree(client.get_model_version(name, alias).source.removeprefix("file://"))
+        start = _tree(_registered_checkpoint(client.get_model_version(name, alias).source))
         data = results.get("data") or str(root / "pipeline" / "data")  # (before: OUT/data)
         out = self_improve(data_dir=data, out_dir=nightly, improve=improve, evaluation=evaluation,
                            tracking=tracking)

@@ -64,7 +64,7 @@ captions) and `caption_attributes` with them; otherwise the source captions are 
 Rejects. A copy is never dropped silently: it is kept or written to `rejects.jsonl` with a
 reason from `REJECT_REASONS` and counted; kept + rejected == produced. With
 `emotion_consistent` (default) a copy whose new label the corpus never draws for its emotion
-and intensity (a loud "sad" clip) is rejected: the emotion label must stay plausible too.
+signature (a loud "sad" clip) is rejected: the emotion label must stay true too.
 Train rows without a
 reference (`measured` / pitch-speed-volume attributes, e.g. real data) are not augmented and
 are counted under `skipped`.

@@ -190,8 +190,8 @@ class AugmentConfig:
 
     copies: int = 1  # augmented copies per train clip (0 = copy the dataset unchanged)
     seed: int = 0
-    # Reject copies whose new pitch / speed / volume label is never drawn for the clip's emotion
-    # at its intensity (profiles.PROFILES), e.g. a loud "sad" clip; emotions not in the
+    # Reject copies whose new pitch / speed / volume label is not the one of the clip's emotion
+    # signature (profiles.PROFILES), e.g. a loud "sad" clip; emotions not in the
     # profiles (other data) are not constrained. Target modes only aim at allowed labels.
     emotion_consistent: bool = True
     speed: SpeedConfig = field(default_factory=SpeedConfig)

@@ -17,7 +17,7 @@ REJECT_REASONS: dict[str, str] = {
     "too_few_voiced": "fewer than 10 voiced frames: the F0 is not trustworthy",
     "clipped": "the peak reached 0.99 of full scale",
     "volume_changed": "after noise / reverb / resampling the level no longer fits the volume label",
-    "emotion_inconsistent": "a new label is never drawn for the clip's emotion and intensity",
+    "emotion_inconsistent": "the new label is not the one the clip's emotion signature has",
 }
 
 _SIGNAL_STREAM = 200  # rng stream of noise / reverb signals
@@ -34,14 +34,12 @@ def label_for(attr: str, value: float) -> str | None:
 
 
 def allowed_labels(attributes: dict, attr: str) -> set[str] | None:
-    """Labels of `attr` the corpus draws for this emotion at this intensity (None: unconstrained)."""
+    """The label of `attr` the clip's emotion signature has (profiles.PROFILES); None when the
+    emotion is not one of the corpus' (other data: unconstrained)."""
     prof = P.PROFILES.get(attributes.get("emotion"))
     if prof is None:
         return None
-    weights = getattr(prof, attr)
-    if attributes.get("intensity") == "strong":
-        weights = prof.strong.get(attr, weights)
-    return {k for k, w in weights.items() if w > 0}
+    return {getattr(prof, attr)}
 
 
 def has_reference(row: dict) -> bool:
@@ -128,9 +126,9 @@ def augment_clip(row: dict, x: np.ndarray, sr: int, transforms: list[dict], *,
                 allowed = allowed_labels(attrs, attr)
                 if allowed is not None and new[attr] not in allowed:
                     return Outcome(None, attrs, measured, reason="emotion_inconsistent",
-                                   message=f"{attr} {new[attr]} is never drawn for emotion "
-                                           f"{attrs.get('emotion')} at intensity {attrs.get('intensity')} "
-                                           f"(allowed: {', '.join(sorted(allowed))})")
+                                   message=f"{attr} {new[attr]} is not in the signature of emotion "
+                                           f"{attrs.get('emotion')} (it has {attr} "
+                                           f"{', '.join(sorted(allowed))})")
         attrs.update(new)
     degrade = [t for t in transforms if t["name"] in DEGRADE]
     info: dict = {}

@@ -5,13 +5,15 @@ sounding cheerful." or "Clearly furious, the man speaks rapidly and loudly." tog
 dict per caption of the attribute values it expresses (`caption_attributes`). That dict is
 ground truth for the clue parser, so every phrase here is unambiguous and true for the clip:
 
-- words are chosen per attribute *value* (and per intensity for emotions); a word is only ever
-  used for a value it states, e.g. "low" never describes a voice alone (it could mean quiet),
-  "shrill" only for high pitch that is not soft, "almost shouting" only for clearly loud clips;
-- no negations ("not fast"), no hedged or mixed attributes;
-- intensity is recorded only when a caption says it: strong words ("furious", "terrified"),
-  strong modifiers ("very", "extremely") and mild modifiers ("slightly", "a little");
-  mild-only words ("annoyed") are used only for normal-intensity clips but record no intensity.
+- words are chosen per attribute *value*; a word is only ever used for a value it states, e.g.
+  "low" never describes a voice alone (it could mean quiet), "shrill" only for high pitch that
+  is not soft, "almost shouting" only for clearly loud clips;
+- every attribute is stated in most captions, `normal` values included ("at an ordinary pace",
+  "at a conversational volume", "in a medium-pitched voice"): a caption that leaves an
+  attribute out teaches a captioner to leave it out, and a reader of the references could not
+  tell "normal" from "not said" (`MENTION_P`);
+- no negations ("not fast"), no hedged or mixed attributes, no intensity words ("very",
+  "furious"): the corpus does not vary intensity, so a caption never claims one;
 - tone words that are not in the vocabulary ("monotone", "sing-song") appear only when the
   measured F0 spread supports them, and are not recorded.
 """
@@ -20,61 +22,58 @@ from __future__ import annotations
 
 import numpy as np
 
-# --- emotion words: (plain, mild-only, strong) adjectives, and nouns -----------------------
+# --- emotion words: plain and mild adjectives, and nouns ----------------------------------
 EMOTION_WORDS: dict[str, dict[str, list[str]]] = {
     "neutral": {"plain": ["neutral", "matter-of-fact", "unemotional", "emotionally neutral"]},
     "calm": {"plain": ["calm", "relaxed", "composed", "peaceful", "serene"]},
-    "happy": {"plain": ["happy", "cheerful", "joyful", "glad", "upbeat"], "mild": ["pleased"],
-              "strong": ["overjoyed", "ecstatic", "elated", "thrilled"]},
-    "sad": {"plain": ["sad", "gloomy", "unhappy", "sorrowful", "melancholy"], "mild": ["downcast"],
-            "strong": ["heartbroken", "devastated", "grief-stricken", "miserable"]},
-    "angry": {"plain": ["angry", "cross"], "mild": ["annoyed", "irritated", "displeased"],
-              "strong": ["furious", "enraged", "livid", "outraged"]},
+    "happy": {"plain": ["happy", "cheerful", "joyful", "glad", "upbeat"], "mild": ["pleased"]},
+    "sad": {"plain": ["sad", "gloomy", "unhappy", "sorrowful", "melancholy"], "mild": ["downcast"]},
+    "angry": {"plain": ["angry", "cross"], "mild": ["annoyed", "irritated", "displeased"]},
     "fearful": {"plain": ["scared", "afraid", "frightened", "fearful", "anxious"],
-                "mild": ["uneasy", "worried", "nervous"],
-                "strong": ["terrified", "panicked", "petrified", "panic-stricken"]},
-    "surprised": {"plain": ["surprised", "amazed", "startled"],
-                  "strong": ["astonished", "stunned", "astounded", "shocked"]},
-    "disgusted": {"plain": ["disgusted", "repulsed"], "strong": ["revolted", "sickened"]},
+                "mild": ["uneasy", "worried", "nervous"]},
+    "surprised": {"plain": ["surprised", "amazed", "startled"]},
+    "disgusted": {"plain": ["disgusted", "repulsed"]},
     "bored": {"plain": ["bored", "indifferent", "uninterested", "apathetic"]},
 }
 EMOTION_NOUNS: dict[str, dict[str, list[str]]] = {
     "calm": {"plain": ["calm", "calmness"]},
-    "happy": {"plain": ["joy", "happiness", "cheer", "delight"], "strong": ["elation", "euphoria"]},
-    "sad": {"plain": ["sadness", "sorrow", "gloom"], "strong": ["despair", "anguish"]},
-    "angry": {"plain": ["anger"], "mild": ["irritation", "annoyance"], "strong": ["rage", "fury"]},
-    "fearful": {"plain": ["fear", "anxiety", "dread"], "mild": ["unease", "nervousness"],
-                "strong": ["panic", "terror"]},
-    "surprised": {"plain": ["surprise", "amazement"], "strong": ["astonishment", "shock"]},
+    "happy": {"plain": ["joy", "happiness", "cheer", "delight"]},
+    "sad": {"plain": ["sadness", "sorrow", "gloom"]},
+    "angry": {"plain": ["anger"], "mild": ["irritation", "annoyance"]},
+    "fearful": {"plain": ["fear", "anxiety", "dread"], "mild": ["unease", "nervousness"]},
+    "surprised": {"plain": ["surprise", "amazement"]},
     "disgusted": {"plain": ["disgust", "revulsion"]},
     "bored": {"plain": ["boredom", "indifference"]},
 }
-STRONG_MODIFIERS = ["very", "extremely", "really", "truly"]
-MILD_MODIFIERS = ["slightly", "a little", "somewhat", "mildly"]
-NO_INTENSITY = {"neutral", "calm"}
+# Share of captions that state each attribute (every value, `normal` included); the emotion is
+# left out of at most one caption per clip.
+MENTION_P = {"emotion": 0.95, "gender": 0.93, "pitch": 0.93, "speed": 0.93, "volume": 0.93}
 
 # --- prosody: adverbials (after a verb), voice adjectives, delivery adjectives ---------------
 ADVERBIALS: dict[str, dict[str, list[str]]] = {
     "pitch": {"high": ["at a high pitch", "in a high register"],
               "low": ["at a low pitch", "in a low register", "in a deep tone"],
-              "normal": ["at a normal pitch", "at an ordinary pitch", "at a moderate pitch"]},
+              "normal": ["at a normal pitch", "at an ordinary pitch", "at a moderate pitch",
+                         "at an average pitch", "at a natural pitch"]},
     "speed": {"fast": ["quickly", "rapidly", "fast", "hurriedly", "at a fast pace", "at a rapid pace",
                        "at a quick tempo"],
               "slow": ["slowly", "at a slow pace", "in a slow, drawn-out way", "at a sluggish pace"],
               "normal": ["at an ordinary pace", "at a normal speed", "at a moderate pace",
-                         "at an average speed", "at a normal tempo"]},
+                         "at an average speed", "at a normal tempo", "at a steady pace",
+                         "at a comfortable pace", "at a conversational pace"]},
     "volume": {"loud": ["loudly", "at a loud volume"],
                "soft": ["softly", "quietly", "in a hushed way"],
-               "normal": ["at a moderate volume", "at a normal volume", "at a conversational volume"]},
+               "normal": ["at a moderate volume", "at a normal volume", "at a conversational volume",
+                          "at a comfortable volume", "at an average volume"]},
 }
 VOICE_ADJS: dict[str, dict[str, list[str]]] = {
     "pitch": {"high": ["high-pitched", "high", "squeaky"], "low": ["deep", "low-pitched"],
-              "normal": ["medium-pitched", "mid-pitched"]},
+              "normal": ["medium-pitched", "mid-pitched", "normal-pitched", "mid-range"]},
     "volume": {"loud": ["loud"], "soft": ["quiet", "soft", "hushed"]},
 }
 DELIVERY_ADJS: dict[str, dict[str, list[str]]] = {
     "speed": {"fast": ["fast", "rapid", "quick", "hurried"], "slow": ["slow", "drawn-out", "sluggish", "unhurried"],
-              "normal": ["moderately paced", "normally paced"]},
+              "normal": ["moderately paced", "normally paced", "evenly paced"]},
     "volume": {"loud": ["loud"], "soft": ["quiet", "soft", "hushed"]},
 }
 
@@ -128,32 +127,18 @@ class _Caption:
         return options[int(self.rng.integers(len(options)))]
 
     def emotion_adj(self) -> str:
-        emo, inten = self.attrs["emotion"], self.attrs.get("intensity")
+        emo = self.attrs["emotion"]
         bank = EMOTION_WORDS[emo]
         self.stated["emotion"] = emo
-        r = self.rng.random()
-        if emo in NO_INTENSITY or inten is None:
-            return self.pick(bank["plain"])
-        if inten == "strong" and r < 0.7:
-            self.stated["intensity"] = "strong"
-            if bank.get("strong") and self.rng.random() < 0.6:
-                return self.pick(bank["strong"])
-            return f"{self.pick(STRONG_MODIFIERS)} {self.pick(bank['plain'])}"
-        if inten == "normal" and r < 0.25:
-            self.stated["intensity"] = "normal"
-            return f"{self.pick(MILD_MODIFIERS)} {self.pick(bank['plain'])}"
-        if inten == "normal" and r < 0.45 and bank.get("mild"):
+        if bank.get("mild") and self.rng.random() < 0.2:
             return self.pick(bank["mild"])
         return self.pick(bank["plain"])
 
     def emotion_noun(self) -> str:
-        emo, inten = self.attrs["emotion"], self.attrs.get("intensity")
+        emo = self.attrs["emotion"]
         bank = EMOTION_NOUNS[emo]
         self.stated["emotion"] = emo
-        if inten == "strong" and bank.get("strong") and self.rng.random() < 0.5:
-            self.stated["intensity"] = "strong"
-            return self.pick(bank["strong"])
-        if inten == "normal" and bank.get("mild") and self.rng.random() < 0.3:
+        if bank.get("mild") and self.rng.random() < 0.2:
             return self.pick(bank["mild"])
         return self.pick(bank["plain"])
 
@@ -165,13 +150,9 @@ class _Caption:
 
 
 def _prosody_plan(c: _Caption) -> list[str]:
-    """Which prosody attributes this caption states: most non-normal ones, a few normal ones."""
-    out = []
-    for attr in ("pitch", "speed", "volume"):
-        p = 0.85 if c.attrs[attr] != "normal" else 0.2
-        if c.rng.random() < p:
-            out.append(attr)
-    return out
+    """Which prosody attributes this caption states: each with probability MENTION_P, whatever
+    its value."""
+    return [attr for attr in ("pitch", "speed", "volume") if c.rng.random() < MENTION_P[attr]]
 
 
 def _tone_adj(c: _Caption) -> list[str]:
@@ -234,8 +215,8 @@ def _s_emotion_first(c, emo, gendered, plan):
     if not emo:
         return None
     adj = c.emotion_adj()
-    # "Clearly slightly sad" and "Audibly neutral" read oddly: those only follow "Sounding".
-    plain_lead = c.stated.get("intensity") == "normal" or c.attrs["emotion"] in NO_INTENSITY
+    # "Audibly neutral" reads oddly: neutral and calm only follow "Sounding".
+    plain_lead = c.attrs["emotion"] in ("neutral", "calm")
     lead = "Sounding" if plain_lead else c.pick(
         ["Sounding", "Clearly", "Audibly", "Obviously"])
     subj, g = c.subject(gendered)
@@ -372,7 +353,7 @@ def write_captions(rng: np.random.Generator, attrs: dict[str, str], measured: di
                    n: int = 4) -> tuple[list[str], list[dict[str, str]]]:
     """`n` distinct captions for a clip and, parallel to them, the attribute values each states.
 
-    attrs: the clip's labels (emotion, pitch, speed, volume, gender, optional intensity).
+    attrs: the clip's labels (emotion, pitch, speed, volume, gender).
     measured: the row's `measured` dict (gates "almost shouting", "monotone", ...).
     """
     captions: list[str] = []
@@ -380,8 +361,8 @@ def write_captions(rng: np.random.Generator, attrs: dict[str, str], measured: di
     for _ in range(50 * n):
         # At most one caption in n leaves the emotion out, so every clip has n-1 that state it.
         without_emotion = len(captions) - sum("emotion" in s for s in stated)
-        emo = True if without_emotion >= 1 else bool(rng.random() < 0.9)
-        gendered = bool(rng.random() < 0.75)
+        emo = True if without_emotion >= 1 else bool(rng.random() < MENTION_P["emotion"])
+        gendered = bool(rng.random() < MENTION_P["gender"])
         c = _Caption(rng, attrs, measured)
         plan = _prosody_plan(c)
         if not emo and not plan:

@@ -5,19 +5,20 @@ Every clip is compared with the *same voice's* normal rendering of the *same sen
 
 | label         | measured quantity                         | passes when                     |
 |---------------|-------------------------------------------|---------------------------------|
-| pitch high    | f0_ratio = median F0 / reference median F0 | >= 1.15 (at least +15%, ~2.4 st) |
-| pitch low     |                                           | <= 0.87 (at least -13%, ~2.4 st) |
-| pitch normal  |                                           | 0.93 .. 1.075                    |
-| speed fast    | duration_ratio = active duration / ref    | <= 0.83 (>= 20% higher rate)     |
-| speed slow    |                                           | >= 1.20                          |
-| speed normal  |                                           | 0.91 .. 1.10                     |
-| volume loud   | level_db_diff = active level - ref, dB    | >= +4.0 dB                       |
-| volume soft   |                                           | <= -4.0 dB                       |
-| volume normal |                                           | -2.0 .. +2.0 dB                  |
+| pitch high    | f0_ratio = median F0 / reference median F0 | >= 1.28 (at least +28%, ~4.3 st) |
+| pitch low     |                                           | <= 0.80 (at least -20%, ~3.9 st) |
+| pitch normal  |                                           | 0.94 .. 1.065                    |
+| speed fast    | duration_ratio = active duration / ref    | <= 0.76 (>= 32% higher rate)     |
+| speed slow    |                                           | >= 1.35                          |
+| speed normal  |                                           | 0.92 .. 1.085                    |
+| volume loud   | level_db_diff = active level - ref, dB    | >= +5.5 dB                       |
+| volume soft   |                                           | <= -5.5 dB                       |
+| volume normal |                                           | -1.5 .. +1.5 dB                  |
 
-The gaps between bands (e.g. F0 +7.5..+15%) are deliberately unlabelled: a clip that lands
-there is regenerated, so "normal" and "high" are always at least ~7% apart in F0, 8% in
-duration and 2 dB in level. Any clip whose peak reaches 0.99 of full scale fails the volume
+The gaps between bands (e.g. F0 +6.5..+28%) are deliberately unlabelled: a clip that lands
+there is regenerated, so "normal" and "high" are always at least ~20% apart in F0, 20% in
+duration and 4 dB in level: wide enough that one clip of an unknown voice shows its label
+(the voices' normal F0 and level are normalised per gender, `voicebank.py`). Any clip whose peak reaches 0.99 of full scale fails the volume
 check (clipping distorts the level and the timbre). A clip with fewer than 10 voiced frames
 fails the pitch check (its F0 is not trustworthy).
 """
@@ -28,9 +29,9 @@ from .measure import Measurement
 
 THRESHOLDS: dict[str, dict[str, tuple[float, float]]] = {
     # attribute -> label -> (min, max) of the measured quantity, inclusive
-    "pitch": {"high": (1.15, float("inf")), "low": (0.0, 0.87), "normal": (0.93, 1.075)},
-    "speed": {"fast": (0.0, 0.83), "slow": (1.20, float("inf")), "normal": (0.91, 1.10)},
-    "volume": {"loud": (4.0, float("inf")), "soft": (float("-inf"), -4.0), "normal": (-2.0, 2.0)},
+    "pitch": {"high": (1.28, float("inf")), "low": (0.0, 0.80), "normal": (0.94, 1.065)},
+    "speed": {"fast": (0.0, 0.76), "slow": (1.35, float("inf")), "normal": (0.92, 1.085)},
+    "volume": {"loud": (5.5, float("inf")), "soft": (float("-inf"), -5.5), "normal": (-1.5, 1.5)},
 }
 QUANTITY = {"pitch": "f0_ratio", "speed": "duration_ratio", "volume": "level_db_diff"}
 MAX_PEAK = 0.99

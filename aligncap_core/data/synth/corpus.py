@@ -4,14 +4,14 @@ Steps
 1. Plan (main process, from the seed only): each clip index gets a split, an emotion
    (balanced within each split), a voice and a sentence from that split's pool
    (`zeroshot` draws from the held-out voices and sentences, see `profiles` / `sentences`).
-2. Render (workers; libespeak-ng is process-global, so one engine per process): draw the
-   intensity and pitch/speed/volume labels, turn them into jittered espeak parameters,
-   synthesise, and measure against the same voice's normal rendering of the same sentence
-   (cached per process). A clip whose measurement disagrees with a label (`checks.py`) is
-   re-rendered with fresh jitter (plus a correction towards the missed band) up to
-   `max_attempts` times; then the label set is dropped and
-   replaced by a fresh draw (same emotion), up to `max_replacements` times. Nothing is kept
-   mislabelled: the last resort is the voice's exact normal rendering labelled neutral.
+2. Render (workers; libespeak-ng is process-global, so one engine per process): turn the
+   emotion's signature (`profiles.PROFILES`: pitch/speed/volume labels, pitch range, voice
+   quality, final tune) into jittered espeak parameters, synthesise, and measure against the
+   same voice's normal rendering of the same sentence (cached per process). A clip whose
+   measurement disagrees with a label (`checks.py`) is re-rendered with fresh jitter (plus a
+   correction towards the missed band) up to `max_attempts` times, then from fresh jitter
+   without the corrections, up to `max_replacements` times. Nothing is kept mislabelled: the
+   last resort is the voice's exact normal rendering labelled neutral.
 3. Write `audio/<id>.wav` (22,050 Hz mono PCM16), `manifest.jsonl` and `corpus.json`.
 
 Determinism: every random draw for clip i comes from `default_rng([seed, i, stream, ...])`,
@@ -47,7 +47,7 @@ from .measure import measure
 from .sentences import SEEN_SENTENCES, SENTENCES, ZEROSHOT_SENTENCES
 
 # Independent random streams per clip (numbers are part of the seed: do not renumber).
-_LABELS, _JITTER, _CAPTIONS = 1, 2, 3
+_JITTER, _CAPTIONS = 2, 3
 
 
 @dataclass(frozen=True)
@@ -151,57 +151,55 @@ def render_clip(plan: ClipPlan) -> tuple[dict, dict]:
     cfg: SynthConfig = _STATE["cfg"]
     engine: Espeak = _STATE["engine"]
     voice = P.Voice(plan.accent, _VARIANTS[plan.variant])
-    text = SENTENCES[plan.sentence]
+    sentence = SENTENCES[plan.sentence]
     key = (voice.name, plan.sentence)
-    sequence = [P.reference_prosody(voice)]
+    # the reference: the voice's normal rendering (modal voice, falling tune, espeak defaults)
+    sequence = [(P.spoken_text(sentence), voice.espeak(), P.reference_prosody(voice))]
 
-    def render(prosody):
-        sequence.append(prosody)
-        outs = engine.synth_sequence(text, voice.name, sequence)
+    def render(text, espeak_voice, prosody):
+        sequence.append((text, espeak_voice, prosody))
+        outs = engine.synth_sequence(sequence)
         if key not in _STATE["refs"]:
             _STATE["refs"][key] = measure(outs[0])
         return outs[-1]
 
     stats = {"first_try": None, "renders": 0, "dropped": 0, "fallback": False}
     emotion = plan.emotion
+    prof = P.PROFILES[emotion]
+    labels = P.labels_of(emotion)
+    text, espeak_voice = P.spoken_text(sentence, prof.tune), voice.espeak(prof.quality)
     result = None
     for r in range(cfg.max_replacements + 1):
-        rng = np.random.default_rng([cfg.seed, plan.index, _LABELS, r])
-        intensity = P.draw_intensity(rng, emotion)
-        labels = P.draw_labels(rng, emotion, intensity)
         correction = P.Correction()
         for attempt in range(cfg.max_attempts):
             jitter = np.random.default_rng([cfg.seed, plan.index, _JITTER, r, attempt])
-            prosody = P.sample_prosody(jitter, voice, emotion, intensity, labels, correction)
-            samples = render(prosody)
+            prosody = P.sample_prosody(jitter, voice, emotion, correction)
+            samples = render(text, espeak_voice, prosody)
             measured = compare(measure(samples), _STATE["refs"][key])
             verdict = check(labels, measured)
             stats["renders"] += 1
             if stats["first_try"] is None:
                 stats["first_try"] = verdict
             if all(verdict.values()):
-                result = (samples, labels, intensity, prosody, measured)
+                result = (samples, prosody, measured)
                 break
             # Fresh jitter, plus a step towards the band that was missed (this voice may
             # respond more or less than the average voice the profiles were fitted on).
             correction = correction.after(labels, verdict, measured)
         if result:
             break
-        stats["dropped"] += 1
+        stats["dropped"] += 1  # start over from fresh jitter without the corrections
     if result is None:
-        # Last resort (not seen in practice): the reference itself is normal by definition.
+        # Last resort (not seen in practice): the reference itself is neutral by definition.
         stats["fallback"] = True
-        emotion, intensity = "neutral", None
-        prosody = sequence[0]
-        samples = engine.synth_sequence(text, voice.name, sequence[:1])[0]
-        labels = {"pitch": "normal", "speed": "normal", "volume": "normal"}
+        emotion, labels, text = "neutral", P.labels_of("neutral"), sequence[0][0]
+        samples = engine.synth_sequence(sequence[:1])[0]
+        prosody = sequence[0][2]
         measured = compare(measure(samples), _STATE["refs"][key])
-        result = (samples, labels, intensity, prosody, measured)
-    samples, labels, intensity, prosody, measured = result
+        result = (samples, prosody, measured)
+    samples, prosody, measured = result
 
     attributes = {"emotion": emotion, **labels, "gender": voice.gender}
-    if intensity is not None:
-        attributes["intensity"] = intensity
     caption_rng = np.random.default_rng([cfg.seed, plan.index, _CAPTIONS])
     captions, stated = write_captions(caption_rng, attributes, measured, n=cfg.captions_per_clip)
 
@@ -214,7 +212,8 @@ def render_clip(plan: ClipPlan) -> tuple[dict, dict]:
     row = {
         "id": plan.id,
         "audio": rel,
-        "transcript": text,
+        "transcript": text,  # as spoken: the sentence with the emotion's final punctuation
+        "sentence": plan.sentence,  # index into sentences.SENTENCES
         "captions": captions,
         "caption_attributes": stated,
         "speaker": voice.name,
@@ -225,6 +224,7 @@ def render_clip(plan: ClipPlan) -> tuple[dict, dict]:
         "voice": voice.variant.name,
         "accent": voice.accent,
         "accent_name": P.ACCENTS[voice.accent],
+        "voice_quality": P.PROFILES[emotion].quality,
         "espeak": asdict(prosody),
         "duration_s": round(len(samples) / SAMPLE_RATE, 4),
         "sha256": sha256_bytes(data),

@@ -22,7 +22,6 @@ import pickle
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -96,8 +95,12 @@ class Espeak:
         lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
 
-        # espeak_Initialize wants the folder that *contains* espeak-ng-data.
-        data_parent = str(Path(espeakng_loader.get_data_path()).parent).encode()
+        # espeak_Initialize wants the folder that *contains* espeak-ng-data: the wheel's data plus
+        # the corpus' own voice variants (voicebank.py)
+        from .voicebank import data_dir
+
+        data = data_dir()
+        data_parent = str(data.parent).encode()
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent, _INITIALIZE_DONT_EXIT)
         if rate != SAMPLE_RATE:
             raise RuntimeError(f"espeak-ng initialisation failed or gave {rate} Hz (expected {SAMPLE_RATE})")
@@ -105,7 +108,7 @@ class Espeak:
         # Keep a reference to the callback: ctypes frees it otherwise and espeak calls garbage.
         self._callback = _CALLBACK(self._on_samples)
         lib.espeak_SetSynthCallback(self._callback)
-        self._data = Path(espeakng_loader.get_data_path())
+        self._data = data
         # Load the English dictionary once here: children then switch between English voices
         # without re-reading it (a few ms each). Same call in every process, so every child
         # starts from the same state.
@@ -197,14 +200,14 @@ class Espeak:
         """
         return self.run_isolated(self.synth_inline, text, voice, prosody)
 
-    def synth_sequence(self, text: str, voice: str, prosodies: list[Prosody]) -> list[np.ndarray]:
-        """Render `text` once per prosody, in order, in one fresh engine; all the results.
+    def synth_sequence(self, items: list[tuple[str, str, Prosody]]) -> list[np.ndarray]:
+        """Render each (text, voice, prosody), in order, in one fresh engine; all the results.
 
         The output of the k-th rendering depends on the ones before it, never on anything else,
         so replaying a sequence reproduces it exactly (used to re-render a clip that failed its
         label check without making the next attempt depend on the worker's history).
         """
-        return self.run_isolated(self._synth_all, text, voice, list(prosodies))
+        return self.run_isolated(self._synth_all, list(items))
 
-    def _synth_all(self, text: str, voice: str, prosodies: list[Prosody]) -> list[np.ndarray]:
-        return [self.synth_inline(text, voice, p) for p in prosodies]
+    def _synth_all(self, items: list[tuple[str, str, Prosody]]) -> list[np.ndarray]:
+        return [self.synth_inline(text, voice, p) for text, voice, p in items]

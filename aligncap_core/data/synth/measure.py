@@ -62,6 +62,13 @@ def frame_levels_db(x: np.ndarray, sr: int = 22050) -> np.ndarray:
 
 def yin_f0(x: np.ndarray, sr: int = 22050) -> np.ndarray:
     """F0 per voiced frame in Hz (unvoiced and silent frames left out); shape (n_voiced,)."""
+    f0, _ = yin_track(x, sr)
+    return f0[~np.isnan(f0)]
+
+
+def yin_track(x: np.ndarray, sr: int = 22050) -> tuple[np.ndarray, float]:
+    """(F0 in Hz of every analysis frame, nan where unvoiced or silent; the hop in seconds).
+    Frame i starts at i * hop."""
     if sr > 16000:
         # Halve the rate (2-tap average as the anti-alias filter): F0 <= 600 Hz needs far less
         # than 11 kHz, and it halves the FFT work. Parabolic interpolation keeps the precision.
@@ -71,13 +78,15 @@ def yin_f0(x: np.ndarray, sr: int = 22050) -> np.ndarray:
     tau_min, tau_max = int(sr / _FMAX), int(np.ceil(sr / _FMIN))
     length = win + tau_max
     if len(x) < length:
-        return np.zeros(0)
+        return np.zeros(0), hop / sr
     frames = np.lib.stride_tricks.sliding_window_view(x, length)[::hop]
+    out = np.full(len(frames), np.nan)
     # Only frames loud enough to count as voiced are analysed (skips pauses: ~25% of the cost);
     # float32 halves the FFT time and is ample for a period estimate.
     first_energy = np.einsum("ij,ij->i", frames[:, :win], frames[:, :win])
     power = 10.0 * np.log10(first_energy / win + 1e-12)
-    frames = frames[power > power.max() - _VOICED_DB].astype(np.float32)
+    loud = power > power.max() - _VOICED_DB
+    frames = frames[loud].astype(np.float32)
     nfft = 1 << int(np.ceil(np.log2(length + win)))
     # r(tau) = sum_j a[j] f[j + tau], with a the first window of each frame.
     spec_f = np.fft.rfft(frames, nfft, axis=1)
@@ -109,7 +118,11 @@ def yin_f0(x: np.ndarray, sr: int = 22050) -> np.ndarray:
     denom = left - 2 * best + right
     shift = np.where(np.abs(denom) > 1e-12, 0.5 * (left - right) / np.where(denom == 0, 1, denom), 0.0)
     period = tau_min + idx + np.clip(shift, -0.5, 0.5)
-    return sr / period[best < _VOICED_MAX_CMND]
+    f0 = np.where(best < _VOICED_MAX_CMND, sr / period, np.nan)
+    out[np.flatnonzero(loud)] = f0
+    return out, hop / sr
+
+
 
 
 def measure(samples: np.ndarray, sr: int = 22050) -> Measurement:

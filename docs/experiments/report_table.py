@@ -1,0 +1,64 @@
+"""Markdown tables of evaluation reports: hearing apart from phrasing, per split.
+
+    .venv/bin/python docs/experiments/report_table.py NAME=REPORT.json [NAME=REPORT.json ...]
+        [--splits valid,zeroshot,test] [--pipeline RESULTS.json]
+
+REPORT.json is what `aligncap evaluate` / `evaluate_checkpoint` writes; with `--pipeline` the
+stages of a pipeline's results.json are added as rows too. Prints one table per split: clue F1,
+per-caption hallucination rate (and the no-audio majority captioner's), and per attribute
+"mention / accuracy when stated", with the majority-class rate of each attribute in the header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ATTRS = ("emotion", "pitch", "speed", "volume", "gender")
+
+
+def _f(v: object) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+
+def table(rows: dict[str, dict], split: str) -> str:
+    have = {n: m for n, m in rows.items() if split in m and "clue_f1" in m[split]}
+    if not have:
+        return ""
+    first = next(iter(have.values()))[split]
+    head = ["model", "n", "clue F1", f"halluc. (majority {_f(first.get('majority_hallucination_rate'))})"]
+    head += [f"{a} (maj. {_f(first.get(f'majority_{a}'))})" for a in ATTRS]
+    out = [f"**{split}** (attributes: mention / accuracy when stated)", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in have.items():
+        s = m[split]
+        cells = [name, str(s.get("n")), _f(s.get("clue_f1")), _f(s.get("hallucination_rate"))]
+        cells += ["-" if s.get(f"mention_{a}") is None else
+                  f"{_f(s.get(f'mention_{a}'))} / {_f(s.get(f'acc_stated_{a}'))}" for a in ATTRS]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("reports", nargs="*", help="NAME=path/to/report.json")
+    ap.add_argument("--splits", default="valid,zeroshot,test,realdata,all")
+    ap.add_argument("--pipeline", type=Path, help="a pipeline results.json (its stages become rows)")
+    args = ap.parse_args(argv)
+    rows: dict[str, dict] = {}
+    if args.pipeline:
+        res = json.loads(args.pipeline.read_text())
+        for stage, by_split in res["stages"].items():
+            rows[stage] = by_split
+    for spec in args.reports:
+        name, _, path = spec.partition("=")
+        metrics = json.loads(Path(path).read_text())["metrics"]
+        rows.setdefault(name, {}).update(metrics)
+    text = "\n".join(t for split in args.splits.split(",") if (t := table(rows, split)))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Attribute-consistent decoding (issue #17, item 4) and the teacher's copy rate (item 3):
+the choice rule on hand-written candidates parsed by the real parser, then the decoder end to
+end on a micro student."""
+
+from __future__ import annotations
+
+import pytest
+
+from aligncap_core.errors import ConfigError
+from aligncap_core.inference.consistent import DecodingSettings, choose
+from aligncap_core.train.copy_rate import copy_rate
+
+
+@pytest.fixture(scope="module")
+def parser():
+    from aligncap_core.clues import EmotionClueParser
+
+    return EmotionClueParser()
+
+
+def _choose(parser, candidates, risk=3.0):
+    return choose(parser.parse_many(candidates), risk)
+
+
+def test_synonyms_vote_together_against_a_single_dominant_word(parser):
+    # greedy says "happy"; the samples say angry in three different words
+    cands = ["A man speaks loudly, sounding happy.", "A man speaks loudly, sounding furious.",
+             "A man speaks loudly, sounding cross.", "A man speaks loudly, sounding angry.",
+             "A man speaks loudly, sounding annoyed."]
+    d = _choose(parser, cands)
+    assert d.index != 0 and parser.parse(cands[d.index]).attributes["emotion"] == "angry"
+    assert d.agreement["emotion"] == ("angry", 0.8) and d.agreement["gender"] == ("male", 1.0)
+
+
+def test_an_uncertain_attribute_is_left_out_when_a_candidate_does(parser):
+    cands = ["A man speaks slowly, sounding sad.", "A woman speaks slowly, sounding sad.",
+             "A man speaks slowly, sounding sad.", "A woman speaks slowly, sounding sad.",
+             "The speaker talks slowly, sounding sad."]  # gender 2:2: a coin flip
+    d = _choose(parser, cands)
+    assert d.index == 4 and d.omitted == ["gender"]
+    said = parser.parse(cands[d.index]).attributes
+    assert said == {"speed": "slow", "emotion": "sad"}
+    # with no risk aversion a statement with any support is worth making: greedy (a tie) wins
+    assert _choose(parser, cands, risk=0.0).index == 0
+
+
+def test_greedy_wins_ties_and_settings_are_checked(parser):
+    cands = ["A woman speaks quickly, sounding happy."] * 3
+    assert _choose(parser, cands).index == 0
+    with pytest.raises(ConfigError, match="strategy"):
+        DecodingSettings(strategy="beam")
+    with pytest.raises(ConfigError, match="samples"):
+        DecodingSettings(samples=0)
+
+
+def test_copy_rate_counts_what_the_prompt_states(parser):
+    rows = [{"clue_attributes": {"emotion": "sad", "pitch": "low", "gender": "male"}},
+            {"clue_attributes": {"emotion": "happy", "volume": "loud", "tone": "x"}}]
+    caps = ["A man speaks in a deep voice, sounding sad.",   # 3 of 3
+            "Someone speaks quietly, sounding happy."]        # emotion yes, volume wrong: 1 of 2
+    r = copy_rate(caps, rows, parser)
+    assert r["copy_pairs"] == 5 and r["copy_rate"] == pytest.approx(4 / 5)
+    assert r["copy_rate_volume"] == 0.0 and r["copy_rate_emotion"] == 1.0
+    assert r["copy_rate_speed"] is None
