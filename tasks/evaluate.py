@@ -61,6 +61,7 @@ def evaluate(ckpt: str, data: str, out_dir: str, splits: list[str] | None = None
     from aligncap_core.inference.consistent import DecodingSettings
     from aligncap_core.model.generate import GenerationSettings
     from aligncap_core.store import ArtifactStore, read_manifest
+    from aligncap_core.train.identity import claim_run_dir
 
     settings = dict(settings or {})
     st = ArtifactStore.open(store, out_dir)
@@ -82,6 +83,7 @@ def evaluate(ckpt: str, data: str, out_dir: str, splits: list[str] | None = None
         if done is not None:
             log.info("evaluate %s on %s: reused %s", ckpt, data, st.uri(rel))
             return done["result"]["metrics"]
+        claim_run_dir(st.local(rel), ident)  # run.json: what made this report
         gen = GenerationSettings(max_new_tokens=settings.pop("max_new_tokens", 64))
         decoding = DecodingSettings(**settings.pop("decoding", {}))
         out_json = st.local(rel) / "report.json"
