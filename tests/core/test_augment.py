@@ -11,6 +11,8 @@ import pytest
 import soundfile as sf
 
 from aligncap_core.data.augment import (
+    DEGRADE,
+    ORDER,
     REJECT_REASONS,
     AugmentConfig,
     active_mask,
@@ -25,7 +27,7 @@ from aligncap_core.data.augment import (
 from aligncap_core.data.prepare import prepare_dataset
 from aligncap_core.data.synth import synthesize_corpus
 from aligncap_core.data.synth.checks import QUANTITY, check, compare
-from aligncap_core.data.synth.measure import measure
+from aligncap_core.data.synth.measure import measure, yin_track
 from aligncap_core.errors import ConfigError
 from aligncap_core.utils import read_jsonl, sha256_file, write_jsonl
 from aligncap_core.vocab import check_attributes
@@ -44,8 +46,15 @@ def prepared(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def augmented(prepared, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("aug") / "a"
-    summary = augment_dataset(prepared, out, AugmentConfig(copies=2, seed=0), progress=False)
+    summary = augment_dataset(prepared, out, _cfg(seed=0), progress=False)
     return out, summary
+
+
+def _cfg(seed: int) -> AugmentConfig:
+    # the voice-timbre / channel transforms have their own test below; here the prosody
+    # transforms and the classic degradations are checked against independent re-measurement
+    channel = {n: {"enabled": False} for n in ("formant", "jitter", "eq", "bandpass", "codec")}
+    return AugmentConfig.from_dict({"copies": 2, "seed": seed, **channel})
 
 
 def _rows(d: Path) -> list[dict]:
@@ -104,7 +113,7 @@ def test_copies_are_well_formed_and_labels_agree_with_measurement(prepared, augm
         if c["augment"]["captions"] == "kept":
             assert c["captions"] == s["captions"]
         names = {t["name"] for t in c["augment"]["transforms"]}
-        if names & {"speed", "tempo", "pitch", "gain"} and not names & {"noise", "reverb", "resample"}:
+        if names & {"speed", "tempo", "pitch", "gain"} and not names & set(DEGRADE):
             # Independent re-measurement of the written file against the rebuilt reference.
             sx, _ = _load(prepared, s)
             again = compare(measure(x, sr), reference(s, measure(sx, sr)))
@@ -118,7 +127,7 @@ def test_copies_are_well_formed_and_labels_agree_with_measurement(prepared, augm
 
 def test_same_seed_identical_output_other_seed_differs(prepared, augmented, tmp_path):
     out, summary = augmented
-    again = augment_dataset(prepared, tmp_path / "b", AugmentConfig(copies=2, seed=0), progress=False)
+    again = augment_dataset(prepared, tmp_path / "b", _cfg(seed=0), progress=False)
     assert (out / "manifest.jsonl").read_bytes() == (tmp_path / "b" / "manifest.jsonl").read_bytes()
     assert (out / "rejects.jsonl").read_bytes() == (tmp_path / "b" / "rejects.jsonl").read_bytes()
     assert (out / "augment.json").read_bytes() == (tmp_path / "b" / "augment.json").read_bytes()
@@ -126,9 +135,15 @@ def test_same_seed_identical_output_other_seed_differs(prepared, augmented, tmp_
         k: v for k, v in summary.items() if k not in ("seconds", "out_dir")}
     # A re-run into the same folder leaves every file as it was.
     before = {p.name: sha256_file(p) for p in (out / "audio").iterdir()}
-    augment_dataset(prepared, out, AugmentConfig(copies=2, seed=0), progress=False)
+    augment_dataset(prepared, out, _cfg(seed=0), progress=False)
     assert {p.name: sha256_file(p) for p in (out / "audio").iterdir()} == before
-    augment_dataset(prepared, tmp_path / "c", AugmentConfig(copies=2, seed=1), progress=False)
+    augment_dataset(prepared, tmp_path / "c", _cfg(seed=1), progress=False)
+    # with every transform on (the channel ones too), the same seed gives the same bytes
+    full = AugmentConfig(copies=1, seed=3)
+    a = augment_dataset(prepared, tmp_path / "d", full, progress=False)
+    b = augment_dataset(prepared, tmp_path / "e", full, progress=False)
+    assert (tmp_path / "d" / "manifest.jsonl").read_bytes() == (tmp_path / "e" / "manifest.jsonl").read_bytes()
+    assert a["kept"] == b["kept"] > 0
     assert (out / "manifest.jsonl").read_bytes() != (tmp_path / "c" / "manifest.jsonl").read_bytes()
 
 
@@ -141,7 +156,7 @@ def test_nothing_is_dropped_silently(prepared, tmp_path):
     bare = next(r for r in rows if r["split"] == "train")
     del bare["measured"]
     write_jsonl(data / "manifest.jsonl", rows)
-    off = {n: {"enabled": False} for n in ("speed", "tempo", "pitch", "resample", "reverb", "noise")}
+    off = {n: {"enabled": False} for n in ORDER if n != "gain"}
     cfg = AugmentConfig.from_dict({"copies": 2, "emotion_consistent": False,
                                    "gain": {"mode": "range", "db": [3, 3], "p": 1.0}, **off})
     s = augment_dataset(data, tmp_path / "out", cfg, progress=False)
@@ -260,7 +275,7 @@ def test_config_errors_name_the_bad_key(tmp_path):
     for d, key in cases:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             AugmentConfig.from_dict(d)
-    off = {n: {"enabled": False} for n in ("speed", "tempo", "pitch", "gain", "resample", "reverb", "noise")}
+    off = {n: {"enabled": False} for n in ORDER}
     with pytest.raises(ConfigError, match="disabled"):
         AugmentConfig.from_dict(off)
     (tmp_path / "a.yaml").write_text("copies: 2\nreverb:\n  rt60: [0.1, 0.3]\n  wett: [0, 1]\n")
@@ -285,3 +300,34 @@ def test_cli_augment(prepared, tmp_path):
     assert "reverb" not in summary["transforms"]
     res = CliRunner().invoke(app, ["data", "augment", str(prepared), str(prepared)])
     assert res.exit_code != 0
+
+
+def test_channel_transforms_keep_f0_duration_and_level(prepared):
+    """Domain randomisation (formant warp, jitter, EQ, band-pass, codecs) changes the timbre and
+    the channel, not what the labels measure: F0, active duration and active level."""
+    from aligncap_core.data.augment import channel
+
+    row = _pick(prepared, emotion="neutral")  # a modal voice: a steady F0 to compare against
+    x, sr = _load(prepared, row)
+    m0 = measure(x, sr)
+    f0_x = yin_track(x, sr)[0]
+    rng = np.random.default_rng(0)
+    spectra = []
+    for y in (channel.formant_warp(x, 0.88, sr), channel.formant_warp(x, 1.14, sr),
+              channel.jitter_shimmer(x, rng, 0.01, 0.1, sr),
+              channel.equalise(x, -3.0, [(800.0, 6.0), (3000.0, -6.0)], sr),
+              channel.bandpass(x, 120.0, 6000.0, sr),
+              *(channel.codec_roundtrip(x, c, sr) for c in channel.CODECS)):
+        m = measure(y, sr)
+        assert len(y) == len(x)
+        # F0 frame by frame, over the frames voiced in both (a clip's median moves with which
+        # frames pass the voicing threshold; the harmonics themselves stay where they were)
+        both = ~np.isnan(f0_x) & ~np.isnan(f0_y := yin_track(y, sr)[0])
+        assert both.sum() > 20 and abs(np.median(f0_y[both] / f0_x[both]) - 1) < 0.02
+        assert abs(m.duration_s / m0.duration_s - 1) < 0.03
+        assert abs(m.level_dbfs - m0.level_dbfs) < 0.5
+        spec = np.abs(np.fft.rfft(y))
+        spectra.append((spec * np.fft.rfftfreq(len(y), 1 / sr)).sum() / spec.sum())
+    # the formant warps really move the spectral centroid, in opposite directions
+    centroid = (np.abs(np.fft.rfft(x)) * np.fft.rfftfreq(len(x), 1 / sr)).sum() / np.abs(np.fft.rfft(x)).sum()
+    assert spectra[0] < 0.95 * centroid < centroid < 1.05 * centroid < spectra[1]

@@ -13,8 +13,12 @@ from aligncap_core.data.synth.checks import MAX_PEAK
 from aligncap_core.errors import ConfigError
 
 PROSODY = ("speed", "tempo", "pitch", "gain")  # applied first, then re-measured and relabelled
-DEGRADE = ("resample", "reverb", "noise")  # applied after; labels kept, level checked
-ORDER = PROSODY + DEGRADE  # the order transforms are applied in (numbers seed the streams)
+# applied after, in this order (voice, channel, room, noise); labels kept, level checked
+DEGRADE = ("formant", "jitter", "eq", "bandpass", "resample", "codec", "reverb", "noise")
+ORDER = PROSODY + DEGRADE  # the order transforms are applied in
+# each transform's random stream number (append new transforms: the old ones keep their seeds)
+STREAMS = ("speed", "tempo", "pitch", "gain", "resample", "reverb", "noise", "formant", "jitter",
+           "eq", "bandpass", "codec")
 
 MIN_SNR_DB = 10.0
 
@@ -180,8 +184,90 @@ class NoiseConfig:
         self.colors = tuple(self.colors)
 
 
+@dataclass
+class FormantConfig:
+    """Vocal-tract-length warp of the spectral envelope by alpha (F0 kept; channel.py)."""
+
+    enabled: bool = True
+    p: float = 0.5
+    alpha: tuple[float, float] = (0.88, 1.14)
+
+    def __post_init__(self) -> None:
+        _common("formant", self)
+        self.alpha = _pair("formant.alpha", self.alpha, 0.7, 1.4)
+
+
+@dataclass
+class JitterConfig:
+    """F0 jitter (playback-rate wobble, sd) and shimmer (amplitude wobble, sd)."""
+
+    enabled: bool = True
+    p: float = 0.3
+    jitter: tuple[float, float] = (0.003, 0.012)
+    shimmer: tuple[float, float] = (0.02, 0.12)
+
+    def __post_init__(self) -> None:
+        _common("jitter", self)
+        self.jitter = _pair("jitter.jitter", self.jitter, 0.0, 0.03)
+        self.shimmer = _pair("jitter.shimmer", self.shimmer, 0.0, 0.3)
+
+
+@dataclass
+class EqConfig:
+    """Microphone / room colouring: spectral tilt (dB per octave) and up to `max_peaks` peaking
+    bands of gain_db at 150-6000 Hz."""
+
+    enabled: bool = True
+    p: float = 0.5
+    tilt_db_per_octave: tuple[float, float] = (-4.0, 3.0)
+    gain_db: tuple[float, float] = (-9.0, 9.0)
+    max_peaks: int = 2
+
+    def __post_init__(self) -> None:
+        _common("eq", self)
+        self.tilt_db_per_octave = _pair("eq.tilt_db_per_octave", self.tilt_db_per_octave, -12.0, 12.0)
+        self.gain_db = _pair("eq.gain_db", self.gain_db, -24.0, 24.0)
+        if not isinstance(self.max_peaks, int) or isinstance(self.max_peaks, bool) or not 0 <= self.max_peaks <= 4:
+            raise ConfigError(f"eq.max_peaks must be an integer in [0, 4], got {self.max_peaks!r}")
+
+
+@dataclass
+class BandpassConfig:
+    """Channel bandwidth: high-pass corner in low_hz, low-pass corner in high_hz."""
+
+    enabled: bool = True
+    p: float = 0.3
+    low_hz: tuple[float, float] = (60.0, 350.0)
+    high_hz: tuple[float, float] = (3200.0, 8000.0)
+
+    def __post_init__(self) -> None:
+        _common("bandpass", self)
+        self.low_hz = _pair("bandpass.low_hz", self.low_hz, 20.0, 1000.0)
+        self.high_hz = _pair("bandpass.high_hz", self.high_hz, 2000.0, 12000.0)
+
+
+@dataclass
+class CodecConfig:
+    """A lossy codec round trip, one of `codecs` (mulaw: 8 kHz telephone; mp3; opus)."""
+
+    enabled: bool = True
+    p: float = 0.3
+    codecs: tuple[str, ...] = ("mulaw", "mp3", "opus")
+
+    def __post_init__(self) -> None:
+        from aligncap_core.data.augment.channel import CODECS
+
+        _common("codec", self)
+        if (not isinstance(self.codecs, (list, tuple)) or not self.codecs
+                or any(c not in CODECS for c in self.codecs)):
+            raise ConfigError(f"codec.codecs must be a non-empty list from {list(CODECS)}, got {self.codecs!r}")
+        self.codecs = tuple(self.codecs)
+
+
 _SECTIONS = {"speed": SpeedConfig, "tempo": TempoConfig, "pitch": PitchConfig, "gain": GainConfig,
-             "resample": ResampleConfig, "reverb": ReverbConfig, "noise": NoiseConfig}
+             "resample": ResampleConfig, "reverb": ReverbConfig, "noise": NoiseConfig,
+             "formant": FormantConfig, "jitter": JitterConfig, "eq": EqConfig,
+             "bandpass": BandpassConfig, "codec": CodecConfig}
 
 
 @dataclass
@@ -201,6 +287,11 @@ class AugmentConfig:
     resample: ResampleConfig = field(default_factory=ResampleConfig)
     reverb: ReverbConfig = field(default_factory=ReverbConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    formant: FormantConfig = field(default_factory=FormantConfig)
+    jitter: JitterConfig = field(default_factory=JitterConfig)
+    eq: EqConfig = field(default_factory=EqConfig)
+    bandpass: BandpassConfig = field(default_factory=BandpassConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
 
     def __post_init__(self) -> None:
         for k in ("copies", "seed"):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from aligncap_core.data.augment.config import ORDER, AugmentConfig
+from aligncap_core.data.augment.config import ORDER, STREAMS, AugmentConfig
 from aligncap_core.data.augment.relabel import allowed_labels
 from aligncap_core.data.synth import profiles as P
 from aligncap_core.utils import sha256_bytes
@@ -34,7 +34,7 @@ def plan_copy(row: dict, k: int, cfg: AugmentConfig, sr: int) -> list[dict]:
     pick = np.random.default_rng([cfg.seed, key, k])
     enabled = [n for n in ORDER if getattr(cfg, n).enabled
                and not (n == "resample" and not any(r < sr for r in cfg.resample.rates))]
-    draws = {n: pick.random() for n in ORDER}  # one draw each, enabled or not: stable streams
+    draws = {n: pick.random() for n in STREAMS}  # one draw each, enabled or not: stable streams
     chosen = [n for n in enabled if draws[n] < getattr(cfg, n).p]
     if not chosen and enabled:
         chosen = [enabled[int(pick.integers(len(enabled)))]]
@@ -50,7 +50,7 @@ def plan_copy(row: dict, k: int, cfg: AugmentConfig, sr: int) -> list[dict]:
 
     plan = []
     for n in chosen:
-        rng = np.random.default_rng([cfg.seed, key, k, ORDER.index(n) + 1])
+        rng = np.random.default_rng([cfg.seed, key, k, STREAMS.index(n) + 1])
         c = getattr(cfg, n)
         if n == "speed":
             s = round(float(rng.uniform(*c.factor)), 4)
@@ -101,4 +101,20 @@ def plan_copy(row: dict, k: int, cfg: AugmentConfig, sr: int) -> list[dict]:
         elif n == "noise":
             plan.append({"name": "noise", "snr_db": float(c.snr_db[int(rng.integers(len(c.snr_db)))]),
                          "color": str(c.colors[int(rng.integers(len(c.colors)))])})
+        elif n == "formant":
+            plan.append({"name": "formant", "alpha": round(float(rng.uniform(*c.alpha)), 4)})
+        elif n == "jitter":
+            plan.append({"name": "jitter", "jitter": round(float(rng.uniform(*c.jitter)), 4),
+                         "shimmer": round(float(rng.uniform(*c.shimmer)), 4)})
+        elif n == "eq":
+            peaks = [[round(float(math.exp(rng.uniform(math.log(150), math.log(6000)))), 1),
+                      round(float(rng.uniform(*c.gain_db)), 2)]
+                     for _ in range(int(rng.integers(c.max_peaks + 1)))]
+            plan.append({"name": "eq", "tilt": round(float(rng.uniform(*c.tilt_db_per_octave)), 3),
+                         "peaks": peaks})
+        elif n == "bandpass":
+            plan.append({"name": "bandpass", "low_hz": round(float(rng.uniform(*c.low_hz)), 1),
+                         "high_hz": round(float(rng.uniform(*c.high_hz)), 1)})
+        elif n == "codec":
+            plan.append({"name": "codec", "codec": str(c.codecs[int(rng.integers(len(c.codecs)))])})
     return plan

@@ -1,4 +1,5 @@
-"""Signal transforms of one copy: speed, tempo (WSOLA), pitch, gain, resample chain, reverb, noise."""
+"""Signal transforms of one copy: speed, tempo (WSOLA), pitch, gain, resample chain, reverb, noise;
+the voice-timbre and channel transforms (formant, jitter, eq, bandpass, codec) are in channel.py."""
 
 from __future__ import annotations
 
@@ -164,4 +165,16 @@ def apply_transform(x: np.ndarray, t: dict, sr: int, rng: np.random.Generator) -
         return add_reverb(x, rng, t["rt60_s"], t["wet"], sr)
     if name == "noise":
         return add_noise(x, rng, t["snr_db"], t["color"], sr)
+    from aligncap_core.data.augment import channel
+
+    if name == "formant":
+        return channel.formant_warp(x, t["alpha"], sr)
+    if name == "jitter":
+        return channel.jitter_shimmer(x, rng, t["jitter"], t["shimmer"], sr)
+    if name == "eq":
+        return channel.equalise(x, t["tilt"], [tuple(p) for p in t["peaks"]], sr)
+    if name == "bandpass":
+        return channel.bandpass(x, t["low_hz"], t["high_hz"], sr)
+    if name == "codec":
+        return channel.codec_roundtrip(x, t["codec"], sr)
     raise ConfigError(f"unknown transform {name!r} (known: {', '.join(ORDER)})")
