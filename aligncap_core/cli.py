@@ -135,20 +135,40 @@ def _train_logger(out: Path):
     return MultiLogger(ConsoleLogger(), JsonlLogger(out / "metrics.jsonl"))
 
 
+Processes = Annotated[int, typer.Option("--num-processes", help="Training processes, one per GPU (DDP under accelerate launch); 0 = $ALIGNCAP_NUM_PROCESSES, else every visible GPU, else 1. batch_size is per process.")]
+
+
+def _run_stage(stage: str, spec: dict, processes: int, out: Path) -> str:
+    """The stage in this process (one) or under `accelerate launch` (several); prints nothing
+    from the launched processes but rank 0's log lines."""
+    from aligncap_core.train.launch import resolve_processes, run_stage
+
+    n = resolve_processes(processes)
+    return run_stage(stage, spec, n, logger=_train_logger(out) if n == 1 else None)
+
+
+def _print_result(obj: dict) -> None:
+    from aligncap_core.train.runtime import is_main_process
+
+    if is_main_process():  # also when the user runs `accelerate launch -m aligncap_core.cli`
+        stdout.print_json(json.dumps(obj))
+
+
 @train_app.command("teacher")
 def train_teacher_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Prepared dataset folder with clues (p_act) and codes.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics.jsonl); one made with the same settings and data is resumed, one made otherwise is refused.")],
     config: Annotated[Path | None, typer.Option("--config", help="TeacherConfig YAML (unknown keys are an error).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Override train.max_steps.")] = None,
+    num_processes: Processes = 1,
 ) -> None:
     """Train the text teacher (transcript + acoustic prompt -> caption); prints the best checkpoint."""
-    from aligncap_core.train.config import TeacherConfig, load_config
-    from aligncap_core.train.stages import train_teacher
+    from aligncap_core.train.config import TeacherConfig, load_config, to_dict
 
     cfg = load_config(TeacherConfig, config, **{"train.max_steps": max_steps})
-    best = train_teacher(data_dir, out, cfg, logger=_train_logger(out))
-    stdout.print_json(json.dumps({"best_checkpoint": str(best)}))
+    best = _run_stage("teacher", {"data_dir": str(data_dir), "out_dir": str(out),
+                                  "config": to_dict(cfg)}, num_processes, out)
+    _print_result({"best_checkpoint": str(best)})
 
 
 @train_app.command("student")
@@ -160,16 +180,37 @@ def train_student_cmd(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Override train.max_steps.")] = None,
     lambda_kd: Annotated[float | None, typer.Option("--lambda-kd", help="KD weight (0 = SFT-only baseline, no teacher pass).")] = None,
     no_acoustic_prompt: Annotated[bool, typer.Option("--no-acoustic-prompt", help="Teacher reads the transcript only during KD.")] = False,
+    num_processes: Processes = 1,
 ) -> None:
     """Distil the teacher into the speech student (LoRA on audio tokens); prints the best checkpoint."""
-    from aligncap_core.train.config import StudentConfig, load_config
-    from aligncap_core.train.stages import train_student
+    from aligncap_core.train.config import StudentConfig, load_config, to_dict
 
     cfg = load_config(StudentConfig, config, **{
         "train.max_steps": max_steps, "lambda_kd": lambda_kd,
         "acoustic_prompt": False if no_acoustic_prompt else None})
-    best = train_student(data_dir, teacher, out, cfg, logger=_train_logger(out))
-    stdout.print_json(json.dumps({"best_checkpoint": str(best)}))
+    best = _run_stage("student", {"data_dir": str(data_dir), "teacher_ckpt": teacher,
+                                  "out_dir": str(out), "config": to_dict(cfg)}, num_processes, out)
+    _print_result({"best_checkpoint": str(best)})
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    policy: Annotated[str, typer.Option("--policy", help="Policy checkpoint (a student or a round's); also the reference.")],
+    pairs: Annotated[Path, typer.Option("--pairs", help="Preference pairs (JSON Lines: id, prompt or prompt_ids, chosen, rejected, teacher_text).")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder of the new policy (a killed round re-run with the same inputs resumes).")],
+    config: Annotated[Path | None, typer.Option("--config", help="DPORoundConfig YAML (beta, lambda_kd, learning_rate, max_steps, batch_size, dtype, ...).")] = None,
+    teacher_adapter: Annotated[str | None, typer.Option("--teacher-adapter", help="KD teacher: this adapter of the policy (default: the base with adapters off).")] = None,
+    num_processes: Processes = 1,
+) -> None:
+    """One DPO round (+ KD on the chosen caption) on a pairs file; prints the new checkpoint."""
+    from aligncap_core.prefs.dpo import DPORoundConfig
+    from aligncap_core.utils import read_yaml_mapping
+
+    cfg = DPORoundConfig.from_dict(read_yaml_mapping(config) if config else None)
+    ckpt = _run_stage("dpo_round", {"policy_ckpt": policy, "pairs_path": str(pairs), "out_dir": str(out),
+                                    "config": cfg.to_dict(), "teacher": {"adapter": teacher_adapter}},
+                      num_processes, out.parent)
+    _print_result({"checkpoint": str(ckpt)})
 
 
 StackHome = Annotated[Path, typer.Option("--home", help="Stack folder: databases, logs, stack.json, env.sh.")]

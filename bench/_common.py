@@ -117,7 +117,7 @@ def tiny_model(preset: str = "tiny", vocab: int = TEXT_VOCAB + AUDIO_VOCAB, seed
     from aligncap_core.model.config import get_preset
 
     torch.manual_seed(seed)
-    cfg = get_preset(preset).llama_config(vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = get_preset(preset).hf_config(vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return LlamaForCausalLM(cfg)
 
 

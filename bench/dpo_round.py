@@ -4,9 +4,10 @@
 
 Runs `prefs.dpo.build_dpo_trainer` (the PO-Regularized DPO trainer with the KD term,
 lambda_kd = 0.5) on a `tiny`-preset student with the demo's vocabulary and audio prompts of
-the demo's length, twice per repetition: as shipped (`precompute_ref_log_probs=True`: a frozen
-copy of the policy scores every pair once when the trainer is built, then is freed) and with
-the reference forward run inside every step (the same builder with that one setting flipped).
+the demo's length, twice per repetition: as shipped (`precompute_ref_log_probs=True`: the
+policy itself scores every pair once when the trainer is built) and with the reference forward
+run inside every step (the same builder with that one setting flipped and, since the policy
+moves during training, a frozen merged copy of it as the reference).
 Step times are the median per-step wall times of `trainer.train()` (a callback; the first step
 is dropped as warm-up). Round time = precompute + steps x step time. Prints one JSON object.
 """
@@ -79,13 +80,22 @@ class _StepTimer:
         self.steps.append(time.perf_counter() - self.t0)
 
 
+def _frozen_copy(policy):
+    """A reference that stays the round-k policy while the policy trains: its active adapter
+    merged into a copy of the base (what an on-the-fly reference forward needs)."""
+    ref = copy.deepcopy(policy).merge_and_unload(adapter_names=[policy.active_adapter])
+    ref.eval()
+    return ref.requires_grad_(False)
+
+
 def _run(policy, tok, pairs, cfg, precompute: bool) -> dict[str, float]:
     import trl
     from transformers import TrainerCallback
 
+    from aligncap_core.prefs import dpo
     from aligncap_core.prefs.dpo import build_dpo_trainer
 
-    real = trl.DPOConfig
+    real, real_ref = trl.DPOConfig, dpo.PolicyReference
 
     def config(*a, **k):
         k["precompute_ref_log_probs"] = precompute
@@ -94,12 +104,14 @@ def _run(policy, tok, pairs, cfg, precompute: bool) -> dict[str, float]:
     timer = type("StepTimer", (_StepTimer, TrainerCallback), {})()
     with tempfile.TemporaryDirectory(prefix="bench-dpo-work-") as work:
         trl.DPOConfig = config
+        if not precompute:
+            dpo.PolicyReference = _frozen_copy
         try:
             t = time.perf_counter()
             trainer = build_dpo_trainer(copy.deepcopy(policy), tok, pairs, None, cfg, work)
             build_s = time.perf_counter() - t
         finally:
-            trl.DPOConfig = real
+            trl.DPOConfig, dpo.PolicyReference = real, real_ref
         trainer.add_callback(timer)
         trainer.train()
     steps = timer.steps[1:] or timer.steps

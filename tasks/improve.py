@@ -97,9 +97,11 @@ def dpo_round(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cf
     """DPO (+KD regulariser) on the round's pairs, starting from the policy (a URI), into
     `out_dir` inside the work folder `work`; publishes the new checkpoint to the store under the
     same relative path and returns its URI (a committed one is returned without training).
-    MLflow child run `round-<k>` (its params: the round's DPO config)."""
-    from aligncap_core.improve import ImproveConfig, dpo_step
+    MLflow child run `round-<k>` (its params: the round's DPO config). Several GPUs: one DDP
+    process each (`train.launch`)."""
+    from aligncap_core.improve import ImproveConfig
     from aligncap_core.store import ArtifactStore
+    from aligncap_core.train.launch import run_stage
 
     st = ArtifactStore.open(store, work)
     rel = st.rel_of(out_dir)
@@ -110,7 +112,11 @@ def dpo_round(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cf
               **ImproveConfig.from_dict(cfg).dpo_config(round).to_dict()}
     with stage_run(parent_run_id, f"round-{round}", params, tracking_uri) as run, \
             train_logger(run, tracking_uri) as logger:
-        dpo_step(policy_ckpt, pairs_path, data_dir, out_dir, cfg, round, logger)
+        # one process per GPU of the worker under `accelerate launch` (tasks/train.py)
+        spec = {"policy_ckpt": policy_ckpt, "pairs_path": pairs_path, "data_dir": data_dir,
+                "out_dir": out_dir, "config": cfg, "round": round,
+                "tracking": {"run_id": run, "uri": tracking_uri}}
+        run_stage("dpo", spec, logger=logger)
     uri = st.publish(rel)
     get_run_logger().info("round %d: DPO checkpoint %s", round, uri)
     return uri

@@ -11,6 +11,11 @@ returns that URI, which any other worker can materialize. A changed setting trai
 beside the old one; the same settings find the committed output and return it at once (on any
 worker, under the output's lock: a second run of the same key waits for the first). Within a
 worker a Prefect retry resumes from the newest local checkpoint.
+
+On a worker with several GPUs the task starts the stage under `accelerate launch`, one DDP
+process per GPU (`aligncap_core.train.launch`: $ALIGNCAP_NUM_PROCESSES, else every GPU the job
+sees, which the gpu job templates set with gpu_count); with one GPU or none it trains in this
+process, as before. Rank 0 logs into the stage's MLflow run either way.
 """
 
 from __future__ import annotations
@@ -62,8 +67,8 @@ def train_teacher(data_dir: str, out_dir: str, config: dict[str, Any] | None = N
     returns the best checkpoint's URI in the store. MLflow child run `teacher`."""
     from aligncap_core.store import ArtifactStore
     from aligncap_core.train.config import TeacherConfig, from_dict, to_dict
+    from aligncap_core.train.launch import run_stage
     from aligncap_core.train.stages import teacher_identity
-    from aligncap_core.train.stages import train_teacher as run_stage
 
     st = ArtifactStore.open(store, out_dir)
     data = st.materialize(data_dir)
@@ -74,7 +79,9 @@ def train_teacher(data_dir: str, out_dir: str, config: dict[str, Any] | None = N
     def train(run_dir: Path) -> Path:
         with stage_run(parent_run_id, "teacher", params, tracking_uri) as run, \
                 train_logger(run, tracking_uri) as logger:
-            return run_stage(data, run_dir, cfg, logger=logger)
+            spec = {"data_dir": str(data), "out_dir": str(run_dir), "config": to_dict(cfg),
+                    "tracking": {"run_id": run, "uri": tracking_uri}}
+            return Path(run_stage("teacher", spec, logger=logger))
 
     return train_and_publish(st, "teacher", ident, train)
 
@@ -94,8 +101,8 @@ def train_student(data_dir: str, teacher_ckpt: str, out_dir: str,
     The student's checkpoints name the teacher by its URI (their base), so they load anywhere."""
     from aligncap_core.store import ArtifactStore
     from aligncap_core.train.config import StudentConfig, from_dict, to_dict
+    from aligncap_core.train.launch import run_stage
     from aligncap_core.train.stages import student_identity
-    from aligncap_core.train.stages import train_student as run_stage
 
     st = ArtifactStore.open(store, out_dir)
     data = st.materialize(data_dir)
@@ -107,6 +114,8 @@ def train_student(data_dir: str, teacher_ckpt: str, out_dir: str,
     def train(run_dir: Path) -> Path:
         with stage_run(parent_run_id, "distill", params, tracking_uri) as run, \
                 train_logger(run, tracking_uri) as logger:
-            return run_stage(data, teacher_ckpt, run_dir, cfg, logger=logger)
+            spec = {"data_dir": str(data), "teacher_ckpt": teacher_ckpt, "out_dir": str(run_dir),
+                    "config": to_dict(cfg), "tracking": {"run_id": run, "uri": tracking_uri}}
+            return Path(run_stage("student", spec, logger=logger))
 
     return train_and_publish(st, "student", ident, train)

@@ -61,7 +61,7 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
     import torch
 
     from aligncap_core.codec.prosody import ProsodySettings
-    from aligncap_core.model.batching import student_prompt_ids
+    from aligncap_core.model.batching import student_prompt_windows
     from aligncap_core.model.checkpoint import load_checkpoint
     from aligncap_core.prefs.candidates import sample_candidates
     from aligncap_core.train.data import speech_tokens
@@ -77,14 +77,24 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
     budget = min(n_pos, prompt.max_len or n_pos) - c.max_new_tokens
     if budget < 2:
         raise ConfigError(f"max_new_tokens={c.max_new_tokens} leaves no room for the prompt")
-    prompts = []
+    prompts, kept = [], []
     prosody = ProsodySettings.coerce(prompt.prosody)
     for r in rows:
-        ids = student_prompt_ids(tok, prompt.instruction,
-                                 speech_tokens(data_dir, r, prompt.keep_q, prosody))
-        # over budget: keep bos and the audio right before the caption (Captioner.prompt_ids)
-        prompts.append({"id": r["id"],
-                        "prompt_ids": ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]})
+        ids = student_prompt_windows(tok, prompt.instruction,
+                                     speech_tokens(data_dir, r, prompt.keep_q, prosody), budget)
+        if len(ids) > 1:
+            continue  # a preference pair has one prompt: a clip read in windows sits the round out
+        prompts.append({"id": r["id"], "prompt_ids": ids[0]})
+        kept.append(r)
+    if len(kept) < len(rows):
+        log.warning("round %d: %d of %d sampled clips are longer than the policy reads at once "
+                    "(%d tokens) and were left out of the round's pairs (training reads them in "
+                    "windows; a preference pair has one prompt)", round, len(rows) - len(kept),
+                    len(rows), budget)
+    if not kept:
+        raise ConfigError(f"round {round}: every sampled clip is longer than the policy reads at "
+                          f"once ({budget} tokens); raise train.max_len or use shorter clips")
+    rows = kept
     sampled = sample_candidates(model, tok, prompts, n=c.n, temperature=c.temperature,
                                 top_p=c.top_p, max_new_tokens=c.max_new_tokens,
                                 batch_size=c.sample_batch_size, seed=c.seed + SEED_STRIDE * round,
@@ -194,7 +204,11 @@ def dpo_step(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg
                               texts=teacher_texts(data_dir, ids, policy_prompt(policy_ckpt).acoustic_prompt))
     out = run_dpo_round(policy_ckpt, pairs_path, teacher, out_dir, dcfg, logger)
     release_memory()
-    inherit_student_settings(policy_ckpt, out, data_dir)
+    from aligncap_core.train.runtime import is_main_process, wait_for_everyone
+
+    if is_main_process():  # launched (train.launch): rank 0 writes, the others wait for it
+        inherit_student_settings(policy_ckpt, out, data_dir)
+    wait_for_everyone()
     return str(out)
 
 

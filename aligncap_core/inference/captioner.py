@@ -153,13 +153,14 @@ class Captioner:
 
         return ProsodySettings.coerce(self.speech.prosody)
 
-    def prompt_ids(self, clip: np.ndarray | Speech, max_new_tokens: int) -> list[int]:
-        """bos + instruction + `<audio>...</audio>` (+ `<prosody>...</prosody>` when the student
-        reads it) ids for one clip: its `(n_q, T)` codes, or a `Speech`. Over the length
-        budget, prompt tokens after bos are dropped from the left, as in training
-        (`batching.build_example`): the audio right before the caption is kept."""
+    def prompt_windows(self, clip: np.ndarray | Speech, max_new_tokens: int) -> list[list[int]]:
+        """The prompt(s) for one clip (its `(n_q, T)` codes, or a `Speech`): bos + instruction
+        + `<audio>...</audio>` (+ `<prosody>...</prosody>` when the student reads it) ids, or,
+        for a clip longer than the model's budget (max_len - max_new_tokens), one such prompt
+        per window of its speech (`batching.speech_windows`, every stream over the same span,
+        as in training); never cut."""
         from aligncap_core.codec import codes_to_tokens
-        from aligncap_core.model.batching import student_prompt_ids
+        from aligncap_core.model.batching import student_prompt_windows
 
         speech = clip if isinstance(clip, Speech) else Speech(np.asarray(clip))
         tokens = codes_to_tokens(speech.codes, keep_q=self.speech.keep_q)
@@ -169,12 +170,29 @@ class Captioner:
                                   "audio (caption_files / encode_waves), or pass Speech(codes, "
                                   "prosody tokens)")
             tokens += speech.prosody
-        ids = student_prompt_ids(self.tokenizer, self.speech.instruction, tokens)
         budget = self.max_len - max_new_tokens
         if budget < 2:
             raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt "
                               f"(the model holds {self.max_len} tokens)")
-        return ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]
+        return student_prompt_windows(self.tokenizer, self.speech.instruction, tokens, budget)
+
+    @torch.no_grad()
+    def caption_logprob(self, prompts: Sequence[Sequence[int]], captions: Sequence[str]) -> list[float]:
+        """Mean log-probability per token of each caption after its prompt (how sure the model
+        is of what it wrote), one forward over the batch."""
+        from aligncap_core.model.batching import build_example, pad_examples
+        from aligncap_core.model.caption_head import caption_logits, caption_targets
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            self.tokenizer.eos_token_id
+        b = {k: v.to(self.device) for k, v in pad_examples(
+            [build_example(self.tokenizer, p, c) for p, c in zip(prompts, captions, strict=True)],
+            pad).items()}
+        logits, mask = caption_logits(self.model, b["input_ids"], b["attention_mask"],
+                                      b["caption_start"], b["caption_len"])
+        targets = caption_targets(b["labels"], b["caption_start"], b["caption_len"])
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
+        return ((logp * mask).sum(1) / mask.sum(1).clamp_min(1)).tolist()
 
     # ---- captioning -----------------------------------------------------------------------
     def default_settings(self, **overrides: Any) -> GenerationSettings:
@@ -209,7 +227,11 @@ class Captioner:
         d = decoding or self.decoding
         if not codes:
             return [], []
-        prompts = [self.prompt_ids(c, s.max_new_tokens) for c in codes]
+        # a clip too long for the model is read window by window (`prompt_windows`); each
+        # window is captioned, and the clip gets the caption the model is surest of
+        windows = [self.prompt_windows(c, s.max_new_tokens) for c in codes]
+        owner = [i for i, ws in enumerate(windows) for _ in ws]
+        prompts = [w for ws in windows for w in ws]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         suppress = audio_token_ids_of(self.tokenizer)
 
@@ -220,18 +242,41 @@ class Captioner:
             return generate_captions(self.model, self.tokenizer, ps, g, suppress_token_ids=suppress,
                                      generator_seed=seed)
 
+        def omit(ps: Sequence[Sequence[int]], attrs: Sequence[str]) -> list[str]:
+            from aligncap_core.inference.consistent import omit_token_ids
+
+            g = dataclasses.replace(s, do_sample=False, num_return_sequences=1, num_beams=1)
+            return generate_captions(self.model, self.tokenizer, ps, g,
+                                     suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs))
+
         sorted_prompts = [prompts[i] for i in order]
         if d.strategy == "greedy":
             texts = generate_captions(self.model, self.tokenizer, sorted_prompts, s,
                                       suppress_token_ids=suppress)
             decisions: list[Decision | None] = [None] * len(texts)
         else:
-            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser)
+            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit)
         out: list[str] = [""] * len(prompts)
         why: list[Decision | None] = [None] * len(prompts)
         for i, t, w in zip(order, texts, decisions, strict=True):
             out[i], why[i] = t, w
-        return out, why
+        if len(prompts) == len(codes):
+            return out, why
+        return self._pick_windows(windows, owner, prompts, out, why)
+
+    def _pick_windows(self, windows: list[list[list[int]]], owner: list[int],
+                      prompts: list[list[int]], out: list[str], why: list[Decision | None],
+                      ) -> tuple[list[str], list[Decision | None]]:
+        """Per clip, the caption of the window whose caption has the highest mean token
+        log-probability under the model (ties: the earliest window)."""
+        long = [k for k, i in enumerate(owner) if len(windows[i]) > 1]
+        scores = dict(zip(long, self.caption_logprob([prompts[k] for k in long],
+                                                     [out[k] for k in long]), strict=True))
+        best: dict[int, int] = {}
+        for k, i in enumerate(owner):
+            if i not in best or scores.get(k, 0.0) > scores.get(best[i], 0.0):
+                best[i] = k
+        return [out[best[i]] for i in range(len(windows))], [why[best[i]] for i in range(len(windows))]
 
     @property
     def parser(self) -> Any:

@@ -18,7 +18,12 @@ sure of. This decoder looks at what the model believes about each *attribute* in
    value of every attribute the candidates agree on and, when another candidate leaves an
    uncertain attribute out, leaves it out too. Ties go to the greedy caption, then to the
    earlier sample. A caption with no attribute has U = 0: chosen only when every statement
-   the candidates make is more likely false than worth it.
+   the candidates make is more likely false than worth it;
+4. when the chosen caption still states an uncertain attribute (every candidate states it),
+   caption the clip once more, greedily, with that attribute's words suppressed (`omit_words`:
+   the clue lexicon's words for it, e.g. every gender noun and pronoun), and choose again with
+   that caption among the candidates. The parser checks what it says, so a suppression that
+   slips through can only lose the choice, never add a false statement.
 
 The choice and the agreement per attribute are returned with the caption (`Decision`), so a
 user can see why a caption says what it says.
@@ -89,10 +94,12 @@ def agreement(parsed: Sequence[Any]) -> dict[str, Counter]:
     return votes
 
 
-def choose(parsed: Sequence[Any], risk: float) -> Decision:
-    """The candidate (index into `parsed`, 0 = greedy) of highest expected utility."""
-    n = len(parsed)
-    votes = agreement(parsed)
+def choose(parsed: Sequence[Any], risk: float, voters: Sequence[Any] | None = None) -> Decision:
+    """The candidate (index into `parsed`, 0 = greedy) of highest expected utility; the
+    agreement is counted over `voters` (default: the candidates themselves)."""
+    voters = parsed if voters is None else voters
+    n = len(voters)
+    votes = agreement(voters)
 
     def q(a: str, v: str) -> float:
         return votes[a][v] / n
@@ -109,18 +116,63 @@ def choose(parsed: Sequence[Any], risk: float) -> Decision:
                     [a for a in majority if a not in chosen])
 
 
+def omit_words(attr: str) -> list[str]:
+    """Words whose suppression keeps a caption from stating `attr`: the clue lexicon's
+    single words for every value of it (the first part of hyphenated ones) and the nouns its
+    phrases are built on ("pitch", "pace", "volume")."""
+    from aligncap_core.clues import lexicon as lx
+
+    bank = {"emotion": lx.EMOTION, "pitch": lx.PITCH, "speed": lx.SPEED, "volume": lx.VOLUME,
+            "gender": lx.GENDER}[attr]
+    words = {w.split("-")[0] for text in bank.values() for w in lx._words(text) if " " not in w}
+    words |= set(OMIT_EXTRA.get(attr, ()))
+    return sorted(w for w in words if w.isalpha())
+
+
+# the words phrases about an attribute hang on, and context-dependent ones (lexicon.AMBIGUOUS)
+OMIT_EXTRA = {"pitch": ("pitch", "pitched", "register", "high", "low", "deep", "mid", "medium"),
+              "speed": ("pace", "tempo", "speed", "rate", "paced"),
+              "volume": ("volume", "loudness", "level", "almost")}
+
+
+def omit_token_ids(tokenizer: Any, attrs: Sequence[str]) -> list[int]:
+    """First token ids of `omit_words` of each attribute (as a word start with and without a
+    leading space, lower-case and capitalised), to suppress in generation."""
+    ids: set[int] = set()
+    for attr in attrs:
+        for w in omit_words(attr):
+            for form in (w, " " + w, w.capitalize(), " " + w.capitalize()):
+                toks = tokenizer(form, add_special_tokens=False)["input_ids"]
+                if toks:
+                    ids.add(int(toks[0]))
+    return sorted(ids)
+
+
 def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], settings: DecodingSettings,
-                        parser: Any) -> tuple[list[str], list[Decision]]:
+                        parser: Any, omit: Any = None) -> tuple[list[str], list[Decision]]:
     """One caption per prompt. `generate(prompts, do_sample, n, seed)` returns the decoded
-    captions, n per prompt in order (the captioner's generation closure)."""
+    captions, n per prompt in order (the captioner's generation closure); `omit(prompts, attrs)`
+    greedily captions `prompts` with the words of `attrs` suppressed (step 4; None skips it)."""
     greedy = generate(prompts, False, 1, None)
     sampled = generate(prompts, True, settings.samples, settings.seed)
     k = settings.samples
-    out, decisions = [], []
     groups = [[greedy[i], *sampled[i * k:(i + 1) * k]] for i in range(len(prompts))]
-    parsed_flat = parser.parse_many([c for g in groups for c in g])
-    for i, g in enumerate(groups):
-        d = choose(parsed_flat[i * (k + 1):(i + 1) * (k + 1)], settings.risk)
-        out.append(g[d.index])
-        decisions.append(d)
-    return out, decisions
+    flat = parser.parse_many([c for g in groups for c in g])
+    parsed = [flat[i * (k + 1):(i + 1) * (k + 1)] for i in range(len(prompts))]
+    decisions = [choose(p, settings.risk) for p in parsed]
+    if omit is not None:
+        threshold = settings.risk / (1 + settings.risk)
+        retry: dict[tuple[str, ...], list[int]] = {}
+        for i, d in enumerate(decisions):
+            said = parsed[i][d.index].attributes
+            unsure = tuple(sorted(a for a, v in said.items() if a in ATTRS
+                                  and d.agreement.get(a, (v, 0.0))[1] < threshold))
+            if unsure:
+                retry.setdefault(unsure, []).append(i)
+        for attrs, idx in retry.items():
+            extra = omit([prompts[i] for i in idx], attrs)
+            for i, text, p in zip(idx, extra, parser.parse_many(extra), strict=True):
+                groups[i].append(text)
+                # the agreement stays that of the k + 1 freely decoded candidates
+                decisions[i] = choose([*parsed[i], p], settings.risk, voters=parsed[i])
+    return [g[d.index] for g, d in zip(groups, decisions, strict=True)], decisions

@@ -135,7 +135,7 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
     tokenizer) of another checkpoint, whose tokenizer must give the same caption ids.
     """
     from aligncap_core.eval.kl import kl_gap
-    from aligncap_core.model.batching import encode_teacher_example, pad_examples
+    from aligncap_core.model.batching import pad_examples
     from aligncap_core.model.caption_head import caption_logits
     from aligncap_core.train import data
     from aligncap_core.train.stages import teacher_caption_logits
@@ -153,10 +153,10 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
             pairs = data.student_examples(tok, data_dir, split_rows, instruction=cap.speech.instruction,
                                           keep_q=cap.speech.keep_q, max_len=cap.max_len,
                                           acoustic_prompt=acoustic_prompt, with_teacher=True,
-                                          prosody=cap.prosody)
+                                          prosody=cap.prosody,
+                                          teacher_tokenizer=teacher[1] if teacher else None)
             if teacher is not None:
-                pairs = _retokenize_teacher(pairs, split_rows, teacher[1], acoustic_prompt,
-                                            cap.max_len, encode_teacher_example)
+                _check_same_captions(pairs)
             pairs.sort(key=lambda p: -len(p["student"].input_ids))  # little padding per batch
             task = bar.add_task(f"KL gap ({split})", total=len(pairs))
             seen = {"tokens": 0}
@@ -184,22 +184,15 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
     return out
 
 
-def _retokenize_teacher(pairs: list[dict], rows: Sequence[dict], teacher_tok: Any,
-                        acoustic_prompt: bool, max_len: int, encode: Any) -> list[dict]:
-    """Teacher examples built with a separate teacher's tokenizer; its caption ids must equal
-    the student's, otherwise a token-level KL compares different tokens."""
-    from aligncap_core.train.data import _captions, teacher_text
-
-    teacher_examples = [encode(teacher_tok, teacher_text(r, acoustic_prompt), c, max_len)
-                        for r in rows for c in _captions(r)]
-    for p, t in zip(pairs, teacher_examples, strict=True):
-        s = p["student"]
+def _check_same_captions(pairs: list[dict]) -> None:
+    """A separate teacher's tokenizer must encode every caption as the student's does,
+    otherwise a token-level KL compares different tokens."""
+    for p in pairs:
+        s, t = p["student"], p["teacher"]
         if s.input_ids[s.caption_start:] != t.input_ids[t.caption_start:]:
             raise ConfigError("--teacher: its tokenizer encodes the captions differently from the "
                               "student's; the KL gap needs the same vocabulary (use the student's "
                               "own teacher, the default)")
-        p["teacher"] = t
-    return pairs
 
 
 # ---- the evaluation ----------------------------------------------------------------------------

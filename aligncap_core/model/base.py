@@ -1,4 +1,4 @@
-"""The base causal LM: a tiny Llama built from a preset, or any Hugging Face causal LM.
+"""The base causal LM: a tiny Llama (or Qwen2) built from a preset, or any Hugging Face causal LM.
 
 Both are saved/loaded with `save_pretrained` / `from_pretrained`, so every later stage treats
 the from-scratch model exactly like a hub model.
@@ -14,63 +14,73 @@ from typing import Any
 import torch
 
 from aligncap_core.errors import ConfigError
-from aligncap_core.model.config import ModelPreset, get_preset
+from aligncap_core.model.config import TOKENIZER_STYLES, ModelPreset, get_preset
 from aligncap_core.utils import atomic_dir, fingerprint
 
-PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 BASE_INFO = "aligncap_base.json"  # provenance of a from-scratch base (preset, seed, corpus)
 
 
-def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int) -> Any:
+def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int, style: str = "plain") -> Any:
     """Train a byte-level BPE tokenizer on `corpus_texts` -> `PreTrainedTokenizerFast`.
 
     Byte-level: any text (names, numbers, other languages in a user's manifest) encodes
-    without <unk>. Special tokens get ids 0..2 (pad, bos, eos). The tokenizer adds no special
-    tokens by itself: `batching` places bos/eos explicitly, the same way for every tokenizer.
+    without <unk>. Special tokens get the first ids (`model.config.TOKENIZER_STYLES[style]`;
+    "plain": pad, bos, eos). A "plain" tokenizer adds no special tokens by itself; `batching`
+    places bos/eos explicitly, the same way for every tokenizer (also one, like Llama 3's, that
+    adds bos itself).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    st = TOKENIZER_STYLES[style]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,  # a merge seen once is noise on a small corpus
-        special_tokens=[PAD, BOS, EOS],
+        special_tokens=list(st.special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator((t for t in corpus_texts if t), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+    if st.add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{st.bos} $A", pair=f"{st.bos} $A {st.bos} $B",
+            special_tokens=[(st.bos, tok.token_to_id(st.bos))])
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=st.bos, eos_token=st.eos, pad_token=st.pad,
+        additional_special_tokens=[t for t in st.special if t not in (st.bos, st.eos, st.pad)],
         clean_up_tokenization_spaces=False,
     )
+    if st.chat_template:
+        out.chat_template = st.chat_template
+    return out
 
 
 def build_tiny_base(preset: ModelPreset | str, corpus_texts: Sequence[str],
                     out_dir: str | Path, seed: int = 0) -> Path:
-    """Train a tokenizer on `corpus_texts`, build a randomly initialised Llama, save both.
+    """Train a tokenizer on `corpus_texts`, build a randomly initialised model, save both.
 
     corpus_texts: transcripts, captions and prompt texts (everything the LM will read or write).
     Returns `out_dir`, loadable with `load_base(out_dir)`. Written atomically. Same preset,
     texts and seed give the same weights.
     """
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     texts = [t for t in corpus_texts if t and t.strip()]
     if not texts:
         raise ConfigError("build_tiny_base: corpus_texts is empty; pass transcripts and captions")
-    tokenizer = train_tokenizer(texts, preset.tokenizer_vocab_size)
-    cfg = preset.llama_config(
+    tokenizer = train_tokenizer(texts, preset.tokenizer_vocab_size, preset.tokenizer_style)
+    cfg = preset.hf_config(
         len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    model = AutoModelForCausalLM.from_config(cfg)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

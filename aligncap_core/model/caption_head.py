@@ -23,10 +23,18 @@ import torch
 
 from aligncap_core.model.losses import IGNORE_INDEX, caption_positions
 
+
+def unwrap_ddp(model: Any) -> Any:
+    """The module inside a DistributedDataParallel wrapper (train.runtime); others as they are.
+    DDP forwards every keyword to it, so only signature checks and adapter switches need it."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 _ACCEPTS: dict[type, bool] = {}
 
 
 def _base(model: Any) -> Any:
+    model = unwrap_ddp(model)
     get = getattr(model, "get_base_model", None)  # peft wrappers forward kwargs to it
     return get() if callable(get) else model
 

@@ -3,6 +3,12 @@
 A preset describes the *architecture* of the small from-scratch Llama used by the offline
 default (ARCHITECTURE.md, "Defaults that run anywhere"). A Hugging Face model id or path
 (`load_base`) replaces it in production; the LoRA settings apply to both.
+
+The `micro-qwen2` and `micro-llama-chat` presets are real-base stand-ins for tests and the GPU
+smoke bench: the architectures and tokenizer conventions of Qwen2 (untied output layer, no bos,
+no pad token) and Llama 3 (a chat template, bos added by the tokenizer itself, no pad token) at
+the micro size, built locally (no hub). Saved with `build_tiny_base` and passed as `base:`,
+they take the hub-model path through every stage.
 """
 
 from __future__ import annotations
@@ -11,6 +17,44 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aligncap_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TokenizerStyle:
+    """The special tokens of a locally trained tokenizer (`model.base.train_tokenizer`).
+
+    special: added first, ids 0..n-1. bos / eos / pad: their roles (None: the tokenizer has
+    none; `load_base` then pads with eos). add_bos: the tokenizer puts bos before every text
+    itself (Llama's post-processor); aligncap never relies on it (`batching` encodes with
+    add_special_tokens=False and places bos explicitly). chat_template: saved with the
+    tokenizer; aligncap's prompts do not apply it (the same plain prompt for every base keeps
+    the teacher's and the student's caption tokens aligned)."""
+
+    special: tuple[str, ...]
+    bos: str | None
+    eos: str
+    pad: str | None
+    add_bos: bool = False
+    chat_template: str | None = None
+
+
+_CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+           "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+           "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+_LLAMA3_CHAT = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+                "'<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+                "{% if add_generation_prompt %}"
+                "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+TOKENIZER_STYLES: dict[str, TokenizerStyle] = {
+    "plain": TokenizerStyle(("<pad>", "<s>", "</s>"), bos="<s>", eos="</s>", pad="<pad>"),
+    "qwen2": TokenizerStyle(("<|endoftext|>", "<|im_start|>", "<|im_end|>"), bos=None,
+                            eos="<|endoftext|>", pad=None, chat_template=_CHATML),
+    "llama3": TokenizerStyle(("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                              "<|end_header_id|>", "<|eot_id|>"), bos="<|begin_of_text|>",
+                             eos="<|end_of_text|>", pad=None, add_bos=True,
+                             chat_template=_LLAMA3_CHAT),
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +77,10 @@ class ModelPreset:
     tie_word_embeddings: bool = True
     rope_theta: float = 10_000.0  # Llama default; sequences are short (<= 1024)
     rms_norm_eps: float = 1e-5
+    arch: str = "llama"  # "llama" or "qwen2" (transformers' LlamaForCausalLM / Qwen2ForCausalLM)
+    # special tokens and conventions of the tokenizer (model.base.TOKENIZER_STYLES): "plain"
+    # (<pad> <s> </s>, adds nothing itself), "qwen2", "llama3"
+    tokenizer_style: str = "plain"
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -54,18 +102,25 @@ class ModelPreset:
         for k in ("num_layers", "intermediate_size", "max_position_embeddings"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"preset {self.name!r}: {k} must be positive")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"preset {self.name!r}: arch must be one of {', '.join(ARCHS)}")
+        if self.tokenizer_style not in TOKENIZER_STYLES:
+            raise ConfigError(f"preset {self.name!r}: tokenizer_style must be one of "
+                              f"{', '.join(TOKENIZER_STYLES)}")
 
-    def llama_config(self, vocab_size: int, *, bos_token_id: int, eos_token_id: int,
-                     pad_token_id: int) -> Any:
-        """A `transformers.LlamaConfig` for this preset and a tokenizer of `vocab_size` ids.
+    def hf_config(self, vocab_size: int, *, bos_token_id: int | None, eos_token_id: int,
+                  pad_token_id: int | None) -> Any:
+        """A transformers config (`LlamaConfig` / `Qwen2Config`) for this preset and a
+        tokenizer of `vocab_size` ids.
 
         The vocabulary is exactly the tokenizer's (no padding to a multiple of 64): audio tokens
         are appended later, and padding rows would be given ids that `add_audio_tokens` then
         reuses without its mean initialisation.
         """
-        from transformers import LlamaConfig
+        from transformers import LlamaConfig, Qwen2Config
 
-        return LlamaConfig(
+        extra = {"use_sliding_window": False} if self.arch == "qwen2" else {}
+        return (LlamaConfig if self.arch == "llama" else Qwen2Config)(
             vocab_size=vocab_size,
             hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size,
@@ -80,11 +135,14 @@ class ModelPreset:
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             attention_dropout=0.0,  # tiny data regime: LoRA dropout is the regulariser we tune
+            **extra,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+ARCHS = ("llama", "qwen2")
 
 PRESETS: dict[str, ModelPreset] = {
     # hidden 256 x 4 layers (~3M non-embedding params): ENVIRONMENT.md measured ~3k tok/s
@@ -103,6 +161,20 @@ PRESETS: dict[str, ModelPreset] = {
     "micro": ModelPreset(
         name="micro", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
         intermediate_size=176, max_position_embeddings=256, tokenizer_vocab_size=512,
+    ),
+    # Real-base stand-ins (module doc), micro-sized. Qwen2: untied output layer (as Qwen2-7B),
+    # biased q/k/v projections, a tokenizer with neither bos nor pad.
+    "micro-qwen2": ModelPreset(
+        name="micro-qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        intermediate_size=176, max_position_embeddings=256, tokenizer_vocab_size=512,
+        tie_word_embeddings=False, rope_theta=1_000_000.0, rms_norm_eps=1e-6, arch="qwen2",
+        tokenizer_style="qwen2",
+    ),
+    # Llama 3 conventions: a chat template, bos added by the tokenizer's post-processor, no pad.
+    "micro-llama-chat": ModelPreset(
+        name="micro-llama-chat", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        intermediate_size=176, max_position_embeddings=256, tokenizer_vocab_size=512,
+        rope_theta=500_000.0, tokenizer_style="llama3",
     ),
 }
 

@@ -128,6 +128,9 @@ def teacher_pass(model: Any, teacher_adapter: str | None = None) -> Iterator[Any
     """
     from peft import PeftModel
 
+    from aligncap_core.model.caption_head import unwrap_ddp
+
+    model = unwrap_ddp(model)  # launched training hands the DDP wrapper; adapters live inside
     if not isinstance(model, PeftModel):
         with torch.no_grad():
             yield model

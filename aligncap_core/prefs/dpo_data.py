@@ -77,15 +77,25 @@ def _caption_ids(tokenizer: Any, prompt_ids: list[int], caption: str) -> list[in
     return ex.input_ids[ex.caption_start:]
 
 
-def _fit(prompt: list[int], completion_len: int, max_length: int | None, what: str) -> list[int]:
-    """Drop prompt tokens after the first (bos) from the left until the longest completion fits;
-    the captions are kept whole (as `batching.build_example` does)."""
+class PromptTooLong(ConfigError):
+    """A pair's student prompt (speech) does not fit max_length; speech is never cut."""
+
+
+def _fit(prompt: list[int], completion_len: int, max_length: int | None, what: str,
+         cut: bool) -> list[int]:
+    """The prompt, fitted to `max_length` with the longest completion. Over it: with `cut` (the
+    teacher's text), prompt tokens after the first (bos) are dropped from the left, the captions
+    kept whole (as `batching.build_example` does); without (the student's speech),
+    `PromptTooLong`."""
     if max_length is None or len(prompt) + completion_len <= max_length:
         return prompt
     keep = max_length - completion_len - 1
     if keep < 0:
         raise ConfigError(f"{what}: a caption of {completion_len} tokens does not fit "
                           f"max_length={max_length}")
+    if not cut:
+        raise PromptTooLong(f"{what}: a prompt of {len(prompt)} tokens and a caption of "
+                            f"{completion_len} exceed max_length={max_length}")
     return prompt[:1] + (prompt[len(prompt) - keep:] if keep else [])
 
 
@@ -107,32 +117,42 @@ def encode_pair(tokenizer: Any, row: dict, teacher_text: str | None = None,
     chosen = _caption_ids(tokenizer, prompt, row["chosen"])
     rejected = _caption_ids(tokenizer, prompt, row["rejected"])
     out = {"id": row["id"],
-           "prompt_ids": _fit(prompt, max(len(chosen), len(rejected)), max_length, row["id"]),
+           "prompt_ids": _fit(prompt, max(len(chosen), len(rejected)), max_length, row["id"],
+                              cut=False),
            "chosen_ids": chosen, "rejected_ids": rejected}
     if teacher_text is not None:
         out[TEACHER_COLUMN] = _fit(teacher_prompt_ids(tokenizer, teacher_text), len(chosen),
-                                   max_length, f"{row['id']} (teacher)")
+                                   max_length, f"{row['id']} (teacher)", cut=True)
     return out
 
 
 def pair_dataset(tokenizer: Any, rows: Sequence[dict], teacher: TeacherInfo | None,
                  max_length: int | None = None) -> Any:
     """A `datasets.Dataset` of encoded pairs (teacher column only when `teacher` is given).
-    Pairs whose chosen and rejected captions encode identically carry no preference: dropped
-    with a warning."""
+    Pairs whose chosen and rejected captions encode identically carry no preference, and pairs
+    whose speech prompt does not fit `max_length` cannot be trained without cutting the audio:
+    both are dropped with a warning that counts them."""
     from datasets import Dataset
 
     audio_ids = set(audio_token_ids_of(tokenizer))
-    encoded, same = [], 0
+    encoded, same, long = [], 0, 0
     for r in rows:
-        e = encode_pair(tokenizer, r, teacher.text_for(r) if teacher else None, max_length,
-                        audio_ids)
+        try:
+            e = encode_pair(tokenizer, r, teacher.text_for(r) if teacher else None, max_length,
+                            audio_ids)
+        except PromptTooLong:
+            long += 1
+            continue
         if e["chosen_ids"] == e["rejected_ids"]:
             same += 1
             continue
         encoded.append(e)
     if same:
         log.warning("dpo: %d pairs dropped: chosen and rejected captions are identical", same)
+    if long:
+        log.warning("dpo: %d pairs dropped: their speech prompt and caption exceed max_length=%s "
+                    "(speech is never cut; raise dpo.max_length to the policy's train.max_len)",
+                    long, max_length)
     if not encoded:
         raise ConfigError("dpo: no usable preference pairs")
     return Dataset.from_list(encoded)

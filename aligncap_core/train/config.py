@@ -33,6 +33,7 @@ SCRATCH_BASE = "tiny"  # TeacherConfig.base value meaning "build a from-scratch 
 SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+WEIGHT_DTYPES = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -45,8 +46,10 @@ class TrainConfig:
     schedule: str = "cosine"  # after warm-up: cosine / linear decay to 0, or constant
     max_grad_norm: float = 1.0  # clip the global grad norm (0 = off); guards early from-scratch spikes
     max_steps: int = 600  # optimizer steps (not micro-batches)
-    batch_size: int = 16  # sequences per micro-batch (ENVIRONMENT.md speed figures use 16)
-    grad_accum: int = 1  # micro-batches per optimizer step; effective batch = batch_size x this
+    batch_size: int = 16  # sequences per micro-batch and process (ENVIRONMENT.md speed figures use 16)
+    # micro-batches per optimizer step and process; global batch = batch_size x grad_accum x
+    # processes (train.runtime: N launched processes train what 1 does with N x grad_accum)
+    grad_accum: int = 1
     eval_every: int = 100  # optimizer steps between validation passes (0 = never)
     eval_batches: int = 8  # validation micro-batches per pass (0 = the whole valid split)
     early_stopping_patience: int = 5  # validation passes without improvement before stopping (0 = off)
@@ -55,7 +58,15 @@ class TrainConfig:
     seed: int = 0  # seeds init, data order (seed + epoch) and dropout
     device: str = "auto"  # auto = cuda when available, else cpu
     dtype: str = "auto"  # autocast dtype; auto = bf16 on a GPU that supports it, else fp32
-    max_len: int = 1024  # tokens per sequence (capped at the model's positions); prompt cut on the left
+    # dtype of the frozen base weights (trainable ones are always fp32): auto = bf16 where
+    # autocast runs in bf16 (a 7B base: 14 GB instead of 28 per GPU), else fp32
+    weights_dtype: str = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    fused_adamw: bool | None = None  # torch's fused AdamW kernel; None = on CUDA only
+    # tokens per sequence (capped at the model's positions). Longer speech is split into
+    # windows of the clip (model.batching.speech_windows), never cut; a longer teacher text
+    # loses its first tokens (counted and logged)
+    max_len: int = 1024
     num_threads: int = 0  # torch CPU threads (0 = torch's default: all cores)
     log_every: int = 10  # optimizer steps between metric logs
     # The validation figure that picks the best checkpoint and drives early stopping: valid/loss,
@@ -74,6 +85,10 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.device", self.device, DEVICES)
         _choice("train.dtype", self.dtype, DTYPES)
+        _choice("train.weights_dtype", self.weights_dtype, WEIGHT_DTYPES)
+        if self.weights_dtype == "bf16" and self.dtype == "fp32":
+            raise ConfigError("train.weights_dtype bf16 needs autocast: set train.dtype to bf16 or "
+                              "auto (fp32 activations cannot enter bf16 layers)")
         _choice("train.select_mode", self.select_mode, ("min", "max"))
         if not self.select_metric.startswith("valid/"):
             raise ConfigError(f"train.select_metric must name a validation figure (valid/...), "

@@ -3,11 +3,14 @@
 Every reference caption of a clip is one example (all references, one example each): the
 teacher reads `teacher_input(transcript, p_act)`, the student reads `instruction + <audio>...`,
 and both predict that same caption, so the KL compares the same tokens position by position.
+A clip too long for `max_len` gives one student example per window of its speech, each paired
+with the same teacher example (`model.batching.speech_windows`); how many were split is logged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,13 @@ from aligncap_core.errors import DataError
 from aligncap_core.model.batching import (
     CaptionExample,
     KDCollator,
-    encode_student_example,
+    encode_student_windows,
     encode_teacher_example,
     pad_examples,
 )
 from aligncap_core.utils import read_jsonl, sha256_file
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 CODEBOOK_SIZE = 1024  # EnCodec 24 kHz; a codec.json may name another size
@@ -89,8 +94,18 @@ def corpus_texts(rows: Sequence[dict], instruction: str) -> list[str]:
 
 def teacher_examples(tokenizer: Any, rows: Sequence[dict], acoustic_prompt: bool,
                      max_len: int) -> list[CaptionExample]:
-    return [encode_teacher_example(tokenizer, teacher_text(r, acoustic_prompt), cap, max_len)
-            for r in rows for cap in _captions(r)]
+    out = [encode_teacher_example(tokenizer, teacher_text(r, acoustic_prompt), cap, max_len)
+           for r in rows for cap in _captions(r)]
+    _report_cut(out, max_len)
+    return out
+
+
+def _report_cut(examples: Sequence[CaptionExample], max_len: int) -> None:
+    cut = [e.cut for e in examples if e.cut]
+    if cut:
+        log.warning("%d of %d teacher inputs (transcript + acoustic prompt) are longer than "
+                    "max_len=%d: their first tokens were dropped (up to %d); the clues at the end "
+                    "are kept", len(cut), len(examples), max_len, max(cut))
 
 
 def speech_tokens(data_dir: str | Path, row: dict, keep_q: int | None,
@@ -122,20 +137,32 @@ PROSODY_RATE = 24_000  # Hz the prosody stream is measured at (prepare's default
 
 def student_examples(tokenizer: Any, data_dir: str | Path, rows: Sequence[dict], *,
                      instruction: str, keep_q: int | None, max_len: int,
-                     acoustic_prompt: bool, with_teacher: bool,
-                     prosody: Any = None) -> list[dict[str, CaptionExample]]:
-    """One `{"student": ..., "teacher": ...}` pair per (clip, caption); no "teacher" entry when
+                     acoustic_prompt: bool, with_teacher: bool, prosody: Any = None,
+                     teacher_tokenizer: Any = None) -> list[dict[str, CaptionExample]]:
+    """One `{"student": ..., "teacher": ...}` pair per (clip, caption, window): a clip longer
+    than `max_len` allows gives one pair per window of its speech (every stream of it, the
+    prosody one included), all with the same teacher example. No "teacher" entry when
     `with_teacher` is False (the SFT-only baseline never runs the teacher). prosody: a
-    ProsodySettings to append the clip's prosody stream (`speech_tokens`)."""
-    out = []
+    ProsodySettings to append the clip's prosody stream (`speech_tokens`). teacher_tokenizer:
+    encodes the teacher side (default: `tokenizer`)."""
+    out, split, windows = [], 0, 0
     for r in rows:
         audio = speech_tokens(data_dir, r, keep_q, prosody)
         text = teacher_text(r, acoustic_prompt) if with_teacher else ""
-        for cap in _captions(r):
-            pair = {"student": encode_student_example(tokenizer, instruction, audio, cap, max_len)}
-            if with_teacher:
-                pair["teacher"] = encode_teacher_example(tokenizer, text, cap, max_len)
-            out.append(pair)
+        for i, cap in enumerate(_captions(r)):
+            students = encode_student_windows(tokenizer, instruction, audio, cap, max_len)
+            if i == 0 and len(students) > 1:
+                split, windows = split + 1, windows + len(students)
+            teacher = (encode_teacher_example(teacher_tokenizer or tokenizer, text, cap, max_len)
+                       if with_teacher else None)
+            for s in students:
+                out.append({"student": s, "teacher": teacher} if teacher else {"student": s})
+    if split:
+        log.warning("%d of %d clips are longer than the student's max_len=%d tokens: each was split "
+                    "into windows of its speech (%d windows in all), every window trained with the "
+                    "clip's captions", split, len(rows), max_len, windows)
+    if with_teacher:
+        _report_cut([p["teacher"] for p in out], max_len)
     return out
 
 

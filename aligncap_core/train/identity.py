@@ -43,7 +43,8 @@ KEY_CHARS = 16
 STAGE_VERSIONS = {"teacher": 1, "student": 1, "data": 1, "improve": 1, "evaluate": 1}
 
 # TrainConfig fields that change how a run is executed or logged, not the model it produces.
-OPERATIONAL = frozenset({"num_threads", "log_every", "keep_checkpoints", "checkpoint_every"})
+OPERATIONAL = frozenset({"num_threads", "log_every", "keep_checkpoints", "checkpoint_every",
+                         "gradient_checkpointing", "fused_adamw"})
 
 
 class RunMismatchError(ConfigError):
@@ -119,11 +120,15 @@ def _has_outputs(run_dir: Path, prefixes: tuple[str, ...]) -> bool:
 @contextlib.contextmanager
 def locked_run_dir(run_dir: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold the lock of run folder `run_dir` (created if needed) for the block; see the module
-    docstring. Reentrant within a process."""
+    docstring. Reentrant within a process. Under `accelerate launch` only rank 0 takes it (for
+    the whole group: the other ranks wait for rank 0 at its first barrier)."""
     from aligncap_core.locks import hold
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+        yield run_dir
+        return
     with hold(run_dir / ".lock", f"{what} run {run_dir}"):
         yield run_dir
 

@@ -12,6 +12,12 @@ with the same command continues where its last checkpoint left off, and a finish
 A newest checkpoint that is damaged (files not as saved, an unreadable trainer state) is set
 aside with a warning and the run resumes from the one before it. One run at a time holds the run
 dir (`train.identity.locked_run_dir`): a second one waits for it instead of racing its saves.
+
+Under `accelerate launch` (N processes, DDP) the same loop runs in every process through a
+`train.runtime.Runtime`: each process trains its share of every step's micro-batches, rank 0
+alone writes the run folder and the logs (and holds its lock), and resume restores every
+process's RNG state. A run resumes only under the same number of processes (its global batch
+depends on it).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from aligncap_core.model.checkpoint import (
 from aligncap_core.train.config import TrainConfig
 from aligncap_core.train.identity import RunIdentity, claim_run_dir, locked_run_dir
 from aligncap_core.train.loggers import Logger
+from aligncap_core.train.runtime import Runtime, resolve_autocast
 from aligncap_core.train.threads import ThreadGovernor
 from aligncap_core.utils import atomic_write, discard_dir, progress
 
@@ -98,6 +105,7 @@ class LoopState:
     bad_evals: int = 0
     stopped_early: bool = False
     reached_target: bool = False  # cfg.stop_at was reached
+    processes: int = 1  # processes the run trains on (its global batch depends on it)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopState:
@@ -125,23 +133,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
-
-
-def resolve_autocast(name: str, device: torch.device) -> torch.dtype | None:
-    """None = plain fp32. Weights stay fp32 either way (mixed precision): the optimizer updates
-    of a small LoRA/embedding row would round away in bf16 weights."""
-    if name == "auto":
-        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if ok else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int,
@@ -247,7 +238,10 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
 
     With `task.identity`, a run dir made by another identity (other settings or inputs) is never
     resumed: `train.identity.RunMismatchError` says what differs and what to do. The run dir's
-    lock is held throughout (a second run into it waits)."""
+    lock is held throughout (a second run into it waits).
+
+    Launched as N processes (`accelerate launch`), every process calls `fit` with the same
+    arguments; `train.runtime` says how the work is shared."""
     with locked_run_dir(run_dir, task.name):
         return _fit(task, cfg, Path(run_dir), logger, show_progress)
 
@@ -257,20 +251,28 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
     # ---- setup
     if not task.train_set:
         raise ConfigError(f"{task.name}: no training examples")
-    if task.identity is not None:
-        claim_run_dir(run_dir, task.identity)
-    device = resolve_device(cfg.device)
+    rt = Runtime(cfg.device)
+    device = rt.device
+    with rt.main_first():  # rank 0 claims the folder; the others then find it claimed
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if task.identity is not None:
+            claim_run_dir(run_dir, task.identity)
+    if not rt.is_main:
+        logger, show_progress = None, False
     threads_before = torch.get_num_threads()
     # CPU: all cores when the machine is idle, 1 when other jobs compete for them (3x faster
-    # then; see train.threads); num_threads > 0 pins the count
-    governor = ThreadGovernor(cfg.num_threads) if device.type == "cpu" else None
+    # then; see train.threads); num_threads > 0 pins the count. N processes share the cores.
+    governor = ThreadGovernor(cfg.num_threads, share=rt.world) if device.type == "cpu" else None
     amp_dtype = resolve_autocast(cfg.dtype, device)
-    seed_everything(cfg.seed)
-    model = task.model.to(device)
-    model.train()
+    # the same initial weights everywhere (built before fit, and DDP broadcasts rank 0's), but
+    # each process its own dropout masks; one process: seed as before
+    seed_everything(cfg.seed + rt.rank)
+    model = task.model
+    trained = rt.prepare(model, cfg.gradient_checkpointing)  # DDP-wrapped when launched
+    trained.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  fused=device.type == "cuda")
+    fused = cfg.fused_adamw if cfg.fused_adamw is not None else device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
     from transformers import get_scheduler
 
     scheduler = get_scheduler(
@@ -278,20 +280,32 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
         num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
     # fp16 needs loss scaling (its exponent range underflows small grads); bf16 and fp32 do not
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    state = LoopState()
+    state = LoopState(processes=rt.world)
     last_path: Path | None = None
 
-    _clear_leftovers(run_dir)
-    resumed = resume_point(run_dir)
+    # rank 0 clears what a killed run left, and sets a damaged newest checkpoint aside, before
+    # anyone reads
+    with rt.main_first():
+        if rt.is_main:
+            _clear_leftovers(run_dir)
+        resumed = resume_point(run_dir)
     if resumed is not None:
         resume_from, ts = resumed
+        state = LoopState.from_dict(ts["loop"])
+        finished = state.step >= cfg.max_steps or state.stopped_early or state.reached_target
+        if state.processes != rt.world and not finished:
+            raise ConfigError(
+                f"{resume_from}: this run trains on {state.processes} process(es) (global batch "
+                f"{cfg.batch_size * cfg.grad_accum * state.processes}), this launch has {rt.world}: "
+                f"resume it with {state.processes} (--num-processes), or train into a new --out")
         load_trainable_state(model, ts["model"], RESUME_MISMATCH)
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         scaler.load_state_dict(ts["scaler"])
-        state = LoopState.from_dict(ts["loop"])
         last_path = resume_from
-        restore_rng_state(ts["rng"])  # last: nothing after this may draw random numbers
+        # last: nothing after this may draw random numbers. Each process gets its own state
+        # (rng_by_rank, written by launched runs); a single-process checkpoint has only "rng"
+        restore_rng_state(ts.get("rng_by_rank", [ts["rng"]])[rt.rank])
 
     def autocast() -> contextlib.AbstractContextManager:
         if amp_dtype is None:
@@ -299,14 +313,21 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
     def save(metrics: dict[str, float]) -> Path:
-        trainer_state = {
-            "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "loop": asdict(state),
-            "rng": capture_rng_state(),  # save_checkpoint captures the same; kept for any saver
-        }
-        path = task.save(run_dir / checkpoint_name(state.step), state.step, metrics, trainer_state)
-        _prune(run_dir, cfg.keep_checkpoints, keep=state.best_checkpoint)
+        """Every process calls it (their RNG states are gathered); rank 0 writes."""
+        rngs = rt.gather(capture_rng_state())
+        path = run_dir / checkpoint_name(state.step)
+        if rt.is_main:
+            trainer_state = {
+                "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "loop": asdict(state),
+                "rng": rngs[0],  # save_checkpoint captures the same; kept for any saver
+            }
+            if rt.distributed:
+                trainer_state["rng_by_rank"] = rngs
+            path = task.save(path, state.step, metrics, trainer_state)
+            _prune(run_dir, cfg.keep_checkpoints, keep=state.best_checkpoint)
+        rt.wait()  # nobody reads or prunes the folder while rank 0 writes it
         return path
 
     # length-grouped batches when the examples' lengths are known (far less padding)
@@ -326,21 +347,26 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
                 governor.update()
             t_step = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            for _ in range(cfg.grad_accum):
+            step_batches = []
+            for _ in range(cfg.grad_accum * rt.world):  # the step's micro-batches, all processes
                 if order[0] != state.epoch:
                     order = (state.epoch, batch_order(len(task.train_set), cfg.batch_size,
                                                       cfg.seed, state.epoch, lengths))
                 batches = order[1]
-                idx = batches[state.batch_in_epoch]
+                step_batches.append(batches[state.batch_in_epoch])
                 state.batch_in_epoch += 1
                 if state.batch_in_epoch == len(batches):
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            mine = rt.my_batches(step_batches)
+            for j, idx in enumerate(mine):
                 batch = to_device(task.collate([task.train_set[i] for i in idx]), device)
-                with autocast():
-                    out = task.compute_loss(model, batch)
-                # mean of micro-batch means: each micro-batch weighs the same, as one big batch
-                # would if the micro-batches hold equally many caption tokens
-                scaler.scale(out.loss / cfg.grad_accum).backward()
+                with rt.sync_gradients(trained, last=j == len(mine) - 1):
+                    with autocast():
+                        out = task.compute_loss(trained, batch)
+                    # mean of micro-batch means (DDP then averages over processes): each
+                    # micro-batch weighs the same, as one big batch would if the micro-batches
+                    # hold equally many caption tokens
+                    scaler.scale(out.loss / cfg.grad_accum).backward()
                 window["loss"] += out.loss.item() / cfg.grad_accum
                 for k, v in out.metrics.items():
                     window[k] += v / cfg.grad_accum
@@ -358,9 +384,11 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
 
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                 dt = max(t_window, 1e-9)
-                logged = {f"train/{k}": v / n_window for k, v in window.items()}
+                logged = rt.mean({f"train/{k}": v / n_window for k, v in window.items()})
                 logged.update({"lr": scheduler.get_last_lr()[0], "steps_per_s": n_window / dt,
-                               "tokens_per_s": tok_window / dt})
+                               "tokens_per_s": rt.total(tok_window) / dt})
+                if device.type == "cuda":
+                    logged["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 if logger:
                     logger.log_metrics(logged, state.step)
                 last_metrics.update(logged)
@@ -375,9 +403,11 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
 
             improved = False
             if cfg.eval_every and task.valid_set and state.step % cfg.eval_every == 0:
-                val = evaluate(task, model, cfg, device, autocast)
+                val = evaluate(task, model, cfg, device, autocast, rt)
                 if task.validate is not None:
-                    val.update(_extra_validation(task, model, autocast))
+                    # generated captions: rank 0 computes them, every process gets the figures
+                    extra = _extra_validation(task, model, autocast) if rt.is_main else None
+                    val.update(rt.broadcast(extra))
                 if logger:
                     logger.log_metrics(val, state.step)
                 last_metrics.update(val)
@@ -403,6 +433,8 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
     # ---- cleanup
     if governor:
         torch.set_num_threads(threads_before)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_disable()  # the caller may generate with it next
     assert last_path is not None  # the loop ran at least once or resumed from a checkpoint
     best = run_dir / state.best_checkpoint if state.best_checkpoint else last_path
     result = FitResult(
@@ -410,9 +442,10 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
         best_valid_loss=state.best_value if cfg.select_metric == "valid/loss" else None,
         stopped_early=state.stopped_early, metrics=last_metrics, select_metric=cfg.select_metric,
         best_value=state.best_value, reached_target=state.reached_target)
-    with atomic_write(run_dir / "train_summary.json") as f:
-        json.dump({**asdict(result), "best_checkpoint": str(best),
-                   "last_checkpoint": str(last_path)}, f, indent=2)
+    if rt.is_main:
+        with atomic_write(run_dir / "train_summary.json") as f:
+            json.dump({**asdict(result), "best_checkpoint": str(best),
+                       "last_checkpoint": str(last_path)}, f, indent=2)
     if state.stopped_early and show_progress:
         print(f"{task.name}: early stop at step {state.step} (no {cfg.select_metric} improvement "
               f"in {state.bad_evals} evals)", file=sys.stderr)
@@ -441,9 +474,11 @@ def _selection_value(cfg: TrainConfig, val: dict[str, float]) -> float:
 
 @torch.no_grad()
 def evaluate(task: TrainTask, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
-             autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
+             autocast: Callable[[], contextlib.AbstractContextManager],
+             rt: Runtime | None = None) -> dict[str, float]:
     """Mean loss (and the task's metrics) over the first `eval_batches` valid batches, in file
-    order: the same examples at every evaluation, so values are comparable across steps."""
+    order: the same examples at every evaluation, so values are comparable across steps.
+    Launched, each process evaluates every N-th batch and the sums are combined."""
     model.eval()
     sums: dict[str, float] = defaultdict(float)
     n = 0
@@ -451,6 +486,8 @@ def evaluate(task: TrainTask, model: torch.nn.Module, cfg: TrainConfig, device: 
         starts = range(0, len(task.valid_set), cfg.batch_size)
         if cfg.eval_batches:
             starts = starts[: cfg.eval_batches]
+        if rt is not None and rt.distributed:
+            starts = starts[rt.rank::rt.world]
         for s in starts:
             chunk = list(task.valid_set[s: s + cfg.batch_size])
             with autocast():
@@ -461,6 +498,13 @@ def evaluate(task: TrainTask, model: torch.nn.Module, cfg: TrainConfig, device: 
             n += len(chunk)
     finally:
         model.train()
+    if rt is not None and rt.distributed:
+        parts = rt.gather((dict(sums), n))
+        sums, n = defaultdict(float), 0
+        for part, count in parts:
+            for k, v in part.items():
+                sums[k] += v
+            n += count
     return {f"valid/{k}": v / n for k, v in sums.items()}
 
 

@@ -40,8 +40,29 @@ from aligncap_core.train.identity import (
 )
 from aligncap_core.train.loggers import JsonlLogger, Logger
 from aligncap_core.train.loop import StepOutput, TrainTask, fit
+from aligncap_core.train.runtime import is_main_process, main_process_first, resolve_weights_dtype
 
 TEACHER_ADAPTER = "teacher"
+
+
+def _start_run(out_dir: Path, ident: RunIdentity, cfg: Any, logger: Logger | None,
+               params: dict[str, Any]) -> Logger | None:
+    """Claim the run folder (before anything is written into a folder of another run), write
+    its config and log the params: rank 0 of a launch, the other processes after it (they find
+    the folder theirs and log nothing). Returns the stage's logger (None off rank 0)."""
+    with main_process_first():
+        claim_run_dir(out_dir, ident)
+    if not is_main_process():
+        return None
+    dump_config(cfg, out_dir / "config.yaml")
+    logger = logger or JsonlLogger(out_dir / "metrics.jsonl")
+    logger.log_params(params)
+    return logger
+
+
+def _weights_dtype(cfg: Any) -> torch.dtype:
+    """Frozen base weights: `train.weights_dtype` (bf16 on a GPU by default; train.runtime)."""
+    return resolve_weights_dtype(cfg.train.weights_dtype, cfg.train.dtype, cfg.train.device)
 
 
 def _max_len(cfg_max_len: int, model: Any) -> int:
@@ -91,14 +112,17 @@ def build_teacher_model(data_dir: Path, out_dir: Path, cfg: TeacherConfig) -> tu
     vocab = audio_token_vocab(*data.codec_layout(data_dir, rows)) + prosody_vocab()
     if cfg.from_scratch:
         base_dir = out_dir / "base"
-        if not (base_dir / BASE_INFO).is_file():  # a resumed run reuses the base it started from
-            texts = data.corpus_texts([r for r in rows if r.get("split") == "train"],
-                                      DEFAULT_INSTRUCTION)
-            build_tiny_base(cfg.preset, texts, base_dir, seed=cfg.train.seed)
+        with main_process_first():  # rank 0 builds it; launched, the others then load it
+            if not (base_dir / BASE_INFO).is_file():  # a resumed run reuses its base
+                texts = data.corpus_texts([r for r in rows if r.get("split") == "train"],
+                                          DEFAULT_INSTRUCTION)
+                build_tiny_base(cfg.preset, texts, base_dir, seed=cfg.train.seed)
         base_model = str(base_dir)
     else:
         base_model = cfg.base
-    model, tok = load_base(base_model, dtype=torch.float32)
+    # every weight of a from-scratch teacher trains (fp32); a hub base under a LoRA teacher is
+    # frozen, so it may load in bf16
+    model, tok = load_base(base_model, dtype=torch.float32 if cfg.from_scratch else _weights_dtype(cfg))
     torch.manual_seed(cfg.train.seed)  # mean_resizing samples the new rows
     add_audio_tokens(model, tok, vocab)
     if not cfg.from_scratch:
@@ -128,10 +152,7 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig 
 def _train_teacher(data_dir: Path, out_dir: Path, cfg: TeacherConfig, logger: Logger | None,
                    show_progress: bool) -> Path:
     ident = teacher_identity(data_dir, cfg)
-    claim_run_dir(out_dir, ident)  # before anything is written into a folder of another run
-    dump_config(cfg, out_dir / "config.yaml")
-    logger = logger or JsonlLogger(out_dir / "metrics.jsonl")
-    logger.log_params({"stage": "teacher", **to_dict(cfg)})
+    logger = _start_run(out_dir, ident, cfg, logger, {"stage": "teacher", **to_dict(cfg)})
 
     model, tok, base_model = build_teacher_model(data_dir, out_dir, cfg)
     max_len = _max_len(cfg.train.max_len, model)
@@ -178,7 +199,8 @@ def build_student_model(data_dir: Path, teacher_ckpt: str | Path,
     from aligncap_core.model.checkpoint import load_checkpoint
     from aligncap_core.model.lora import make_student
 
-    model, tok, meta = load_checkpoint(teacher_ckpt, dtype=torch.float32)
+    # the teacher's weights are the student's frozen base: bf16 on a GPU (train.weights_dtype)
+    model, tok, meta = load_checkpoint(teacher_ckpt, dtype=_weights_dtype(cfg))
     if meta["kind"] == "full":
         # the from-scratch teacher *is* the base: its pass runs with the student adapter off
         teacher_adapter, base_model = None, str(teacher_ckpt)
@@ -216,11 +238,8 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
 def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg: StudentConfig,
                    logger: Logger | None, show_progress: bool) -> Path:
     ident = student_identity(data_dir, teacher_ckpt, cfg)
-    claim_run_dir(out_dir, ident)  # before anything is written into a folder of another run
-    dump_config(cfg, out_dir / "config.yaml")
-    logger = logger or JsonlLogger(out_dir / "metrics.jsonl")
-    logger.log_params({"stage": "student", "teacher_checkpoint": str(teacher_ckpt),
-                       **to_dict(cfg)})
+    logger = _start_run(out_dir, ident, cfg, logger, {
+        "stage": "student", "teacher_checkpoint": str(teacher_ckpt), **to_dict(cfg)})
 
     model, tok, base_model, teacher_adapter = build_student_model(data_dir, teacher_ckpt, cfg)
     use_kd = cfg.lambda_kd > 0

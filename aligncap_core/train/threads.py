@@ -45,17 +45,19 @@ def cpu_pressure() -> float | None:
 
 class ThreadGovernor:
     """Sets torch's intra-op threads for the calling thread's next ops, re-checked at most every
-    `every_s` seconds. `fixed` > 0 pins the count (config `num_threads`) and never adapts.
+    `every_s` seconds. `fixed` > 0 pins the count (config `num_threads`) and never adapts;
+    `share`: processes of one launch that run on these CPUs (each gets its part).
 
         gov = ThreadGovernor()
         for step in ...:
             gov.update()  # cheap: a file read every few seconds
     """
 
-    def __init__(self, fixed: int = 0, every_s: float = 5.0):
+    def __init__(self, fixed: int = 0, every_s: float = 5.0, share: int = 1):
         self.fixed = fixed
         self.every_s = every_s
-        self.n_max = usable_cpus()
+        # `share` processes of one launch (train.runtime) split the CPUs between them
+        self.n_max = max(1, usable_cpus() // max(1, share))
         self.threads = fixed or self.n_max
         self.switches = 0
         self._checked = float("-inf")

@@ -56,3 +56,26 @@ def test_pipeline_bench_smoke(tmp_path):
     assert res["bench"] == "pipeline"
     assert res["cache"]["cached_s"] < res["cache"]["cold_s"]
     assert set(res["scaling"]["by_size"]) == {"6", "12"}
+
+
+def test_gpu_smoke_script_cpu_fallback(tmp_path):
+    """bench/gpu_smoke.sh on a machine without a GPU: the micro fp32 CPU path of the same
+    stages, with every figure it prints on a GPU (peak memory is GPU-only: null here)."""
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run([str(ROOT / "bench" / "gpu_smoke.sh"), "--smoke", "--threads", "1",
+                           "--keep", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    stages = [x for x in lines if x["bench"] == "gpu_smoke_stage"]
+    import torch
+
+    assert [(s["stage"], s["processes"]) for s in stages[:3]] == [
+        ("teacher", 1), ("student", 1), ("dpo", 1)]
+    for s in stages:
+        assert s["steps"] == 3 and s["step_s"] > 0 and s["first_step_s"] > 0 and s["loss"] > 0
+        if not torch.cuda.is_available():
+            assert s["autocast"] == "fp32" and s["device"] == "cpu" and s["peak_mem_gb"] is None
+    assert lines[-1]["bench"] == "gpu_smoke" and lines[-1]["smoke"] is True

@@ -62,3 +62,28 @@ def test_copy_rate_counts_what_the_prompt_states(parser):
     assert r["copy_pairs"] == 5 and r["copy_rate"] == pytest.approx(4 / 5)
     assert r["copy_rate_volume"] == 0.0 and r["copy_rate_emotion"] == 1.0
     assert r["copy_rate_speed"] is None
+
+
+def test_an_attribute_every_candidate_states_uncertainly_is_decoded_away(parser):
+    from aligncap_core.inference.consistent import consistent_captions, omit_words
+
+    cands = {0: "A man speaks slowly, sounding sad.", 1: "A woman speaks slowly, sounding sad."}
+
+    def generate(prompts, do_sample, n, seed):  # gender is a coin flip in every sample
+        return [cands[0]] * len(prompts) if not do_sample else [cands[j % 2] for j in range(n * len(prompts))]
+
+    asked = []
+
+    def omit(prompts, attrs):
+        asked.append(tuple(attrs))
+        return ["The speaker speaks slowly, sounding sad."] * len(prompts)
+
+    s = DecodingSettings(samples=4)
+    texts, why = consistent_captions(generate, [[1, 2]], s, parser, omit)
+    assert asked == [("gender",)]
+    assert texts == ["The speaker speaks slowly, sounding sad."] and why[0].index == 5
+    assert why[0].omitted == ["gender"] and why[0].agreement["gender"][1] == 0.6
+    # without the re-decoding step the coin flip is stated
+    assert consistent_captions(generate, [[1, 2]], s, parser)[0] == [cands[0]]
+    assert {"he", "she", "man", "woman", "lady"} <= set(omit_words("gender"))
+    assert {"pitch", "high", "deep"} <= set(omit_words("pitch"))

@@ -54,10 +54,14 @@ def raw_corpus(root: Path, n: int = 24, n_valid: int = 8) -> Path:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
+    return coded_corpus(tmp_path_factory.mktemp("infer") / "data")
+
+
+def coded_corpus(root: Path) -> Path:
     """A prepared, clue-annotated data dir tokenized with the tiny codec saved in DATA_DIR/codec."""
     from aligncap_core.codec import calibrate_encodec, read_audio, tokenize_dataset
 
-    root = raw_corpus(tmp_path_factory.mktemp("infer") / "data")
+    root = raw_corpus(root)
     rows = read_jsonl(root / "manifest.jsonl")
     wavs = [read_audio(root / r["audio"], SR) for r in rows if r["split"] == "train"]
     codec = calibrate_encodec(lambda i: wavs[i], [len(w) for w in wavs], n_q=2, iters=5,
@@ -248,10 +252,10 @@ def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
     rows = read_jsonl(corpus / "manifest.jsonl")[:2]
     [clip] = cap.encode_files([corpus / rows[0]["audio"]])
     assert isinstance(clip, Speech) and clip.prosody[0] == "<prosody>"
-    ids = cap.prompt_ids(clip, 8)
+    (ids,) = cap.prompt_windows(clip, 8)
     vocab = cap.tokenizer.get_vocab()
     assert ids[-len(clip.prosody):] == [vocab[t] for t in clip.prosody]  # the stream ends the prompt
     assert len(cap.caption_files([corpus / r["audio"] for r in rows],
                                  GenerationSettings(max_new_tokens=6))) == 2
     with pytest.raises(ConfigError, match="prosody stream"):
-        cap.prompt_ids(load_codes(corpus, rows[0]), 8)  # bare codes cannot feed this student
+        cap.prompt_windows(load_codes(corpus, rows[0]), 8)  # bare codes cannot feed this student

@@ -178,10 +178,13 @@ def test_batching_labels_and_caption_positions():
     sb = b["student"]
     assert sb["input_ids"].shape == sb["labels"].shape == sb["attention_mask"].shape
     assert sb["caption_start"].tolist() == [s.caption_start] * 2
-    # truncation keeps bos and the whole caption
-    long = encode_student_example(tok, "Describe.", ["<a0_2>"] * 50, cap, max_len=20)
-    assert len(long.input_ids) == 20 and long.input_ids[0] == tok.bos_token_id
-    assert long.input_ids[long.caption_start:] == cap_ids
+    # a text prompt is cut to fit (bos and the whole caption kept) and the cut is counted;
+    # a speech prompt is never cut (model.batching.encode_student_windows splits it instead)
+    long_t = encode_teacher_example(tok, "Kids are talking by the door. " * 8, cap, max_len=20)
+    assert len(long_t.input_ids) == 20 and long_t.input_ids[0] == tok.bos_token_id
+    assert long_t.input_ids[long_t.caption_start:] == cap_ids and long_t.cut > 0 and t.cut == 0
+    with pytest.raises(ConfigError, match="windows"):
+        encode_student_example(tok, "Describe.", ["<a0_2>"] * 50, cap, max_len=20)
     with pytest.raises(ConfigError):
         encode_student_example(tok, "Describe.", ["<a9_999>"], cap)
     with pytest.raises(ConfigError):
