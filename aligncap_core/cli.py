@@ -403,7 +403,7 @@ def evaluate_cmd(
 def improve_cmd(
     from_ckpt: Annotated[str, typer.Option("--from", help="Starting policy: a student checkpoint, a round's policy checkpoint, or a finished round folder.")],
     data: Annotated[Path, typer.Option("--data", help="Prepared data dir (clues + codes); train clips are sampled, valid/zeroshot evaluated.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder (round-k/, improve.json); an existing one is resumed.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (round-k/, improve.json, run.json); an existing one is resumed only by the same --from, data and settings (--rounds may grow), anything else is refused.")],
     rounds: Annotated[int | None, typer.Option("--rounds", help="Preference rounds after round 0.")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="rubric (offline) or openai.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="ImproveConfig YAML (unknown keys are an error).")] = None,
