@@ -1,5 +1,12 @@
 # The two commands: `make demo` and `make test`. Both create .venv and install what is missing.
-PY      ?= python3.11
+# python3.11 (the version the pins were verified on), else 3.12 or 3.13 (Debian 13 and Ubuntu
+# 24.04 ship those; the pins resolve there too), else python3 if >= 3.11; PY=... overrides
+PY      ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+             command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+             && echo $$p && break; done)
+ifeq ($(strip $(PY)),)
+$(error no python3.11 or newer on PATH; install one or pass PY=/path/to/python3.X)
+endif
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
