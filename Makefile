@@ -33,9 +33,11 @@ install: $(STAMP)
 install-dev: $(DEVSTAMP)
 
 # The aligncap_pipeline flow in Prefect's embedded mode on the built-in corpus, with the
-# CPU-sized settings in flows/demo.yaml. A second run reuses the cached stages.
+# CPU-sized settings in flows/demo.yaml. A second run reuses the cached stages. The embedded
+# Prefect server gets 300 s to start (its 20 s default is too short on a busy 2-core machine).
 demo: $(STAMP)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.pipeline --out $(DEMO_OUT) --params flows/demo.yaml
+	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-300} \
+		$(BIN)/python -m flows.pipeline --out $(DEMO_OUT) --params flows/demo.yaml
 
 test: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q -ra
