@@ -58,6 +58,17 @@ class DataParams(_Params):
                        "train split), a Hugging Face id (facebook/encodec_24khz) or a local EnCodec folder.")
     n_q: int = Field(2, ge=1, le=32, description="EnCodec codebooks per frame (2 = 1.5 kbps, 150 tokens/s).")
     seed: int = Field(0, ge=0, description="Seed of the codec calibration.")
+    augment: dict[str, Any] = Field(default_factory=dict, description="Domain randomisation of the "
+                                    "train clips (AugmentConfig keys, e.g. {\"copies\": 1}): empty = "
+                                    "none. Copies are added after prepare, before clues and tokenize.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataParams:
+        if self.augment:
+            from aligncap_core.data.augment.config import AugmentConfig
+
+            _validate(AugmentConfig.from_dict, dict(self.augment))
+        return self
 
 
 class TeacherParams(_Params):

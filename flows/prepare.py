@@ -1,4 +1,4 @@
-"""Flow `prepare-data`: (synthesize ->) prepare -> clues -> tokenize into OUT/data/<key>, published
+"""Flow `prepare-data`: (synthesize ->) prepare (-> augment) -> clues -> tokenize into OUT/data/<key>, published
 to the artifact store as STORE/data/<key>."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import exists, open_store, parent_run, run_stage
 from flows.params import DataParams, TrackingParams
-from tasks import clues, prepare, publish, synth, tokenize
+from tasks import augment, clues, prepare, publish, synth, tokenize
 from tasks.caching import first_row
 from tasks.data import data_identity
 
@@ -46,9 +46,13 @@ def prepare_data(out_dir: str = "runs/pipeline", data: DataParams = DataParams()
                                workers=data.synth_workers, output=lambda _: exists(source))
         # prepare, clues and tokenize each rewrite DATA_DIR/manifest.jsonl: once one of them
         # really runs, the ones after it must run again (they add their columns in place)
-        _, ran = run_stage(prepare, source, data_dir, settings=data.prepare, refresh=ran,
+        prepared = str(st.local(f"prepared/{ident.key}")) if data.augment else data_dir
+        _, ran = run_stage(prepare, source, prepared, settings=data.prepare, refresh=ran,
                            parent_run_id=t.parent_run_id, tracking_uri=t.uri,
-                           output=lambda _: exists(f"{data_dir}/fingerprint.json"))
+                           output=lambda _: exists(f"{prepared}/fingerprint.json"))
+        if data.augment:  # randomised copies of the train clips join them in DATA_DIR
+            _, ran = run_stage(augment, prepared, data_dir, settings=data.augment, refresh=ran,
+                               output=lambda _: exists(f"{data_dir}/fingerprint.json"))
         _, ran = run_stage(clues, data_dir, backend=data.clue_backend, refresh=ran,
                            output=lambda _: "p_act" in (first_row(data_dir) or {}))
         run_stage(tokenize, data_dir, codec=data.codec, n_q=data.n_q, seed=data.seed, refresh=ran,

@@ -1,4 +1,4 @@
-"""Data stages as Prefect tasks: synthesize, prepare, clues, tokenize.
+"""Data stages as Prefect tasks: synthesize, prepare, augment, clues, tokenize.
 
 Each task calls one `aligncap_core` function with paths and returns its small JSON summary.
 They read and write files, so they retry (a flaky disk or S3 read is the usual failure); every
@@ -124,6 +124,28 @@ def prepare(source: str, out_dir: str, settings: dict[str, Any] | None = None,
             client(tracking_uri).log_dict(run, summary, "prepare/summary.json")
     get_run_logger().info("prepare: kept %s, rejected %s -> %s", summary["kept"],
                           summary["rejected"], out_dir)
+    return summary
+
+
+# ---- augment (domain randomisation) -----------------------------------------------------------
+def _augment_inputs(p: dict[str, Any]) -> list[Any] | None:
+    return [prepared_fingerprint(p["data_dir"]), path_key(p["data_dir"]), path_key(p["out_dir"]),
+            p.get("settings") or {}]
+
+
+@task(name="augment", cache_key_fn=make_key_fn("augment", _augment_inputs), **IO_RETRIES, **PERSIST)
+def augment(data_dir: str, out_dir: str, settings: dict[str, Any] | None = None) -> dict:
+    """Prepared `data_dir`'s rows plus randomised copies of its train rows into `out_dir`
+    (`aligncap_core.data.augment`: voice, formants, channel, noise, codecs; labels re-measured).
+    settings: `AugmentConfig` keys (copies, seed, per-transform sections)."""
+    from aligncap_core.data.augment import augment_dataset
+    from aligncap_core.data.augment.config import AugmentConfig
+
+    summary = augment_dataset(data_dir, out_dir, AugmentConfig.from_dict(dict(settings or {})),
+                              progress=False)
+    get_run_logger().info("augment: kept %s of %s copies (rejected %s: %s), relabeled %s -> %s",
+                          summary["kept"], summary["produced"], summary["rejected"],
+                          summary["rejects_by_reason"], summary["relabeled"], out_dir)
     return summary
 
 

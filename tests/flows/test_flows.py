@@ -113,6 +113,21 @@ def test_prepare_data_runs_then_reuses_its_keyed_output(tmp_path):
     assert Path(third.result()) != data_dir and Path(third.result()).parent == data_dir.parent
     assert manifest.stat().st_mtime_ns == mtime  # the first data is untouched
 
+    # domain randomisation: copies of the train clips join them, clued and tokenized like them
+    aug = prepare_data(str(tmp_path), data.model_copy(update={"augment": {"copies": 1, "seed": 3}}),
+                       off, return_state=True)
+    states = _task_states(aug.state_details.flow_run_id)
+    assert states["synth"] == "Cached" and states["augment"] == "Completed"
+    aug_rows = [json.loads(x) for x in (Path(aug.result()) / "manifest.jsonl").read_text().splitlines()]
+    copies = [r for r in aug_rows if "-aug1" in r["id"]]
+    n_train = sum(r["split"] == "train" for r in rows)
+    summary = json.loads((Path(aug.result()) / "fingerprint.json").read_text())
+    assert 0 < len(copies) <= n_train and len(aug_rows) == len(rows) + len(copies)
+    assert all(r["split"] == "train" and "codes" in r and "p_act" in r for r in copies), summary
+    assert Path(aug.result()) not in (data_dir, Path(third.result()))
+    with pytest.raises(ValueError, match="copie"):  # a bad augment setting is refused up front
+        DataParams(augment={"copies": -1})
+
 
 MICRO_TRAIN = {"lr": 3e-3, "warmup_steps": 2, "batch_size": 8, "eval_every": 10, "eval_batches": 2,
                "checkpoint_every": 0, "num_threads": 1, "log_every": 5}
