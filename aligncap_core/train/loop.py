@@ -44,6 +44,7 @@ from aligncap_core.model.checkpoint import (
     restore_rng_state,
     trainable_state,
 )
+from aligncap_core.model.lora import set_lora_input_casting
 from aligncap_core.train.config import TrainConfig
 from aligncap_core.train.identity import RunIdentity, claim_run_dir
 from aligncap_core.train.loggers import Logger
@@ -229,10 +230,13 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
     # each process its own dropout masks; one process: seed as before
     seed_everything(cfg.seed + rt.rank)
     model = task.model
+    if amp_dtype is not None:  # every forward below runs under autocast (model.lora)
+        set_lora_input_casting(model, False)
     trained = rt.prepare(model, cfg.gradient_checkpointing)  # DDP-wrapped when launched
     trained.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = cfg.fused_adamw if cfg.fused_adamw is not None else device.type == "cuda"
+    fused = (cfg.fused_adamw if cfg.fused_adamw is not None
+             else device.type == "cuda" or amp_dtype == torch.bfloat16)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
     from transformers import get_scheduler
 
@@ -395,6 +399,8 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
     # ---- cleanup
     if governor:
         torch.set_num_threads(threads_before)
+    if amp_dtype is not None:
+        set_lora_input_casting(model, True)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_disable()  # the caller may generate with it next
     assert last_path is not None  # the loop ran at least once or resumed from a checkpoint

@@ -38,6 +38,7 @@ def _run_inprocess(name: str, capsys) -> dict:
     ("codec_speed", ["x_realtime", "parallel_over_per_clip", "x_realtime_bound_at_peak"]),
     ("dpo_round", ["on_the_fly_over_precomputed_step", "step_s"]),
     ("serving", ["latency_s_per_3s_clip", "service_clips_per_s", "batch_clips_per_s"]),
+    ("bf16", ["peaks", "kd_step", "teacher_step", "dpo_step", "caption_batch", "encodec"]),
 ])
 def test_bench_script_smoke(name, keys, capsys):
     res = _run_inprocess(name, capsys)
@@ -45,6 +46,12 @@ def test_bench_script_smoke(name, keys, capsys):
         assert res[k] is not None, f"{name}: {k} missing"
     if name == "codec_speed":
         assert res["codes_equal_across_batching"] is True
+    if name == "bf16":  # both peaks from this run; every ratio has both of its sides
+        assert set(res["peaks"]) == {"fp32", "bf16", "kernels"}
+        for part in ("kd_step", "teacher_step", "dpo_step"):
+            assert set(res[part]["s"]) == {"fp32", "bf16"} and res[part]["bf16_over_fp32"] > 0
+        assert res["caption_batch"]["greedy"]["bf16_over_fp32"] > 0
+        assert 0 <= res["encodec"]["codes_identical_share"] <= 1
 
 
 def test_pipeline_bench_smoke(tmp_path):
