@@ -118,7 +118,8 @@ def precision_params(autocast: str, weights: torch.dtype, device_name: str = "au
     from aligncap_core.precision import cpu_bf16, dtype_name
 
     device = resolve_device(device_name)
-    out: dict[str, Any] = {"precision.autocast": dtype_name(resolve_autocast(autocast, device)),
+    out: dict[str, Any] = {"precision.dtype": autocast,
+                           "precision.autocast": dtype_name(resolve_autocast(autocast, device)),
                            "precision.weights": dtype_name(weights), "precision.device": device.type}
     if device.type == "cpu":
         out.update({f"precision.{k}": v for k, v in cpu_bf16().params().items()})
@@ -126,11 +127,13 @@ def precision_params(autocast: str, weights: torch.dtype, device_name: str = "au
 
 
 def precision_line(params: dict[str, Any]) -> str:
-    """`precision_params` as one line: "bf16 autocast, base weights in bf16 on cpu (...)"."""
+    """`precision_params` as one line: "bf16 autocast, base weights in bf16 on cpu (dtype auto;
+    CPU bf16 probe: amx_bf16, ...)"."""
+    amp = params["precision.autocast"]
     why = params.get("precision.cpu_bf16.reason")
-    return (f"{params['precision.autocast']} autocast, base weights in "
-            f"{params['precision.weights']} on {params['precision.device']}"
-            + (f" ({why})" if why else ""))
+    return (f"{amp + ' autocast' if amp != 'fp32' else 'fp32'}, base weights in "
+            f"{params['precision.weights']} on {params['precision.device']} "
+            f"(dtype {params['precision.dtype']}" + (f"; CPU bf16 probe: {why})" if why else ")"))
 
 
 def resolve_weights_dtype(weights: str, autocast: str, device_name: str = "auto") -> torch.dtype:

@@ -173,6 +173,10 @@ def test_uniform_dropout_in_bf16_draws_16_bit_uniforms_and_stays_unbiased():
     assert torch.equal(x.grad, y.detach())  # d y / d x = mask * scale
     torch.manual_seed(0)
     assert torch.equal(d(x), y)  # seeded: the same mask again
+    d05 = UniformDropout(0.05)  # the default p: 1 / 0.95 is no bf16 number, the mean stays x's
+    x = torch.randn(400_000).abs().add(0.5).to(torch.bfloat16)
+    ratio = d05(x).double().sum() / x.double().sum()
+    assert abs(ratio.item() - 1) < 1.2e-3, ratio  # 3.5 sigma of the mask's noise; a scale rounded to bf16 is +1.9e-3
     torch.manual_seed(0)
     kept32 = d(torch.ones(1000)) != 0
     torch.manual_seed(0)
