@@ -169,16 +169,41 @@ def train_steps(args, reps: int) -> dict:
     return {"times": times, "flops": flops, "first_loss": first, "kernels": kernels, "profile": prof}
 
 
-def top_ops(fn, n: int = 12) -> list[list]:
-    """[op, self ms, share of the step] of the n ops with the most self CPU time in one fn()."""
+MATMUL_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear"}
+RNG_OPS = {"aten::uniform_", "aten::random_", "aten::bernoulli_"}
+
+
+def top_ops(fn, n: int = 12) -> dict:
+    """One profiled fn(): `top` = [op, self ms, share] of the n ops with the most self CPU time,
+    `ms` = self time by kind (matmul, attention, rng, other: elementwise ops, casts, copies,
+    reductions, Python-side dispatch)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as p:
         fn()
     ev = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in ev) or 1
-    return [[e.key, round(e.self_cpu_time_total / 1e3, 1), round(e.self_cpu_time_total / total, 3)]
-            for e in ev[:n]]
+    kinds = {"matmul": 0.0, "attention": 0.0, "rng": 0.0, "other": 0.0}
+    for e in ev:
+        kind = ("matmul" if e.key in MATMUL_OPS else "attention" if "scaled_dot_product" in e.key
+                else "rng" if e.key in RNG_OPS else "other")
+        kinds[kind] += e.self_cpu_time_total / 1e3
+    return {"top": [[e.key, round(e.self_cpu_time_total / 1e3, 1), round(e.self_cpu_time_total / total, 3)]
+                    for e in ev[:n]],
+            "ms": {k: round(v, 1) for k, v in kinds.items()}, "total_ms": round(total / 1e3, 1)}
+
+
+def floor(prof: dict) -> dict | None:
+    """What the profiles say about bf16 / fp32 of the step: `if_matmuls_were_free` = the bf16
+    step without its matmul time over the fp32 step (both profiled): no faster matrix unit can
+    take the ratio below it."""
+    if not prof:
+        return None
+    b, f = prof["bf16"], prof["fp32"]
+    return {"profiled_bf16_over_fp32": round(b["total_ms"] / f["total_ms"], 3),
+            "if_matmuls_were_free": round((b["total_ms"] - b["ms"]["matmul"]) / f["total_ms"], 3),
+            "matmul_share": {"fp32": round(f["ms"]["matmul"] / f["total_ms"], 3),
+                             "bf16": round(b["ms"]["matmul"] / b["total_ms"], 3)}}
 
 
 # ---- DPO step -----------------------------------------------------------------------------------
@@ -239,6 +264,9 @@ def caption_batches(args, reps: int) -> dict:
         out[strategy] = {"s": {k: round(v, 4) for k, v in t.items()},
                          "bf16_over_fp32": round(t["bf16"] / t["fp32"], 3),
                          "same_captions": sum(a == b for a, b in zip(texts["fp32"], texts["bf16"], strict=True))}
+        if strategy == "greedy" and not args.smoke:
+            prof = {dt: top_ops(lambda c=c: c.caption_codes(codes, settings, d)) for dt, c in caps.items()}
+            out[strategy].update(floor=floor(prof), profile=prof)
     out["clips"] = len(codes)
     return out
 
@@ -348,7 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
             "gflop": round(tr["flops"]["kd"] / 1e9, 2),
             "mfu": {dt: round(tr["flops"]["kd"] / t[f"kd_{dt}"] / pk[dt], 3) for dt in ("fp32", "bf16")},
             "goal_mfu_bf16": 0.25, "loss_at_same_weights": tr["first_loss"],
-            "kernels_bf16": tr["kernels"], "profile_top_ops": tr["profile"]}
+            "kernels_bf16": tr["kernels"], "floor": floor(tr["profile"]),
+            "profile": tr["profile"]}
         result["teacher_step"] = {
             "s": {dt: round(t[f"teacher_{dt}"], 4) for dt in ("fp32", "bf16")},
             "bf16_over_fp32": round(t["teacher_bf16"] / t["teacher_fp32"], 3),
