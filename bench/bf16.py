@@ -265,7 +265,7 @@ def caption_batches(args, reps: int) -> dict:
                          "bf16_over_fp32": round(t["bf16"] / t["fp32"], 3),
                          "same_captions": sum(a == b for a, b in zip(texts["fp32"], texts["bf16"], strict=True))}
         if strategy == "greedy" and not args.smoke:
-            prof = {dt: top_ops(lambda c=c: c.caption_codes(codes, settings, d)) for dt, c in caps.items()}
+            prof = {dt: top_ops(lambda c=c, d=d: c.caption_codes(codes, settings, d)) for dt, c in caps.items()}
             out[strategy].update(floor=floor(prof), profile=prof)
     out["clips"] = len(codes)
     return out
