@@ -384,6 +384,7 @@ def evaluate_cmd(
     decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = "consistent",
     samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = 8,
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = 3.0,
+    group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
     per attribute: mention rate, accuracy when stated, contradictions, baselines), KL gap."""
@@ -396,7 +397,8 @@ def evaluate_cmd(
     report = evaluate_checkpoint(model, manifest, out, splits=split, settings=settings,
                                  batch_size=batch_size, kl_gap=not no_kl, teacher_ckpt=teacher,
                                  limit=limit, codec_dir=codec_dir, device=device, dtype=dtype,
-                                 decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk))
+                                 decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk),
+                                 group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")
 
@@ -405,7 +407,7 @@ def evaluate_cmd(
 def improve_cmd(
     from_ckpt: Annotated[str, typer.Option("--from", help="Starting policy: a student checkpoint, a round's policy checkpoint, or a finished round folder.")],
     data: Annotated[Path, typer.Option("--data", help="Prepared data dir (clues + codes); train clips are sampled, valid/zeroshot evaluated.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder (round-k/, improve.json); an existing one is resumed.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (round-k/, improve.json, run.json); an existing one is resumed only by the same --from, data and settings (--rounds may grow), anything else is refused.")],
     rounds: Annotated[int | None, typer.Option("--rounds", help="Preference rounds after round 0.")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="rubric (offline) or openai.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="ImproveConfig YAML (unknown keys are an error).")] = None,

@@ -2,12 +2,16 @@
 
 `up` starts, under one home folder (default `runs/stack`):
 - a Prefect server (SQLite and PREFECT_HOME under `home/prefect`),
-- work pools `cpu` and `gpu` (process type) and one process worker per pool,
+- work pools `cpu` and `gpu` (process type) and one process worker per pool, each in its own
+  empty folder `home/workers/<pool>` (working directory, cache, temp files, Prefect home): the
+  workers share nothing but the servers, as workers on different machines would,
 - an MLflow tracking server (SQLite under `home/mlflow`, artifacts proxied to a local folder or,
   with `--s3`, to `s3://<bucket>/mlflow` on a moto S3 server it also starts),
 - Prefect result storage: a local folder (`home/prefect/results`) or, with `--s3`, the prefect-aws
   S3Bucket block `s3-bucket/aligncap-results` on `s3://<bucket>/prefect-results` (saved by
   `python -m tasks.storage`, named by PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK),
+- the artifact store every stage publishes to and reads from (ALIGNCAP_STORE): with `--s3`,
+  `s3://<bucket>/store`; without, the folder `home/store` (one machine),
 - `prefect --no-prompt deploy --all` when the repository has a `prefect.yaml`,
 and records what it started in `home/stack.json` and the client settings in `home/env.sh`
 (`source` it). `down` stops exactly those processes (workers first) and is idempotent.
@@ -40,6 +44,7 @@ MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "aligncap-local", "AWS_SECRET_ACCESS_KE
                     "AWS_DEFAULT_REGION": "us-east-1"}
 RESULTS_BLOCK = "aligncap-results"  # tasks.storage.DEFAULT_NAME
 RESULTS_PREFIX = "prefect-results"
+STORE_PREFIX = "store"  # the artifact store's prefix in the bucket (ALIGNCAP_STORE)
 
 
 def _exe(name: str) -> str:
@@ -90,14 +95,32 @@ def _client_env(urls: dict[str, str], home: Path, s3: bool, bucket: str) -> dict
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         # Results on a local folder every local worker can read (without --s3).
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
+        # Stage outputs: a folder of this machine (without --s3)
+        "ALIGNCAP_STORE": str(home / "store"),
     }
     if s3:
-        # With --s3 every result lands in the bucket through the S3Bucket block `up` saves; the
-        # block holds no keys, boto3 signs with these variables and finds moto via AWS_ENDPOINT_URL.
+        # With --s3 every result and stage output lands in the bucket (results through the
+        # S3Bucket block `up` saves); the block holds no keys, boto3 signs with these variables
+        # and finds moto via AWS_ENDPOINT_URL.
         env.update({"AWS_ENDPOINT_URL": urls["s3"], "MLFLOW_S3_ENDPOINT_URL": urls["s3"],
                     "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"s3-bucket/{RESULTS_BLOCK}",
-                    **MOTO_CREDENTIALS})
+                    "ALIGNCAP_STORE": f"s3://{bucket}/{STORE_PREFIX}", **MOTO_CREDENTIALS})
     return env
+
+
+def _worker_env(env: dict[str, str], home: Path, pool: str, s3: bool) -> tuple[dict[str, str], Path]:
+    """(environment, working directory) of the worker of `pool`: an empty folder of its own for
+    its working directory, artifact cache, temporary files (each flow run's folder) and Prefect
+    home. With --s3 even Prefect's local result folder is its own: the workers then share
+    nothing but the three services."""
+    root = home / "workers" / pool
+    for sub in ("cache", "tmp", "prefect"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    worker = {**env, "ALIGNCAP_CACHE": str(root / "cache"), "TMPDIR": str(root / "tmp"),
+              "PREFECT_HOME": str(root / "prefect")}
+    if s3:
+        worker["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(root / "prefect" / "results")
+    return worker, root
 
 
 def _base_env() -> dict[str, str]:
@@ -164,8 +187,9 @@ def up(home: str | os.PathLike = "runs/stack", *, s3: bool = False, prefect_port
        echo=print) -> dict:
     """Start the stack (see module doc); returns the state written to `home/stack.json`.
 
-    `project_dir` (default: this repository) is where `prefect.yaml` is looked for and where the
-    workers run.
+    `project_dir` (default: this repository) is where `prefect.yaml` is looked for. The workers
+    run the flows of the installed aligncap package (prefect.yaml has no pull step), each in its
+    own empty folder.
 
     Raises ConfigError when a port is taken, a stack already runs in `home`, or a component fails
     to start (what had started is stopped again, the message carries the log tail).
@@ -183,7 +207,7 @@ def up(home: str | os.PathLike = "runs/stack", *, s3: bool = False, prefect_port
 
     t0 = time.monotonic()
     logs = home / "logs"
-    for d in (logs, home / "prefect" / "results", home / "mlflow" / "artifacts"):
+    for d in (logs, home / "prefect" / "results", home / "mlflow" / "artifacts", home / "store"):
         d.mkdir(parents=True, exist_ok=True)
     urls = {"prefect_ui": f"http://127.0.0.1:{prefect_port}", "prefect_api": f"http://127.0.0.1:{prefect_port}/api",
             "mlflow": f"http://127.0.0.1:{mlflow_port}"}
@@ -227,9 +251,10 @@ def up(home: str | os.PathLike = "runs/stack", *, s3: bool = False, prefect_port
                       "PREFECT_WORKER_PREFETCH_SECONDS": str(worker_query_s)}
         _ensure_pools(worker_env, urls["prefect_api"], logs, bucket if s3 else None)
         for pool in POOLS:
+            wenv, wdir = _worker_env(worker_env, home, pool, s3)
             comps[f"worker-{pool}"] = procs.start(
                 [_exe("prefect"), "worker", "start", "--pool", pool, "--type", "process",
-                 "--name", f"{pool}-local"], logs / f"worker-{pool}.log", worker_env, cwd=project)
+                 "--name", f"{pool}-local"], logs / f"worker-{pool}.log", wenv, cwd=wdir)
         _save_state(home, state)
         procs.wait_healthy("MLflow server", comps["mlflow"]["health"], comps["mlflow"], timeout_s)
         for pool in POOLS:  # ready means the worker polls its pool, not just that it started
@@ -253,9 +278,7 @@ def _deploy(env: dict[str, str], logs: Path, project: Path, echo) -> str:
         return msg
     echo(f"deploying {project / 'prefect.yaml'} (log: {logs / 'deploy.log'})")
     try:
-        # prefect.yaml's pull step is `set_working_directory: {{ $PWD }}`: the project, not the caller's cwd
-        rc = _prefect_cli(["--no-prompt", "deploy", "--all"], {**env, "PWD": str(project)}, logs / "deploy.log",
-                          cwd=project).returncode
+        rc = _prefect_cli(["--no-prompt", "deploy", "--all"], env, logs / "deploy.log", cwd=project).returncode
     except subprocess.TimeoutExpired:
         rc = "timeout"
     if rc != 0:

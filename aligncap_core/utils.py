@@ -61,6 +61,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -88,18 +89,41 @@ def discard_dir(path: str | os.PathLike) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the entries of a directory (a rename into it) durable; a no-op where directories
+    cannot be opened for fsync."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and folder under `root` (and `root`), so a rename that commits the folder
+    never publishes data that is still only in the page cache: after a power loss the folder is
+    either absent or complete, not present with empty or truncated files."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError), open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(dirpath)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary sibling name and rename it into place at the end.
 
-    A crash leaves only a `.tmp-*` sibling, never a half-written `path`. An existing `path` is
-    replaced.
+    A crash leaves only a `.tmp-*` sibling, never a half-written `path`; the files are fsync'd
+    before the rename and the rename itself after it. An existing `path` is replaced.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         yield tmp
+        fsync_tree(tmp)
         if path.exists():
             old = path.with_name(f".old-{path.name}-{os.getpid()}")
             os.replace(path, old)
@@ -107,6 +131,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

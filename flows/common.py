@@ -1,5 +1,5 @@
-"""What every flow shares: the MLflow parent run, and reaching GPU stages in-process or through
-their deployments.
+"""What every flow shares: the artifact store, the MLflow parent run, and reaching GPU stages
+in-process or through their deployments.
 """
 
 from __future__ import annotations
@@ -63,6 +63,29 @@ def parent_run(tracking: TrackingParams, out_dir: str, name: str, parent_run_id:
     end_run(run_id, "FINISHED", uri=uri)
 
 
+def open_store(store: str | None, out_dir: str) -> Any:
+    """The artifact store of this flow run: `store`, else $ALIGNCAP_STORE, else out_dir itself
+    (`aligncap_core.store.ArtifactStore.open`); out_dir is this worker's work folder.
+
+    A flow run started from a deployment runs in a temporary folder of its worker, which no other
+    worker sees and which is deleted afterwards: a store there would lose every output, so it is
+    refused with what to set instead."""
+    from pathlib import Path
+
+    from prefect.runtime import deployment
+
+    from aligncap_core.errors import ConfigError
+    from aligncap_core.store import ArtifactStore, is_remote
+
+    st = ArtifactStore.open(store, out_dir)
+    if deployment.id is not None and not is_remote(st.root) and Path(st.root).is_relative_to(Path.cwd().resolve()):
+        raise ConfigError(
+            f"the artifact store would be {st.root}, inside this flow run's temporary working folder "
+            "(a deployment's flow runs start in an empty folder of their worker): set ALIGNCAP_STORE "
+            "on every worker (s3://bucket/prefix, or a folder all of them mount), or pass `store`")
+    return st
+
+
 def deployments_enabled(use_deployments: bool | None) -> bool:
     """Whether GPU stages go through `run_deployment`. None = auto: yes when this flow run was
     itself started from a deployment (so a server and workers exist), no in embedded mode."""
@@ -113,7 +136,7 @@ def run_stage(task: Any, *args: Any, output: Callable[[Any], bool] | None = None
 
 
 def exists(path: Any) -> bool:
-    """`output` check for results that are a path (remote URIs are trusted)."""
+    """`output` check for results that are a path or URI (a remote one: committed in the store)."""
     from tasks.caching import output_exists
 
     return output_exists(path)

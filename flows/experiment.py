@@ -10,8 +10,9 @@ from typing import Any
 from prefect import flow
 from pydantic import Field, model_validator
 
-from flows.common import parent_run
+from flows.common import open_store, parent_run
 from flows.params import TrackingParams, _Params, _validate
+from tasks import publish
 from tasks.experiment import ablation as ablation_task
 
 
@@ -40,11 +41,24 @@ class AblationParams(_Params):
 
 @flow(name="ablation", persist_result=True)
 def ablation(out_dir: str = "runs/ablation", ablation: AblationParams = AblationParams(),
-             tracking: TrackingParams = TrackingParams(experiment="aligncap-ablation")) -> dict[str, Any]:
-    """Run the ablation into OUT (results.json, RESULTS-tables.md, ablation.png); returns their paths."""
+             tracking: TrackingParams = TrackingParams(experiment="aligncap-ablation"),
+             store: str | None = None) -> dict[str, Any]:
+    """Run the ablation into OUT (results.json, RESULTS-tables.md, ablation.png); returns their
+    paths, and "published": the URI of a copy of the three in the artifact store
+    (STORE/ablation/<settings key>), which outlives a deployment's temporary working folder."""
+    import shutil
+
+    from aligncap_core.utils import fingerprint
+
     cfg = ablation.resolved()
+    st = open_store(store, out_dir)
     with parent_run(tracking, out_dir, "ablation", None, cfg) as t:
-        return ablation_task(out_dir, cfg, t.parent_run_id, t.uri)
+        paths = ablation_task(out_dir, cfg, t.parent_run_id, t.uri)
+        rel = f"ablation/{fingerprint(cfg)}"
+        st.local(rel).mkdir(parents=True, exist_ok=True)
+        for key in ("results", "tables", "plot"):
+            shutil.copy2(paths[key], st.local(rel))
+        return {**paths, "published": publish(st.root, str(st.work), rel)}
 
 
 if __name__ == "__main__":

@@ -109,6 +109,9 @@ class EvalParams(_Params):
     realdata: str | None = Field(REALDATA_DEFAULT, description="Extra held-out manifest evaluated as "
                                  "'realdata' when the file exists (relative to the working directory).")
     realdata_limit: int | None = Field(None, ge=1, description="At most this many real clips (empty: `limit`).")
+    realdata_group_by: str | None = Field("corpus", description="Also report the real data per value of "
+                                          "this row field ('corpus': the row's corpus, else its id prefix), "
+                                          "as splits realdata/<value>. Empty: the whole set only.")
     max_new_tokens: int = Field(64, ge=1, description="Longest generated caption, tokens.")
     meteor: bool = Field(True, description="Compute METEOR (starts a JVM, ~5 s).")
     kl_gap: bool = Field(True, description="Measure the speech-text KL gap (teacher vs student).")

@@ -6,6 +6,12 @@
     -> evaluate every stage on valid, zeroshot and real data     (flow evaluate: cpu)
     -> register the champion, OUT/champion, OUT/results.json
 
+Stages hand off URIs of the artifact store (`aligncap_core.store`): STORE/data/<key>,
+STORE/teacher/<key>/step-N, ... Each output's key is derived from what made it, so a changed
+setting makes new outputs beside the old ones and the same settings reuse them. The store is
+`store`, else $ALIGNCAP_STORE (s3://bucket/prefix for workers on several machines), else OUT
+itself (embedded runs: nothing is copied).
+
 Embedded (no server): `python -m flows.pipeline --out runs/demo` runs everything in this process
 on Prefect's ephemeral API. Under a server with deployments, the GPU flows are started with
 `run_deployment(..., as_subflow=True)` on pool `gpu` (see `use_deployments`).
@@ -21,7 +27,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import call_stage, deployments_enabled, parent_run
+from flows.common import call_stage, deployments_enabled, open_store, parent_run
 from flows.evaluate import evaluate
 from flows.improve import self_improve
 from flows.params import (
@@ -69,26 +75,30 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
                       improve: ImproveParams = ImproveParams(),
                       evaluation: EvalParams = EvalParams(),
                       tracking: TrackingParams = TrackingParams(),
-                      use_deployments: bool | None = None) -> dict[str, Any]:
-    """Run every stage into `out_dir`; returns (and writes to OUT/results.json)
-    `{"stages": {stage: {split: metrics}}, "champion": stage, "wall_seconds": s, ...}`.
+                      use_deployments: bool | None = None, store: str | None = None) -> dict[str, Any]:
+    """Run every stage with `out_dir` as this worker's work folder; returns (and writes to
+    OUT/results.json) `{"stages": {stage: {split: metrics}}, "champion": stage, "checkpoints":
+    {stage: URI}, "wall_seconds": s, ...}`.
 
     use_deployments: start the GPU flows through their deployments (True), in this process
     (False), or auto (empty): through deployments when this run itself came from a deployment.
+    store: the artifact store every stage publishes to (empty: $ALIGNCAP_STORE, else out_dir).
     """
     t0 = time.perf_counter()
     log = get_run_logger()
     out = Path(out_dir)
     remote = deployments_enabled(use_deployments)
+    st = open_store(store, out_dir)
     if tracking.enabled:
         # resolved once here, so stages on other workers log to the same store
         tracking = tracking.model_copy(update={"tracking_uri": tracking.uri(out_dir)})
     cfg = improve.resolved(evaluation)
     params = {"out_dir": out_dir, "data": data.model_dump(), "teacher": teacher.resolved(),
               "student": student.resolved(), "improve": cfg, "evaluation": evaluation.model_dump(),
-              "use_deployments": remote}
+              "use_deployments": remote, "store": st.root}
     with parent_run(tracking, out_dir, "pipeline", None, params) as t:
-        common = {"tracking": tracking, "parent_run_id": t.parent_run_id}
+        # resolved once here, so every stage on every worker publishes to the same store
+        common = {"tracking": tracking, "parent_run_id": t.parent_run_id, "store": st.root}
         data_dir = prepare_data(out_dir, data, **common)
         teacher_ckpt = call_stage(train_teacher, remote, data_dir=data_dir, out_dir=out_dir,
                                   teacher=teacher, **common)
@@ -103,12 +113,14 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
         champion, score = pick_champion(stages, cfg)
         published = register(checkpoints[champion], champion, str(out / "champion"),
                              t.parent_run_id if tracking.register_champion else None, t.uri,
-                             tracking.model_name, score)
+                             tracking.model_name, score, data_dir)
         if t.parent_run_id:
             _plot(stages, cfg["select_split"], out / "rounds.png", t)
         results = {"stages": stages, "champion": champion, "champion_score": score,
                    "select_metric": cfg["select_metric"], "champion_checkpoint": published["checkpoint"],
-                   "model_uri": published["model_uri"], "checkpoints": checkpoints,
+                   "champion_copy": published["copy"], "champion_version": published["version"],
+                   "model_uri": published["model_uri"], "checkpoints": checkpoints, "data": data_dir,
+                   "store": st.root,
                    "mlflow_run_id": t.parent_run_id, "tracking_uri": t.uri,
                    "wall_seconds": round(time.perf_counter() - t0, 1)}
         from aligncap_core.utils import atomic_write

@@ -1,42 +1,58 @@
-"""Flow `prepare-data`: (synthesize ->) prepare -> clues -> tokenize, into OUT/data."""
+"""Flow `prepare-data`: (synthesize ->) prepare -> clues -> tokenize into OUT/data/<key>, published
+to the artifact store as STORE/data/<key>."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 
-from flows.common import exists, parent_run, run_stage
+from flows.common import exists, open_store, parent_run, run_stage
 from flows.params import DataParams, TrackingParams
-from tasks import clues, prepare, synth, tokenize
+from tasks import clues, prepare, publish, synth, tokenize
 from tasks.caching import first_row
+from tasks.data import data_identity
 
 
 @flow(name="prepare-data", persist_result=True, log_prints=True)
 def prepare_data(out_dir: str = "runs/pipeline", data: DataParams = DataParams(),
                  tracking: TrackingParams = TrackingParams(),
-                 parent_run_id: str | None = None) -> str:
-    """Build a training-ready data dir at OUT/data and return its path.
+                 parent_run_id: str | None = None, store: str | None = None) -> str:
+    """Build a training-ready data dir and return its URI in the artifact store.
 
-    With no `data.source`, the built-in corpus is synthesized into OUT/corpus first. Each stage is
-    cached on its input fingerprints: re-running with unchanged inputs skips all of them.
+    The data's key covers every setting and the source's content (`tasks.data.data_identity`):
+    the folder is OUT/data/<key> (with its run.json), published as STORE/data/<key>. Settings that
+    were prepared before return that URI at once, on any worker; changed settings prepare a new
+    folder beside it. With no `data.source`, the built-in corpus is synthesized into
+    OUT/corpus/<settings> first. store: the artifact store (empty: $ALIGNCAP_STORE, else out_dir).
     """
-    out = Path(out_dir)
-    data_dir = str(out / "data")
-    with parent_run(tracking, out_dir, "prepare-data", parent_run_id, data.model_dump()) as t:
+    from aligncap_core.train.identity import claim_run_dir
+    from aligncap_core.utils import fingerprint
+
+    st = open_store(store, out_dir)
+    ident = data_identity(data.model_dump())
+    rel = f"data/{ident.key}"
+    log = get_run_logger()
+    with parent_run(tracking, out_dir, "prepare-data", parent_run_id, data.model_dump()) as t, \
+            st.lock(rel, f"prepared data {ident.key}"):
+        if st.committed(rel) is not None:
+            log.info("data %s: already prepared: %s", ident.key, st.uri(rel))
+            return st.uri(rel)
+        data_dir = str(st.local(rel))
+        claim_run_dir(data_dir, ident)
         source, ran = data.source, False
         if not source:
-            source = str(out / "corpus" / "manifest.jsonl")
-            _, ran = run_stage(synth, str(out / "corpus"), n=data.synth_n, seed=data.synth_seed,
+            corpus = str(st.local(f"corpus/{fingerprint(data.synth_n, data.synth_seed)}"))
+            source = f"{corpus}/manifest.jsonl"
+            _, ran = run_stage(synth, corpus, n=data.synth_n, seed=data.synth_seed,
                                workers=data.synth_workers, output=lambda _: exists(source))
         # prepare, clues and tokenize each rewrite DATA_DIR/manifest.jsonl: once one of them
         # really runs, the ones after it must run again (they add their columns in place)
         _, ran = run_stage(prepare, source, data_dir, settings=data.prepare, refresh=ran,
                            parent_run_id=t.parent_run_id, tracking_uri=t.uri,
-                           output=lambda _: exists(Path(data_dir) / "fingerprint.json"))
+                           output=lambda _: exists(f"{data_dir}/fingerprint.json"))
         _, ran = run_stage(clues, data_dir, backend=data.clue_backend, refresh=ran,
                            output=lambda _: "p_act" in (first_row(data_dir) or {}))
         run_stage(tokenize, data_dir, codec=data.codec, n_q=data.n_q, seed=data.seed, refresh=ran,
                   output=lambda _: "codes" in (first_row(data_dir) or {}))
-    get_run_logger().info("data ready: %s", data_dir)
-    return data_dir
+        uri = publish(st.root, out_dir, rel, {"key": ident.key})
+    log.info("data ready: %s", uri)
+    return uri

@@ -4,11 +4,11 @@ Tasks take and return paths (str), small dicts and run ids, never models or tens
 cached by content fingerprints of their inputs (`tasks.caching`) and persist their results.
 """
 
-from tasks.data import clues, prepare, synth, tokenize
-from tasks.evaluate import evaluate, log_evaluation, register, resolve_champion
+from tasks.data import clues, prepare, publish, synth, tokenize
+from tasks.evaluate import evaluate, log_evaluation, register, resolve_champion, tag_run
 from tasks.improve import build_pairs, dpo_round, generate_candidates, judge
 from tasks.train import train_student, train_teacher
 
 __all__ = ["build_pairs", "clues", "dpo_round", "evaluate", "generate_candidates", "judge",
-           "log_evaluation", "prepare", "register", "resolve_champion", "synth", "tokenize",
+           "log_evaluation", "prepare", "publish", "register", "resolve_champion", "synth", "tag_run", "tokenize",
            "train_student", "train_teacher"]

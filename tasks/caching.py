@@ -5,9 +5,14 @@ config (as JSON) and content fingerprints of its inputs: the prepared data's `fi
 the manifest's sha256, a checkpoint's `meta.json` and file sizes. Never a hash of Python objects,
 so the key is the same in every process and on every worker.
 
+Inputs that are artifacts of the store (`aligncap_core.store`: prepared data, checkpoints on
+`s3://`) are fingerprinted by their manifest's content hash, read without downloading them, so a
+key is the same on every worker. Outputs go to the store under their run key, so a key names the
+store root (`store_key`) rather than a worker's folder.
+
 A key is computed before the stage runs, so it cannot see the stage's output; the flows check
-that a cached result's output still exists and re-run the stage when it is gone
-(`flows.common.run_stage`).
+that a cached result's output still exists (is committed in the store) and re-run the stage when
+it is gone (`flows.common.run_stage`).
 
 Results are persisted (small: URIs and metric dicts) to Prefect's result storage:
 `PREFECT_RESULTS_LOCAL_STORAGE_PATH` (a local folder, the default), a storage block named by
@@ -48,6 +53,13 @@ def path_key(uri: str | os.PathLike | None) -> str | None:
     return uri if _is_remote(uri) else str(Path(uri).resolve())
 
 
+def store_key(root: str | None, out_dir: str | os.PathLike) -> str:
+    """Where a task's outputs are published, as it goes into a key (see `ArtifactStore.open`)."""
+    from aligncap_core.store import ArtifactStore
+
+    return ArtifactStore.open(root, out_dir).root
+
+
 def file_sha(path: str | os.PathLike) -> str | None:
     """sha256 of a local file, None when it does not exist (or is remote: never cached)."""
     p = Path(path)
@@ -60,11 +72,14 @@ def manifest_sha(data: str | os.PathLike) -> str | None:
     """sha256 of a manifest: `data` is the manifest file or a folder holding manifest.jsonl.
 
     A Hugging Face `save_to_disk` folder (no manifest) is fingerprinted by its JSON metadata,
-    which carries the datasets library's own content fingerprint.
+    which carries the datasets library's own content fingerprint. A remote data dir published to
+    the store: its content hash; any other remote location: None (not cached).
     """
     p = Path(data)
     if _is_remote(str(data)):
-        return None
+        from aligncap_core.store import artifact_fingerprint
+
+        return artifact_fingerprint(str(data))
     if p.is_file():
         return sha256_file(p)
     if (p / MANIFEST).is_file():
@@ -139,5 +154,7 @@ def result_storage() -> str | Path | None:
 
 
 def output_exists(path: str | os.PathLike | None) -> bool:
-    """True when a local output exists; remote outputs are trusted (the stage wrote them)."""
-    return path is not None and (_is_remote(str(path)) or Path(path).exists())
+    """True when an output is there: a local path exists, a remote artifact is committed."""
+    from aligncap_core.store import is_committed
+
+    return path is not None and is_committed(path)

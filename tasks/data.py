@@ -7,6 +7,9 @@ library function is idempotent and reuses finished work, so a retry is cheap.
 clues and tokenize rewrite DATA_DIR/manifest.jsonl in place, so their cache keys use prepare's
 fingerprint.json (which they do not touch); a prepare that really ran writes a manifest without
 clues or codes, so the flow re-runs them after it (`flows.common.run_stage(refresh=...)`).
+DATA_DIR is OUT/data/<key> (`data_identity`: every data setting and the source's content), so
+in-place steps only ever rewrite the folder of their own settings; `publish` commits it to the
+artifact store, where training on other workers finds it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,51 @@ def _release(task: Any, task_run: Any, state: Any) -> None:
 # Tasks that load models or encode audio give their memory back when they end, done or failed:
 # in one process (embedded runs, a process worker) the next stage then starts from the baseline.
 RELEASE = dict(on_completion=[_release], on_failure=[_release])
+
+
+# ---- identity and publishing ------------------------------------------------------------------
+# data settings that change how fast the data is made, not what it is
+DATA_OPERATIONAL = frozenset({"synth_workers"})
+
+
+def source_fingerprint(source: str | None) -> str:
+    """What the prepared data is made from: "builtin" (the synthesized corpus, fully described by
+    its settings) or the content hash of the source manifest (local, HF folder or s3://)."""
+    if not source:
+        return "builtin"
+    fp = manifest_sha(source)
+    if fp is None and "://" in source:
+        from aligncap_core.data.storage import read_bytes
+        from aligncap_core.utils import sha256_bytes
+
+        fp = sha256_bytes(read_bytes(source))
+    if fp is None:
+        from aligncap_core.errors import ConfigError
+
+        raise ConfigError(f"data source {source}: not found (expected a manifest .jsonl, a folder "
+                          "with manifest.jsonl, an s3:// manifest or a Hugging Face save_to_disk folder)")
+    return fp
+
+
+def data_identity(settings: dict[str, Any]) -> Any:
+    """The run identity of prepared data (`DataParams.model_dump()`): its key names OUT/data/<key>."""
+    from aligncap_core.train.identity import RunIdentity
+
+    config = {k: v for k, v in settings.items() if k not in DATA_OPERATIONAL}
+    config["prepare"] = {k: v for k, v in (config.get("prepare") or {}).items() if k != "workers"}
+    return RunIdentity("data", config, {"source": source_fingerprint(settings.get("source"))})
+
+
+@task(name="publish", **IO_RETRIES)
+def publish(store: str | None, out_dir: str, rel: str, result: dict[str, Any] | None = None,
+            skip: list[str] | None = None) -> str:
+    """Commit OUT_DIR/REL (but the sub-paths in `skip`) to the artifact store as STORE/REL;
+    returns its URI (idempotent)."""
+    from aligncap_core.store import ArtifactStore
+
+    uri = ArtifactStore.open(store, out_dir).publish(rel, result=result, skip=tuple(skip or ()))
+    get_run_logger().info("published %s", uri)
+    return uri
 
 
 # ---- synth -------------------------------------------------------------------------------------

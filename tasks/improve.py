@@ -1,8 +1,10 @@
 """Preference-round stages as Prefect tasks: candidates -> judge -> pairs -> DPO.
 
 The round's config travels as `ImproveConfig.to_dict()` and each task rebuilds it with
-`ImproveConfig.from_dict`. Every task writes one file or checkpoint folder at a path the flow
-chooses (`OUT/round-k/...`), so a cached result always names a file of this run.
+`ImproveConfig.from_dict`. Every task writes one file or checkpoint folder at a path the round
+loop chooses (OUT/improve/<run key>/round-k/...: `aligncap_core.improve.rounds`), so a cached
+result always names a file of this run. The DPO checkpoint, which other workers evaluate and
+the next night starts from, is published to the artifact store; `dpo_round` returns its URI.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tasks.caching import (
     make_key_fn,
     manifest_sha,
     path_key,
+    store_key,
 )
 from tasks.data import IO_RETRIES, PERSIST, RELEASE
 from tasks.tracking import stage_run, train_logger
@@ -82,19 +85,29 @@ def build_pairs(judged_path: str, cfg: dict[str, Any], out_path: str, round: int
 
 def _dpo_inputs(p: dict[str, Any]) -> list[Any] | None:
     return [checkpoint_fingerprint(p["policy_ckpt"]), file_sha(p["pairs_path"]),
-            manifest_sha(p["data_dir"]), path_key(p["out_dir"]), _round_cfg(p["cfg"]), p["round"]]
+            manifest_sha(p["data_dir"]), path_key(p["out_dir"]), store_key(p.get("store"), p["work"]),
+            _round_cfg(p["cfg"]), p["round"]]
 
 
 @task(name="dpo_round", cache_key_fn=make_key_fn("dpo", _dpo_inputs), **TRAIN_RETRIES, **PERSIST,
       **RELEASE)
 def dpo_round(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cfg: dict[str, Any],
-              round: int, parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
-    """DPO (+KD regulariser) on the round's pairs, starting from the policy; returns the new
-    checkpoint. MLflow child run `round-<k>` (its params: the round's DPO config). Several GPUs:
-    one DDP process each (`train.launch`)."""
+              round: int, parent_run_id: str | None = None, tracking_uri: str | None = None,
+              store: str | None = None, work: str = ".") -> str:
+    """DPO (+KD regulariser) on the round's pairs, starting from the policy (a URI), into
+    `out_dir` inside the work folder `work`; publishes the new checkpoint to the store under the
+    same relative path and returns its URI (a committed one is returned without training).
+    MLflow child run `round-<k>` (its params: the round's DPO config). Several GPUs: one DDP
+    process each (`train.launch`)."""
     from aligncap_core.improve import ImproveConfig
+    from aligncap_core.store import ArtifactStore
     from aligncap_core.train.launch import run_stage
 
+    st = ArtifactStore.open(store, work)
+    rel = st.rel_of(out_dir)
+    if st.committed(rel) is not None:
+        get_run_logger().info("round %d: DPO checkpoint already in the store: %s", round, st.uri(rel))
+        return st.uri(rel)
     params = {"policy_checkpoint": policy_ckpt, "pairs": pairs_path,
               **ImproveConfig.from_dict(cfg).dpo_config(round).to_dict()}
     with stage_run(parent_run_id, f"round-{round}", params, tracking_uri) as run, \
@@ -103,6 +116,7 @@ def dpo_round(policy_ckpt: str, pairs_path: str, data_dir: str, out_dir: str, cf
         spec = {"policy_ckpt": policy_ckpt, "pairs_path": pairs_path, "data_dir": data_dir,
                 "out_dir": out_dir, "config": cfg, "round": round,
                 "tracking": {"run_id": run, "uri": tracking_uri}}
-        ckpt = run_stage("dpo", spec, logger=logger)
-    get_run_logger().info("round %d: DPO checkpoint %s", round, ckpt)
-    return str(ckpt)
+        run_stage("dpo", spec, logger=logger)
+    uri = st.publish(rel)
+    get_run_logger().info("round %d: DPO checkpoint %s", round, uri)
+    return uri

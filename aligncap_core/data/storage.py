@@ -233,3 +233,151 @@ def list_uris(prefix: str | os.PathLike, config: dict | None = None) -> list[str
     except Exception as e:  # noqa: BLE001
         raise _translate(e, prefix, "list", config) from e
     return sorted(out)
+
+
+# ---- whole files and conditional writes (the artifact store and its locks build on these) ------
+def upload_file(local: str | os.PathLike, uri: str, config: dict | None = None) -> None:
+    """Copy a local file to a local path (atomically, fsync'd) or an S3 object (multipart for
+    large files, by boto3's transfer manager)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            s3_client(config).upload_file(str(local), bucket, key)
+        except Exception as e:  # noqa: BLE001
+            raise _translate(e, uri, "upload", config) from e
+        return
+    try:
+        with atomic_write(uri, "wb") as f, open(local, "rb") as src:
+            while block := src.read(1 << 20):
+                f.write(block)
+    except OSError as e:
+        raise StorageError(f"{uri}: cannot write: {e.strerror or e}", uri=uri, kind="other") from e
+
+
+def download_file(uri: str, local: str | os.PathLike, config: dict | None = None) -> None:
+    """Copy a local file or an S3 object to the local path `local` (not atomic: callers write
+    into a temporary folder and verify before they commit it)."""
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            s3_client(config).download_file(bucket, key, str(local))
+        except Exception as e:  # noqa: BLE001
+            raise _translate(e, uri, "download", config) from e
+        return
+    try:
+        import shutil
+
+        shutil.copyfile(uri, local)
+    except FileNotFoundError as e:
+        raise StorageError(f"{uri}: file not found", uri=uri, kind="not_found") from e
+
+
+def _is_precondition_failure(e: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
+        return False
+    code = str(e.response.get("Error", {}).get("Code", ""))
+    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or status in (409, 412)
+
+
+def create_exclusive(uri: str, data: bytes, config: dict | None = None) -> bool:
+    """Create `uri` with `data` only if nothing is there yet; False when something is.
+
+    Local: the content goes to a temporary file (fsync'd) that is hard-linked into place, so a
+    reader never sees a half-written file and two creators cannot both succeed. S3: a PUT with
+    `If-None-Match: *` (conditional writes; AWS S3 and moto honour it)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            s3_client(config).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except Exception as e:  # noqa: BLE001
+            if _is_precondition_failure(e):
+                return False
+            raise _translate(e, uri, "create", config) from e
+    import tempfile
+
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def read_tagged(uri: str, config: dict | None = None) -> tuple[bytes, str] | None:
+    """(content, tag) of a local file or S3 object, None when it does not exist. The tag (S3:
+    the ETag; local: the content's sha256) names this exact content for `replace_if`/`delete_if`."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            r = s3_client(config).get_object(Bucket=bucket, Key=key)
+            return r["Body"].read(), str(r["ETag"])
+        except Exception as e:  # noqa: BLE001
+            err = _translate(e, uri, "read", config)
+            if err.kind == "not_found":
+                return None
+            raise err from e
+    try:
+        data = Path(uri).read_bytes()
+    except FileNotFoundError:
+        return None
+    import hashlib
+
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def replace_if(uri: str, data: bytes, tag: str, config: dict | None = None) -> bool:
+    """Overwrite `uri` with `data` only while it still holds the content named by `tag`; False
+    when it changed or vanished. (Local files: checked, then replaced atomically; the gap between
+    the two is what a same-host lock can tolerate, S3 checks it server-side with If-Match.)"""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            s3_client(config).put_object(Bucket=bucket, Key=key, Body=data, IfMatch=tag)
+            return True
+        except Exception as e:  # noqa: BLE001
+            if _is_precondition_failure(e) or getattr(_translate(e, uri, "x", config), "kind", "") == "not_found":
+                return False
+            raise _translate(e, uri, "replace", config) from e
+    now = read_tagged(uri)
+    if now is None or now[1] != tag:
+        return False
+    write_bytes(uri, data)
+    return True
+
+
+def delete_if(uri: str, tag: str | None = None, config: dict | None = None) -> bool:
+    """Delete `uri` (only while it holds the content named by `tag`, when given); False when it
+    was not there or had changed."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        kwargs = {"IfMatch": tag} if tag else {}
+        try:
+            s3_client(config).delete_object(Bucket=bucket, Key=key, **kwargs)
+            return True
+        except Exception as e:  # noqa: BLE001
+            if _is_precondition_failure(e) or getattr(_translate(e, uri, "x", config), "kind", "") == "not_found":
+                return False
+            raise _translate(e, uri, "delete", config) from e
+    if tag is not None:
+        now = read_tagged(uri)
+        if now is None or now[1] != tag:
+            return False
+    try:
+        Path(uri).unlink()
+        return True
+    except FileNotFoundError:
+        return False

@@ -5,7 +5,8 @@
 
 Modules: `config` (`ImproveConfig`, the selection metric), `steps` (one function per round step,
 paths and small dicts in and out: what the Prefect tasks wrap), `rounds` (`run_round`,
-`self_improve`: rounds, early stop, resume, champion), `policy` (prompt settings of a policy
+`self_improve`: the one round loop: rounds, early stop, resume, champion; `RoundSteps`: how
+each step runs), `policy` (prompt settings of a policy
 checkpoint), `report` (the per-round table).
 """
 
@@ -17,7 +18,13 @@ from aligncap_core.improve.config import (
     selection_score,
 )
 from aligncap_core.improve.report import rounds_table
-from aligncap_core.improve.rounds import run_round, self_improve
+from aligncap_core.improve.rounds import (
+    RoundSteps,
+    improve_identity,
+    local_steps,
+    run_round,
+    self_improve,
+)
 from aligncap_core.improve.steps import (
     dpo_step,
     evaluate_step,
@@ -26,6 +33,6 @@ from aligncap_core.improve.steps import (
     pairs_step,
 )
 
-__all__ = ["ImproveConfig", "RoundSelector", "dpo_step", "evaluate_step", "generate_candidates_step", "judge_step",
+__all__ = ["ImproveConfig", "RoundSelector", "RoundSteps", "dpo_step", "improve_identity", "local_steps", "evaluate_step", "generate_candidates_step", "judge_step",
            "load_improve_config", "pairs_step", "parse_select_metric", "rounds_table", "run_round",
            "selection_score", "self_improve"]

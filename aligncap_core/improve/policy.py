@@ -73,6 +73,7 @@ def inherit_student_settings(policy_ckpt: str | os.PathLike, new_ckpt: str | os.
     """Make `new_ckpt` (saved by `run_dpo_round`) a self-contained student like `policy_ckpt`:
     its config.yaml gains the policy's student settings under the DPO keys, and its meta the
     policy's speech settings and codec (the data dir's codec when the policy records none)."""
+    from aligncap_core.codec.prosody import ProsodySettings
     from aligncap_core.inference.speech import CODEC_SUBDIR, SpeechCodec, attach_codec, find_codec
 
     policy_root, new = fetch_to_local(policy_ckpt), Path(new_ckpt)
@@ -89,8 +90,10 @@ def inherit_student_settings(policy_ckpt: str | os.PathLike, new_ckpt: str | os.
         codec = SpeechCodec(speech["codec"], speech.get("codec_fingerprint"), speech.get("n_q") or 0)
     else:
         codec = find_codec(data_dir)  # an older student: its codec is the data dir's
+    # the round's policy reads exactly what its starting policy read: the prosody stream too
     attach_codec(new, codec, instruction=prompt.instruction, keep_q=prompt.keep_q,
-                 n_q=speech.get("n_q") or codec.n_q or None)
+                 n_q=speech.get("n_q") or codec.n_q or None,
+                 prosody=ProsodySettings.coerce(prompt.prosody))
     return new
 
 

@@ -204,6 +204,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
                         device: str = "auto", dtype: str = "auto", meteor: bool = True,
                         codes_cache: str | os.PathLike | None = None,
                         decoding: DecodingSettings | None = None,
+                        group_by: str | None = None,
                         show_progress: bool = True) -> dict:
     """Caption the held-out clips, score them, measure the speech-text KL gap; write the report.
 
@@ -220,6 +221,9 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     from another codec); default beside the report. Codes are keyed by audio hash and codec, so
     one folder shared by the evaluations of several checkpoints with the same codec (a pipeline's
     stages on real data) encodes each clip once.
+    group_by: also score each value of this row field on its own, as metrics
+    "<group_by>:<value>" (e.g. per corpus of a real-data manifest). "corpus" uses the row's
+    `corpus` field, else its id's prefix before the first "-" ("emodb-03a01Fa" -> emodb).
 
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
     {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap and kl_tokens.
@@ -267,8 +271,12 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
                                             parser=parser, meteor=scorer)
             kl, n = kls.get(name, (None, 0))
             metrics[name].update(kl_gap=kl, kl_tokens=n)
+        for value, idx in _groups(rows, group_by).items():
+            metrics[f"{group_by}:{value}"] = compute_metrics(
+                [preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
+                [rows[i].get("attributes") for i in idx], parser=parser, meteor=scorer)
         if len(groups) == 1:
-            metrics["all"] = dict(next(iter(metrics.values())))
+            metrics["all"] = dict(metrics[next(iter(groups))])
         else:
             metrics["all"] = compute_metrics(preds, [r.get("captions") or [] for r in rows],
                                              [r.get("attributes") for r in rows], parser=parser, meteor=scorer)
@@ -293,6 +301,21 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
         with atomic_write(out_json) as f:
             json.dump(report, f, indent=2, default=str)
         return report
+
+
+def _groups(rows: Sequence[dict], group_by: str | None) -> dict[str, list[int]]:
+    """{value: row indices} of `group_by` (module doc of `evaluate_checkpoint`); {} when None."""
+    if not group_by:
+        return {}
+    out: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        value = r.get(group_by)
+        if value is None and group_by == "corpus":
+            value = str(r.get("id", "")).split("-", 1)[0]
+        if value is None:
+            raise DataError(f"{r.get('id')}: no {group_by!r} field to group the evaluation by")
+        out.setdefault(str(value), []).append(i)
+    return out
 
 
 def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings: GenerationSettings,

@@ -159,6 +159,11 @@ def resolve_speech(ckpt_root: str | os.PathLike,
                   "keep_q": (cfg or {}).get("keep_q"), "n_q": None, "codec": None,
                   "codec_fingerprint": None}
     s = SpeechSettings(**speech)
+    if s.prosody is None and (cfg or {}).get("prosody"):
+        # trained on the prosody stream but recorded without it (a preference round saved before
+        # round checkpoints inherited it): captioning from the codes alone would be garbage
+        raise ConfigError(f"{root}: config.yaml says this student reads the prosody stream, but "
+                          "meta.json's speech settings record none; re-run the round that made it")
     codec = s.codec
     if codec_dir is not None:
         cdir = Path(codec_dir)

@@ -17,15 +17,17 @@ Layout (FORMAT_VERSION 2):
                        recorded the base's absolute path, which still loads where it exists)
     trainer_state.pt   optional: optimizer, scheduler, step, RNG states, data position
 
-Written with `utils.atomic_dir` (temporary sibling + rename): a crash never leaves a half
-checkpoint, and `latest_checkpoint` never sees one.
+Written with `utils.atomic_dir` (temporary sibling + rename, files fsync'd first): a crash never
+leaves a half checkpoint, and `latest_checkpoint` never sees one. meta.json lists the size of
+every file saved with it (`files`), so a checkpoint damaged afterwards (a truncated copy, a full
+disk on a network mount) is recognised by `verify_checkpoint` instead of failing deep inside a
+loader.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import re
 import shutil
@@ -45,7 +47,6 @@ FORMAT_VERSION = 2
 EMBEDDED_BASE = "base"  # meta["base_model"] of a checkpoint that holds its base (module doc)
 # speech tokens the LM reads but never writes: EnCodec codes and the prosody stream (codec.prosody)
 AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>|<pf\d+>|<pf_u>|<pl\d+>|<prosody>|</prosody>")
-_CACHE = Path(os.environ.get("ALIGNCAP_CACHE", Path.home() / ".cache" / "aligncap"))
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -150,6 +151,9 @@ def save_checkpoint(out_dir: str | Path, model: Any, tokenizer: Any, *, stage: s
             yaml.safe_dump(run_config or {}, f, sort_keys=False)
         if trainer_state is not None:
             torch.save({**trainer_state, "rng": capture_rng_state()}, tmp / "trainer_state.pt")
+        # (config.yaml is left out: a DPO round's is completed afterwards, inherit_student_settings)
+        meta["files"] = {p.relative_to(tmp).as_posix(): p.stat().st_size
+                         for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != "config.yaml"}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return Path(out_dir)
 
@@ -161,7 +165,7 @@ def embed_base(src: str | Path, dst: str | Path) -> Path:
     turn and a full checkpoint's local-path provenance is dropped, so nothing under `dst` names
     a path outside it."""
     src, dst = Path(src), Path(dst)
-    skip = shutil.ignore_patterns("trainer_state.pt", ".tmp-*", ".old-*")
+    skip = shutil.ignore_patterns("trainer_state.pt", ".tmp-*", ".old-*", ".lock", "_artifact.json")
     shutil.copytree(src, dst, ignore=skip, copy_function=link_or_copy, dirs_exist_ok=True)
     meta_path = dst / "meta.json"
     if meta_path.is_file():
@@ -357,12 +361,12 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step (ties: newest) under `run_dir`, or None.
-    Temporary `.tmp-*` directories of an interrupted save are ignored."""
+def checkpoints_newest_first(run_dir: str | Path) -> list[Path]:
+    """The checkpoints under `run_dir`, highest step first (ties: newest). Temporary `.tmp-*`
+    directories of an interrupted save, and anything without a readable meta.json, are ignored."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        return None
+        return []
     found = []
     for p in run_dir.iterdir():
         if p.name.startswith(".") or not (p / "meta.json").is_file():
@@ -372,35 +376,38 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         except (ValueError, ConfigError):
             continue
         found.append((int(meta["step"]), str(meta.get("created") or ""), p))
-    return max(found)[2] if found else None
+    return [p for *_, p in sorted(found, reverse=True)]
 
 
-def fetch_to_local(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """A local directory for `uri`: local paths are returned as they are; `s3://bucket/prefix`
-    is downloaded (boto3; endpoint and credentials from the usual AWS_* environment) into
-    `cache_dir` (default ~/.cache/aligncap/s3/bucket/prefix), atomically."""
-    s = str(uri)
-    if not s.startswith("s3://"):
-        return Path(s)
-    bucket, _, prefix = s[5:].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket or not prefix:
-        raise StorageError(f"{s}: expected s3://bucket/prefix")
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step (ties: newest) under `run_dir`, or None."""
+    found = checkpoints_newest_first(run_dir)
+    return found[0] if found else None
 
-    dest = Path(cache_dir or _CACHE / "s3") / bucket / prefix
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """What is wrong with a local checkpoint's files (missing, or another size than meta.json
+    recorded when it was saved), None when they are as saved. Checkpoints from before the
+    `files` record are only checked for meta.json."""
+    root = Path(path)
     try:
-        client = boto3.client("s3")
-        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix + "/") for o in page.get("Contents", [])]
-        if not keys:
-            raise StorageError(f"{s}: no objects under this prefix")
-        with atomic_dir(dest) as tmp:
-            for key in keys:
-                target = tmp / key[len(prefix) + 1:]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, key, str(target))
-    except (BotoCoreError, ClientError) as e:
-        raise StorageError(f"{s}: cannot download ({e})") from e
-    return dest
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"meta.json unreadable ({e})"
+    for rel, size in (meta.get("files") or {}).items():
+        f = root / rel
+        if not f.is_file() and rel.rsplit("/", 1)[-1] == "trainer_state.pt":
+            continue  # left out of copies made for loading (embed_base, MLflow models)
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != size:
+            return f"{rel} has {f.stat().st_size} bytes, {size} were saved (truncated or overwritten)"
+    return None
+
+
+def fetch_to_local(uri: str | Path) -> Path:
+    """A local directory for a checkpoint `uri`: a local path as it is; an `s3://` artifact of
+    the store (or a plain prefix) materialized into the local cache (`aligncap_core.store`)."""
+    from aligncap_core.store import materialize
+
+    return materialize(uri)

@@ -20,6 +20,7 @@ from aligncap_core.tracking.artifacts import (
     log_eval_table,
     plot_rounds,
     register_champion,
+    version_with_tag,
 )
 from aligncap_core.tracking.logger import MlflowLogger
 from aligncap_core.tracking.redact import (
@@ -50,5 +51,5 @@ __all__ = [
     "MlflowLogger", "client", "end_run", "experiment_for", "find_child_run", "flatten_params",
     "is_secret_key", "log_checkpoint", "log_config_artifact", "log_eval_table", "log_params",
     "plot_rounds", "redact_config", "redact_value", "register_champion", "resume_run",
-    "start_child_run", "start_parent_run", "tracking_uri",
+    "start_child_run", "start_parent_run", "tracking_uri", "version_with_tag",
 ]

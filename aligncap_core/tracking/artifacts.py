@@ -97,6 +97,18 @@ def plot_rounds(metrics_by_stage: Mapping[str, Mapping[str, float]], out_png: st
     return out
 
 
+def version_with_tag(model_name: str, key: str, value: str, *, uri: str | None = None):
+    """The newest version of `model_name` whose tag `key` is `value`, None when there is none
+    (or no such model)."""
+    c = client(uri)
+    try:
+        versions = c.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None
+    found = [v for v in versions if v.tags.get(key) == value]
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
 def register_champion(source: str, *, run_id: str | None = None, artifact_path: str | None = None,
                       model_name: str = DEFAULT_MODEL_NAME, alias: str = CHAMPION_ALIAS,
                       tags: Mapping[str, str] | None = None, description: str | None = None,

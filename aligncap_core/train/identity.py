@@ -13,12 +13,20 @@ stage's code version). `claim_run_dir` is called before training:
 Flows keep one folder per key (`keyed_run_dir`: OUT/teacher/<key>), so two runs with different
 settings into the same `out_dir` train two models side by side, and the same settings twice
 find (and resume or reuse) the same folder.
+
+One run at a time: `locked_run_dir` holds the folder's lock (`aligncap_core.locks`) for the
+whole run, so a second run into the same folder waits for the first (and then finds it
+finished) instead of deleting its temporary checkpoints; after `ALIGNCAP_LOCK_WAIT_S` it fails
+naming the holder. The same keys name every other stage output (prepared data, preference
+rounds, evaluation reports): `STAGE_VERSIONS` has one entry per stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +40,7 @@ KEY_CHARS = 16
 
 # Bump a stage's version when a code change alters what the same config trains, so an old
 # run folder is not resumed by new code.
-STAGE_VERSIONS = {"teacher": 1, "student": 1}
+STAGE_VERSIONS = {"teacher": 1, "student": 1, "data": 1, "improve": 1, "evaluate": 1}
 
 # TrainConfig fields that change how a run is executed or logged, not the model it produces.
 OPERATIONAL = frozenset({"num_threads", "log_every", "keep_checkpoints", "checkpoint_every",
@@ -105,15 +113,33 @@ def read_run_file(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         raise RunMismatchError(f"{path}: unreadable ({e}); delete {run_dir} or use a new --out") from e
 
 
-def _has_checkpoints(run_dir: Path) -> bool:
-    return any(p.is_dir() and p.name.startswith("step-") for p in run_dir.iterdir())
+def _has_outputs(run_dir: Path, prefixes: tuple[str, ...]) -> bool:
+    return any(p.is_dir() and p.name.startswith(prefixes) for p in run_dir.iterdir())
 
 
-def claim_run_dir(run_dir: str | os.PathLike, ident: RunIdentity) -> bool:
+@contextlib.contextmanager
+def locked_run_dir(run_dir: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold the lock of run folder `run_dir` (created if needed) for the block; see the module
+    docstring. Reentrant within a process. Under `accelerate launch` only rank 0 takes it (for
+    the whole group: the other ranks wait for rank 0 at its first barrier)."""
+    from aligncap_core.locks import hold
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+        yield run_dir
+        return
+    with hold(run_dir / ".lock", f"{what} run {run_dir}"):
+        yield run_dir
+
+
+def claim_run_dir(run_dir: str | os.PathLike, ident: RunIdentity,
+                  outputs: tuple[str, ...] = ("step-",)) -> bool:
     """Make `run_dir` the folder of run `ident`; returns True when it already was (resume).
 
-    Raises RunMismatchError when the folder holds checkpoints of another run (other key, or
-    no `run.json` at all: made by an older aligncap), naming what differs.
+    Raises RunMismatchError when the folder holds outputs (sub-folders named with one of the
+    `outputs` prefixes: checkpoints, rounds) of another run (other key, or no `run.json` at all:
+    made by an older aligncap), naming what differs.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -126,9 +152,9 @@ def claim_run_dir(run_dir: str | os.PathLike, ident: RunIdentity) -> bool:
             f"(its key {old.get('key')}, this run's {ident.key}: {describe_difference(old, ident)}). "
             "A run folder is never resumed under new settings: pass a new --out (or delete "
             f"{run_dir} to start over)")
-    if _has_checkpoints(run_dir):
+    if _has_outputs(run_dir, outputs):
         raise RunMismatchError(
-            f"{run_dir} holds checkpoints but no {RUN_FILE} (made by an older aligncap), so it "
+            f"{run_dir} holds outputs but no {RUN_FILE} (made by an older aligncap), so it "
             "cannot be told whether they were made with these settings: pass a new --out (or "
             f"delete {run_dir} to start over)")
     with atomic_write(run_dir / RUN_FILE) as f:
@@ -138,16 +164,27 @@ def claim_run_dir(run_dir: str | os.PathLike, ident: RunIdentity) -> bool:
 
 
 def checkpoint_fingerprint(ckpt: str | os.PathLike | None) -> str | None:
-    """A local checkpoint's identity without hashing its weights: its meta.json (stage, step,
-    run key, data fingerprint, metrics) plus the names and sizes of its files, so a checkpoint
-    re-trained at the same path gets a new fingerprint. None for a remote URI or a folder
-    without meta.json."""
-    if ckpt is None or "://" in str(ckpt):
+    """A checkpoint's identity without hashing its weights: its meta.json (stage, step, run key,
+    data fingerprint, metrics) plus the names and sizes of its model files, so a checkpoint re-trained
+    at the same path gets a new fingerprint. A remote artifact of the store (`s3://...`): its
+    content hash, read from its manifest without downloading it. None for a URI that is not a
+    committed artifact, or a folder without meta.json."""
+    if ckpt is None:
         return None
+    if "://" in str(ckpt):
+        from aligncap_core.store import artifact_fingerprint
+
+        return artifact_fingerprint(ckpt)
     root = Path(ckpt)
     if not (root / "meta.json").is_file():
         return None
-    listing = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+    from aligncap_core.store import MANIFEST
+
+    # the store's manifest, dot entries (locks) and the resume state are not the model: copies
+    # made to load it (an MLflow model, an embedded base) leave trainer_state.pt out
+    listing = sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*")
+                     if p.is_file() and p.name not in (MANIFEST, "trainer_state.pt")
+                     and not p.name.startswith("."))
     return fingerprint((root / "meta.json").read_text(), listing)
 
 

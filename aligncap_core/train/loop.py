@@ -9,17 +9,22 @@ Resume is exact (same weights as an uninterrupted run, to float rounding): the d
 epoch e is a permutation seeded by (seed, e), the position inside it is saved, and the optimizer,
 scheduler, grad scaler, trainable weights and RNG states are restored. So a killed run restarted
 with the same command continues where its last checkpoint left off, and a finished run is a no-op.
+A newest checkpoint that is damaged (files not as saved, an unreadable trainer state) is set
+aside with a warning and the run resumes from the one before it. One run at a time holds the run
+dir (`train.identity.locked_run_dir`): a second one waits for it instead of racing its saves.
 
 Under `accelerate launch` (N processes, DDP) the same loop runs in every process through a
 `train.runtime.Runtime`: each process trains its share of every step's micro-batches, rank 0
-alone writes the run folder and the logs, and resume restores every process's RNG state. A
-run resumes only under the same number of processes (its global batch depends on it).
+alone writes the run folder and the logs (and holds its lock), and resume restores every
+process's RNG state. A run resumes only under the same number of processes (its global batch
+depends on it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import re
 import shutil
@@ -38,21 +43,23 @@ from aligncap_core.errors import ConfigError
 from aligncap_core.model.checkpoint import (
     capture_rng_state,
     checkpoint_name,
-    latest_checkpoint,
+    checkpoints_newest_first,
     load_trainable_state,
     load_trainer_state,
     restore_rng_state,
     trainable_state,
+    verify_checkpoint,
 )
 from aligncap_core.model.lora import set_lora_input_casting
 from aligncap_core.train.config import TrainConfig
-from aligncap_core.train.identity import RunIdentity, claim_run_dir
+from aligncap_core.train.identity import RunIdentity, claim_run_dir, locked_run_dir
 from aligncap_core.train.loggers import Logger
 from aligncap_core.train.runtime import Runtime, resolve_autocast
 from aligncap_core.train.threads import ThreadGovernor
 from aligncap_core.utils import atomic_write, discard_dir, progress
 
 STEP_DIR = re.compile(r"step-\d+")
+log = logging.getLogger(__name__)
 
 
 # ---- what a stage hands to the loop ------------------------------------------------------------
@@ -198,19 +205,51 @@ RESUME_MISMATCH = ("checkpoint parameters not in the model: {missing}; the run d
 
 
 # ---- the loop ----------------------------------------------------------------------------------
+def resume_point(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(the newest usable checkpoint, its trainer_state) of `run_dir`, None for a fresh run.
+
+    A checkpoint whose files are not as saved (`verify_checkpoint`) or whose trainer_state will
+    not load (truncated) is renamed to `.corrupt-<name>` (kept for inspection, never read again)
+    with a warning, and the one before it is tried."""
+    for ckpt in checkpoints_newest_first(run_dir):
+        problem, state = verify_checkpoint(ckpt), None
+        if problem is None:
+            try:
+                state = load_trainer_state(ckpt, restore_rng=False)
+            except Exception as e:  # noqa: BLE001 - a damaged file fails in torch/zip/pickle alike
+                problem = f"trainer_state.pt does not load ({type(e).__name__}: {e})"
+        if problem is None:
+            if state is None or "loop" not in state:
+                raise ConfigError(f"{ckpt}: checkpoint has no trainer_state to resume from; "
+                                  "use a new --out directory")
+            return ckpt, state
+        aside = ckpt.with_name(f".corrupt-{ckpt.name}-{int(time.time())}")
+        log.warning("%s is damaged: %s; set aside as %s, resuming from the checkpoint before it",
+                    ckpt, problem, aside.name)
+        ckpt.rename(aside)
+    return None
+
+
 def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger | None = None,
         show_progress: bool = True) -> FitResult:
     """Train `task.model` in place per `cfg`, checkpointing into `run_dir`; resumes from the
-    newest checkpoint there. Returns the best (by `cfg.select_metric`: valid loss, or a figure
-    `task.validate` computes) and last checkpoints; stops early at `cfg.stop_at`.
+    newest usable checkpoint there (`resume_point`). Returns the best (by `cfg.select_metric`:
+    valid loss, or a figure `task.validate` computes) and last checkpoints; stops early at
+    `cfg.stop_at`.
 
     With `task.identity`, a run dir made by another identity (other settings or inputs) is never
-    resumed: `train.identity.RunMismatchError` says what differs and what to do.
+    resumed: `train.identity.RunMismatchError` says what differs and what to do. The run dir's
+    lock is held throughout (a second run into it waits).
 
     Launched as N processes (`accelerate launch`), every process calls `fit` with the same
     arguments; `train.runtime` says how the work is shared."""
+    with locked_run_dir(run_dir, task.name):
+        return _fit(task, cfg, Path(run_dir), logger, show_progress)
+
+
+def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None,
+         show_progress: bool) -> FitResult:
     # ---- setup
-    run_dir = Path(run_dir)
     if not task.train_set:
         raise ConfigError(f"{task.name}: no training examples")
     rt = Runtime(cfg.device)
@@ -248,15 +287,14 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
     state = LoopState(processes=rt.world)
     last_path: Path | None = None
 
-    with rt.main_first():  # rank 0 clears what a killed run left before anyone reads
+    # rank 0 clears what a killed run left, and sets a damaged newest checkpoint aside, before
+    # anyone reads
+    with rt.main_first():
         if rt.is_main:
             _clear_leftovers(run_dir)
-        resume_from = latest_checkpoint(run_dir)
-    if resume_from is not None:
-        ts = load_trainer_state(resume_from, restore_rng=False)
-        if ts is None or "loop" not in ts:
-            raise ConfigError(f"{resume_from}: checkpoint has no trainer_state to resume from; "
-                              "use a new --out directory")
+        resumed = resume_point(run_dir)
+    if resumed is not None:
+        resume_from, ts = resumed
         state = LoopState.from_dict(ts["loop"])
         finished = state.step >= cfg.max_steps or state.stopped_early or state.reached_target
         if state.processes != rt.world and not finished:
@@ -491,7 +529,8 @@ def _prune(run_dir: Path, keep_last: int, keep: str | None) -> None:
 def _clear_leftovers(run_dir: Path) -> None:
     """Remove what a killed run left behind: `.tmp-step-*` (a save that never finished),
     `.old-step-*` / `.del-step-*` (a replace or prune that never finished). None is a usable
-    checkpoint (latest_checkpoint never reads dot-directories); one run owns its run dir."""
+    checkpoint (latest_checkpoint never reads dot-directories); the caller holds the run dir's
+    lock, so none of them belongs to a run still working."""
     for p in run_dir.iterdir():
         if p.is_dir() and p.name.startswith((".tmp-step-", ".old-step-", ".del-step-")):
             shutil.rmtree(p, ignore_errors=True)

@@ -37,6 +37,7 @@ from aligncap_core.train.identity import (
     checkpoint_fingerprint,
     claim_run_dir,
     identity_config,
+    locked_run_dir,
 )
 from aligncap_core.train.loggers import JsonlLogger, Logger
 from aligncap_core.train.loop import StepOutput, TrainTask, fit
@@ -152,10 +153,16 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig 
 
     Re-running with the same `out_dir` and the same settings and data resumes from its newest
     checkpoint (a finished run returns at once); a folder made with other settings or data is
-    refused (`train.identity.RunMismatchError`), never resumed.
+    refused (`train.identity.RunMismatchError`), never resumed. A second run into the same
+    folder at the same time waits for the first (the folder's lock).
     """
-    cfg = cfg or TeacherConfig()
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    with locked_run_dir(out_dir, "teacher"):
+        return _train_teacher(Path(data_dir), Path(out_dir), cfg or TeacherConfig(), logger,
+                              show_progress)
+
+
+def _train_teacher(data_dir: Path, out_dir: Path, cfg: TeacherConfig, logger: Logger | None,
+                   show_progress: bool) -> Path:
     ident = teacher_identity(data_dir, cfg)
     # every weight of a from-scratch teacher trains, in fp32 (build_teacher_model)
     weights = torch.float32 if cfg.from_scratch else _weights_dtype(cfg)
@@ -235,10 +242,16 @@ def train_student(data_dir: str | Path, teacher_ckpt: str | Path, out_dir: str |
 
     lambda_kd=0 is the SFT-only baseline: the teacher pass is skipped entirely (no teacher
     inputs are even built). Re-running with the same `out_dir`, settings, data and teacher
-    resumes; a folder made otherwise is refused (`train.identity.RunMismatchError`).
+    resumes; a folder made otherwise is refused (`train.identity.RunMismatchError`); a second
+    run into the same folder at the same time waits for the first.
     """
-    cfg = cfg or StudentConfig()
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    with locked_run_dir(out_dir, "student"):
+        return _train_student(Path(data_dir), teacher_ckpt, Path(out_dir), cfg or StudentConfig(),
+                              logger, show_progress)
+
+
+def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg: StudentConfig,
+                   logger: Logger | None, show_progress: bool) -> Path:
     ident = student_identity(data_dir, teacher_ckpt, cfg)
     logger = _start_run(out_dir, ident, cfg, logger, {
         "stage": "student", "teacher_checkpoint": str(teacher_ckpt), **to_dict(cfg)},

@@ -53,7 +53,7 @@ def augmented(prepared, tmp_path_factory) -> tuple[Path, dict]:
 def _cfg(seed: int) -> AugmentConfig:
     # the voice-timbre / channel transforms have their own test below; here the prosody
     # transforms and the classic degradations are checked against independent re-measurement
-    channel = {n: {"enabled": False} for n in ("formant", "jitter", "eq", "bandpass", "codec")}
+    channel = {n: {"enabled": False} for n in ("voice", "formant", "jitter", "eq", "bandpass", "codec")}
     return AugmentConfig.from_dict({"copies": 2, "seed": seed, **channel})
 
 
@@ -328,6 +328,17 @@ def test_channel_transforms_keep_f0_duration_and_level(prepared):
         assert abs(m.level_dbfs - m0.level_dbfs) < 0.5
         spec = np.abs(np.fft.rfft(y))
         spectra.append((spec * np.fft.rfftfreq(len(y), 1 / sr)).sum() / spec.sum())
+    # a voice shift moves the whole voice's F0 (the clip and its normal together), not its timbre
+    y = channel.voice_shift(x, 3.0, sr)
+    assert abs(measure(y, sr).f0_hz / m0.f0_hz - 2 ** 0.25) < 0.03
+    assert abs(measure(y, sr).duration_s / m0.duration_s - 1) < 0.03
+    spec = np.abs(np.fft.rfft(y))
+    assert abs((spec * np.fft.rfftfreq(len(y), 1 / sr)).sum() / spec.sum() / _centroid(x, sr) - 1) < 0.05
     # the formant warps really move the spectral centroid, in opposite directions
-    centroid = (np.abs(np.fft.rfft(x)) * np.fft.rfftfreq(len(x), 1 / sr)).sum() / np.abs(np.fft.rfft(x)).sum()
+    centroid = _centroid(x, sr)
     assert spectra[0] < 0.95 * centroid < centroid < 1.05 * centroid < spectra[1]
+
+
+def _centroid(x: np.ndarray, sr: int) -> float:
+    spec = np.abs(np.fft.rfft(x))
+    return float((spec * np.fft.rfftfreq(len(x), 1 / sr)).sum() / spec.sum())

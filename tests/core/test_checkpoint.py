@@ -171,7 +171,6 @@ def test_s3_checkpoint_loads_with_the_same_function(tmp_path, monkeypatch):
                  "AWS_DEFAULT_REGION": "us-east-1", "ALIGNCAP_CACHE": str(tmp_path / "cache")}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setattr("aligncap_core.model.checkpoint._CACHE", tmp_path / "cache")
     with moto.mock_aws():
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="ckpts")

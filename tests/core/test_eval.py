@@ -214,3 +214,14 @@ def test_format_table_one_or_several_sets():
     text = format_text({"valid": m, "test": dict(m, bleu1=0.25)})
     assert "valid" in text and "test" in text and "0.2500" in text and "-" in text
     assert "meteor_error (valid): java" in text and "meteor_error (test): java" in text
+
+
+def test_evaluation_groups_rows_by_a_field_or_the_id_prefix():
+    from aligncap_core.errors import DataError
+    from aligncap_core.inference.evaluate import _groups
+
+    rows = [{"id": "emodb-03a01Fa"}, {"id": "ravdess-01-01"}, {"id": "emodb-09b02", "corpus": "EmoDB"}]
+    assert _groups(rows, "corpus") == {"emodb": [0], "ravdess": [1], "EmoDB": [2]}
+    assert _groups(rows, None) == {}
+    with pytest.raises(DataError, match="speaker"):
+        _groups(rows, "speaker")

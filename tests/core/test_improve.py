@@ -170,7 +170,8 @@ def test_resume_skips_finished_rounds_and_reuses_steps(run, tmp_path, monkeypatc
     again = self_improve(run.start, str(run.data), str(out), CFG, evaluate_fn=ev)
     assert [k for k, _ in ev.calls] == [2] and (out / "round-2" / "round.json").is_file()
     assert again["rounds"][2]["checkpoint"] == str(out / "round-2" / "policy")
-    with pytest.raises(ConfigError, match="started from"):
+    # another starting policy into the same folder is another run: refused, never continued
+    with pytest.raises(ConfigError, match="other settings or inputs"):
         self_improve(str(out / "round-1" / "policy"), str(run.data), str(out), CFG, evaluate_fn=ev)
 
 

@@ -284,3 +284,19 @@ def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
                                  GenerationSettings(max_new_tokens=6))) == 2
     with pytest.raises(ConfigError, match="prosody stream"):
         cap.prompt_windows(load_codes(corpus, rows[0]), 8)  # bare codes cannot feed this student
+    # a preference round's checkpoint reads what its policy read: the stream is not dropped
+    # (it was: round policies then captioned from the codes alone, and the next round sampled so)
+    from aligncap_core.improve.policy import inherit_student_settings, policy_prompt
+
+    dpo = tmp_path / "dpo"
+    (dpo / "adapters").mkdir(parents=True)
+    (dpo / "meta.json").write_text(json.dumps({"stage": "dpo", "step": 1}))
+    (dpo / "config.yaml").write_text(f"policy: {ckpt}\n")
+    inherit_student_settings(ckpt, dpo, corpus)
+    assert json.loads((dpo / "meta.json").read_text())["speech"]["prosody"] == speech["prosody"]
+    assert policy_prompt(dpo).prosody == speech["prosody"]
+    meta = json.loads((dpo / "meta.json").read_text())
+    meta["speech"]["prosody"] = None  # such a round checkpoint is refused, not read without it
+    (dpo / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="prosody stream"):
+        Captioner.load(dpo, device="cpu")

@@ -315,3 +315,58 @@ def test_dpo_work_folder_of_other_inputs_is_not_resumed(dpo_round0, tmp_path, ca
     assert _work_dir(out, policy, pairs, None, DPORoundConfig(max_steps=4, save_steps=2))[1] == work / "checkpoint-2"
     work2, resume2 = _work_dir(out, policy, pairs, None, DPORoundConfig(max_steps=4, save_steps=2, beta=0.2))
     assert work2 == work and resume2 is None and not (work / "checkpoint-2").exists()
+
+
+# ---- issue #19, problem 4: two runs into one folder; a damaged newest checkpoint --------------
+def _logged_steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_runs_into_one_folder_both_end_correctly(corpus, teacher_runs, tmp_path):
+    """The same command twice at once into one folder (a retried flow run beside the original,
+    two people): the second waits for the first and then finds the run finished. Before, each
+    cleared the other's temporary saves, replaced and pruned its checkpoints and trained the
+    same steps again beside it."""
+    spec = {"data": str(corpus), "cfg": {"preset": "micro", "train": _train_cfg(12)}}
+    run = tmp_path / "run"
+    first, second = _child("teacher", run, spec, 0.4), _child("teacher", run, spec, 0.4)
+    out_first, out_second = _finish(first), _finish(second)
+    assert "DONE" in out_first and "DONE" in out_second
+    full = teacher_runs[0]  # the same settings, run alone
+    assert _step_dirs(run) == _step_dirs(full) == ["step-00000009", "step-00000012"]
+    assert _logged_steps(run) == list(range(1, 13)), "every step trained once, by one run"
+    a = torch.load(full / "step-00000012" / "trainer_state.pt", weights_only=False)
+    b = torch.load(run / "step-00000012" / "trainer_state.pt", weights_only=False)
+    _assert_same(a["model"], b["model"])
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "leftovers (locks, temp)"
+
+
+@pytest.mark.parametrize("damaged", ["trainer_state.pt", "model/model.safetensors"])
+def test_truncated_newest_checkpoint_resumes_from_the_previous_one(corpus, teacher_runs, tmp_path,
+                                                                  damaged, caplog):
+    """A newest checkpoint cut short (a copy or a disk that filled up) must not stop the run:
+    it is set aside with a warning and training resumes from the one before it, to the same
+    weights as a run that was never damaged."""
+    import shutil
+
+    full = teacher_runs[0]
+    run = tmp_path / "run"
+    shutil.copytree(full, run)
+    f = run / "step-00000012" / damaged
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    spec = {"data": str(corpus), "cfg": {"preset": "micro", "train": _train_cfg(12)}}
+    with caplog.at_level("WARNING"):
+        _run_inprocess("teacher", run, spec)
+    assert any("step-00000012" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+    assert _step_dirs(run) == ["step-00000009", "step-00000012"]
+    a = torch.load(full / "step-00000012" / "trainer_state.pt", weights_only=False)
+    b = torch.load(run / "step-00000012" / "trainer_state.pt", weights_only=False)
+    _assert_same(a["model"], b["model"])
+    assert a["loop"] == b["loop"]
+    from aligncap_core.model.checkpoint import load_checkpoint, verify_checkpoint
+
+    assert verify_checkpoint(run / "step-00000012") is None  # rebuilt whole
+    load_checkpoint(run / "step-00000012")
+    assert _logged_steps(run)[-3:] == [10, 11, 12]  # replayed from step 9
+    assert [p.name.split("-", 1)[1].rsplit("-", 1)[0] for p in run.iterdir()
+            if p.name.startswith(".corrupt-")] == ["step-00000012"]

@@ -12,6 +12,8 @@ import pytest
 def prefect_harness(tmp_path_factory):
     results = tmp_path_factory.mktemp("prefect-results")
     os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(results)
+    # materialized artifacts and downloaded champions: per session, not the user's ~/.cache
+    os.environ["ALIGNCAP_CACHE"] = str(tmp_path_factory.mktemp("aligncap-cache"))
     from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 

@@ -42,8 +42,10 @@ def test_prefect_yaml_schedule_pull_and_deployment_names():
     from flows.common import DEPLOYMENTS
 
     config = yaml.safe_load(PREFECT_YAML.read_text())
-    step = config["pull"][0]["prefect.deployments.steps.set_working_directory"]
-    assert step["directory"]
+    # workers run the installed package: no pull step (no checkout, no shared working directory),
+    # entrypoints by module so they import from any working directory
+    assert config["pull"] == []
+    assert all(":" in d["entrypoint"] and ".py" not in d["entrypoint"] for d in config["deployments"])
     full = {f"{_load(d['entrypoint']).name}/{d['name']}": d for d in config["deployments"]}
     assert set(DEPLOYMENTS.values()) <= set(full)  # run_deployment targets exist
     (schedule,) = full["self-improve/gpu"]["schedules"]
@@ -82,7 +84,8 @@ def test_model_loading_tasks_release_memory_when_they_end():
         assert _release in t.on_completion_hooks and _release in t.on_failure_hooks, t.name
 
 
-def test_prepare_data_runs_then_hits_the_cache(tmp_path):
+def test_prepare_data_runs_then_reuses_its_keyed_output(tmp_path):
+    from aligncap_core.store import MANIFEST
     from flows.params import DataParams, TrackingParams
     from flows.prepare import prepare_data
 
@@ -90,21 +93,25 @@ def test_prepare_data_runs_then_hits_the_cache(tmp_path):
     off = TrackingParams(enabled=False)
     first = prepare_data(str(tmp_path), data, off, return_state=True)
     data_dir = Path(first.result())
+    assert data_dir.parent == tmp_path / "data" and (data_dir / MANIFEST).is_file()  # committed
+    assert json.loads((data_dir / "run.json").read_text())["key"] == data_dir.name
     manifest = data_dir / "manifest.jsonl"
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     assert len(rows) == 24 and all("codes" in r and "p_act" in r for r in rows)
     mtime = manifest.stat().st_mtime_ns
 
+    # the same settings: the committed data, no stage runs
     second = prepare_data(str(tmp_path), data, off, return_state=True)
     assert second.result() == str(data_dir)
-    states = _task_states(second.state_details.flow_run_id)
-    assert states == dict.fromkeys(["synth", "prepare", "clues", "tokenize"], "Cached")
+    assert _task_states(second.state_details.flow_run_id) == {}
     assert manifest.stat().st_mtime_ns == mtime  # nothing rewrote the data
 
-    # a changed input (another codec setting) re-runs tokenize only
+    # a changed setting (another codec seed) prepares a new folder beside it; the corpus is reused
     third = prepare_data(str(tmp_path), data.model_copy(update={"seed": 1}), off, return_state=True)
     states = _task_states(third.state_details.flow_run_id)
-    assert states["tokenize"] == "Completed" and states["prepare"] == "Cached"
+    assert states["synth"] == "Cached" and states["tokenize"] == "Completed"
+    assert Path(third.result()) != data_dir and Path(third.result()).parent == data_dir.parent
+    assert manifest.stat().st_mtime_ns == mtime  # the first data is untouched
 
 
 MICRO_TRAIN = {"lr": 3e-3, "warmup_steps": 2, "batch_size": 8, "eval_every": 10, "eval_batches": 2,
@@ -149,6 +156,8 @@ def test_pipeline_end_to_end_micro(tmp_path):
     has_real = (REPO.parent / "shared/realdata/manifest.jsonl").is_file()
     for stage in ("student", "round-1"):
         expected = {"valid", "zeroshot"} | ({"realdata"} if has_real else set())
+        # the real data is also reported per corpus (the first 3 rows are RAVDESS clips)
+        expected |= {"realdata/ravdess"} if has_real else set()
         assert set(stages[stage]) == expected
         assert {"bleu4", "cider", "clue_f1"} <= set(stages[stage]["valid"])
     assert results["champion"] in {"student", "round-1"}

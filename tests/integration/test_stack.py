@@ -35,8 +35,12 @@ def test_stack_up_status_down(stack):
     assert urls["prefect_ui"] in up_log and urls["mlflow"] in up_log
     env_sh = (home / "env.sh").read_text()
     for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
-                "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"):
+                "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "ALIGNCAP_STORE"):
         assert f"export {var}=" in env_sh
+    assert f"ALIGNCAP_STORE=s3://{state['bucket']}/store" in env_sh
+    # each worker in its own empty folder (working directory, cache, temp files, Prefect home)
+    for pool in ("cpu", "gpu"):
+        assert sorted(p.name for p in (home / "workers" / pool).iterdir()) == ["cache", "prefect", "tmp"]
 
     r = cli("status", "--home", str(home))
     assert r.returncode == 0, r.stdout + r.stderr

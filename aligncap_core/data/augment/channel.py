@@ -7,6 +7,10 @@ what the labels do not depend on, in the spirit of domain randomisation (Tobin e
 
 | name     | what it does                                                        |
 |----------|---------------------------------------------------------------------|
+| voice    | another speaker of the same gender: the whole voice's F0 moves by a  |
+|          | few semitones (formants put back), so the clip and the voice's      |
+|          | normal move together and the pitch label (relative to the voice)    |
+|          | stays; the corpus' narrow per-gender F0 becomes a human-like spread |
 | formant  | vocal-tract-length warp: the spectral envelope (cepstrally smoothed) |
 |          | is stretched by alpha on the frequency axis, the harmonics (F0) stay |
 | jitter   | F0 jitter (a slow random wobble of the playback rate, duration kept) |
@@ -16,8 +20,8 @@ what the labels do not depend on, in the spirit of domain randomisation (Tobin e
 | bandpass | channel bandwidth: high-pass (50-400 Hz) and low-pass (3-8 kHz)      |
 | codec    | a lossy codec round trip: 8 kHz mu-law (telephone), MP3 or Opus      |
 
-Every transform keeps F0 (within jitter's wobble), the duration and the clip's active speech
-level (each output is scaled back to the input's level over the same speech frames), so pitch,
+Every transform but `voice` keeps F0 (within jitter's wobble); all keep the duration and the
+clip's active speech level (each output is scaled back to the input's level over the same speech frames), so pitch,
 speed and volume labels stay true; `relabel.augment_clip` checks the level again afterwards.
 """
 
@@ -54,6 +58,15 @@ def _keep_level(y: np.ndarray, x: np.ndarray, sr: int) -> np.ndarray:
 
     mask = active_mask(x, sr)
     return y * 10.0 ** ((level_over(x, mask, sr) - level_over(y, mask, sr)) / 20.0)
+
+
+def voice_shift(x: np.ndarray, semitones: float, sr: int) -> np.ndarray:
+    """F0 x 2^(st/12), duration and formants kept: WSOLA pitch shift (which moves the formants
+    with F0), then the envelope warped back by the inverse factor."""
+    from aligncap_core.data.augment.transforms import pitch_shift
+
+    y, exact = pitch_shift(np.asarray(x, dtype=np.float64), semitones, sr)
+    return formant_warp(y, 2.0 ** (-exact / 12.0), sr)
 
 
 def formant_warp(x: np.ndarray, alpha: float, sr: int) -> np.ndarray:

@@ -14,11 +14,11 @@ from aligncap_core.errors import ConfigError
 
 PROSODY = ("speed", "tempo", "pitch", "gain")  # applied first, then re-measured and relabelled
 # applied after, in this order (voice, channel, room, noise); labels kept, level checked
-DEGRADE = ("formant", "jitter", "eq", "bandpass", "resample", "codec", "reverb", "noise")
+DEGRADE = ("voice", "formant", "jitter", "eq", "bandpass", "resample", "codec", "reverb", "noise")
 ORDER = PROSODY + DEGRADE  # the order transforms are applied in
 # each transform's random stream number (append new transforms: the old ones keep their seeds)
 STREAMS = ("speed", "tempo", "pitch", "gain", "resample", "reverb", "noise", "formant", "jitter",
-           "eq", "bandpass", "codec")
+           "eq", "bandpass", "codec", "voice")
 
 MIN_SNR_DB = 10.0
 
@@ -185,6 +185,24 @@ class NoiseConfig:
 
 
 @dataclass
+class VoiceConfig:
+    """Another speaker of the same gender: the whole voice's F0 moves by semitones drawn from the
+    clip's gender's range (formants kept; the pitch label, relative to the voice, stays). The
+    defaults widen the corpus' normal F0 (male ~100 Hz, female ~210 Hz) to ~90-135 Hz and
+    ~155-235 Hz, the spread of adult voices."""
+
+    enabled: bool = True
+    p: float = 0.5
+    male: tuple[float, float] = (-2.0, 5.0)
+    female: tuple[float, float] = (-5.0, 2.0)
+
+    def __post_init__(self) -> None:
+        _common("voice", self)
+        self.male = _pair("voice.male", self.male, -12.0, 12.0)
+        self.female = _pair("voice.female", self.female, -12.0, 12.0)
+
+
+@dataclass
 class FormantConfig:
     """Vocal-tract-length warp of the spectral envelope by alpha (F0 kept; channel.py)."""
 
@@ -266,7 +284,7 @@ class CodecConfig:
 
 _SECTIONS = {"speed": SpeedConfig, "tempo": TempoConfig, "pitch": PitchConfig, "gain": GainConfig,
              "resample": ResampleConfig, "reverb": ReverbConfig, "noise": NoiseConfig,
-             "formant": FormantConfig, "jitter": JitterConfig, "eq": EqConfig,
+             "voice": VoiceConfig, "formant": FormantConfig, "jitter": JitterConfig, "eq": EqConfig,
              "bandpass": BandpassConfig, "codec": CodecConfig}
 
 
@@ -287,6 +305,7 @@ class AugmentConfig:
     resample: ResampleConfig = field(default_factory=ResampleConfig)
     reverb: ReverbConfig = field(default_factory=ReverbConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
     formant: FormantConfig = field(default_factory=FormantConfig)
     jitter: JitterConfig = field(default_factory=JitterConfig)
     eq: EqConfig = field(default_factory=EqConfig)

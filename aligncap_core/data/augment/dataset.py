@@ -67,6 +67,8 @@ def _copy_source(src: Path, dest: Path, sha: str | None) -> str:
     if not (dest.is_file() and dest.stat().st_size == src.stat().st_size and sha256_file(dest) == sha):
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename commits it
+            os.fsync(f.fileno())
         os.replace(tmp, dest)
     return sha
 

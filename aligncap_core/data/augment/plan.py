@@ -101,6 +101,9 @@ def plan_copy(row: dict, k: int, cfg: AugmentConfig, sr: int) -> list[dict]:
         elif n == "noise":
             plan.append({"name": "noise", "snr_db": float(c.snr_db[int(rng.integers(len(c.snr_db)))]),
                          "color": str(c.colors[int(rng.integers(len(c.colors)))])})
+        elif n == "voice":
+            lo, hi = c.female if attrs.get("gender") == "female" else c.male
+            plan.append({"name": "voice", "semitones": round(float(rng.uniform(lo, hi)), 3)})
         elif n == "formant":
             plan.append({"name": "formant", "alpha": round(float(rng.uniform(*c.alpha)), 4)})
         elif n == "jitter":

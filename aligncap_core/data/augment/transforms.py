@@ -167,6 +167,8 @@ def apply_transform(x: np.ndarray, t: dict, sr: int, rng: np.random.Generator) -
         return add_noise(x, rng, t["snr_db"], t["color"], sr)
     from aligncap_core.data.augment import channel
 
+    if name == "voice":
+        return channel.voice_shift(x, t["semitones"], sr)
     if name == "formant":
         return channel.formant_warp(x, t["alpha"], sr)
     if name == "jitter":
