@@ -282,18 +282,19 @@ ModelRef = Annotated[str, typer.Option("--model", help="Student/round checkpoint
 TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow server for models:/ and runs:/ (default $MLFLOW_TRACKING_URI, else runs/mlflow.db).")]
 CodecDir = Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one (DATA_DIR/codec of the training data).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="The model's dtype: auto (bf16 on a GPU, and on a CPU whose bf16 units, AMX / AVX512-BF16, are measured faster; else fp32), fp32 or bf16.")]
 DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or consistent (default: the checkpoint's).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 
 def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
-            max_seconds: float, decoding: str | None, **settings):
+            max_seconds: float, decoding: str | None, dtype: str = "auto", **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
-                                max_seconds=max_seconds, decoding=decoding, **settings)
-    console.print(f"model {engine.model.uri} ({engine.version}); {engine.captioner.decoding}; "
-                  f"{engine.settings}", markup=False)
+                                dtype=dtype, max_seconds=max_seconds, decoding=decoding, **settings)
+    console.print(f"model {engine.model.uri} ({engine.version}, {engine.captioner.dtype_line}); "
+                  f"{engine.captioner.decoding}; {engine.settings}", markup=False)
     return engine
 
 
@@ -313,13 +314,14 @@ def caption_cmd(
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Caption clips; unreadable ones are reported (rejects.jsonl, stderr) and skipped. With
     --out: OUT/predictions.jsonl (id, audio, caption, attributes, seconds) and a JSON summary."""
     from aligncap_core.serving.batch import caption_to_jsonl, expand_inputs
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
-    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, num_beams=beams,
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -355,11 +357,12 @@ def serve_cmd(
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """HTTP service: POST /caption (multipart `file`) -> {caption, attributes, model_version}; GET /health."""
     from aligncap_core.serving.http import serve
 
-    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding)
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -377,6 +380,7 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per generation / KL batch.")] = 16,
     codec_dir: Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    dtype: DtypeOpt = "auto",
     decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = "consistent",
     samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = 8,
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = 3.0,
@@ -392,7 +396,7 @@ def evaluate_cmd(
     strategy = "greedy" if beams > 1 else decoding
     report = evaluate_checkpoint(model, manifest, out, splits=split, settings=settings,
                                  batch_size=batch_size, kl_gap=not no_kl, teacher_ckpt=teacher,
-                                 limit=limit, codec_dir=codec_dir, device=device,
+                                 limit=limit, codec_dir=codec_dir, device=device, dtype=dtype,
                                  decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))

@@ -14,6 +14,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # slow shared CI boxes
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `dtype: auto` means bf16 on a CPU with fast bf16 units (aligncap_core.precision): the suite
+# runs fp32 wherever it runs, so its figures do not depend on the machine; the bf16 paths are
+# tested by name (tests/core/test_precision.py). Inherited by every subprocess a test starts.
+os.environ.setdefault("ALIGNCAP_CPU_BF16", "0")
 
 
 @pytest.fixture(scope="session")

@@ -70,9 +70,13 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
     rows = select_clips(data_dir, c.clips_per_round, c.seed + round)
     prompt = policy_prompt(policy_ckpt)
     check_codec(policy_ckpt, prompt, rows)
+    from aligncap_core.precision import for_generation, inference_dtype
+
     device = "cuda" if torch.cuda.is_available() else None
-    model, tok, _ = load_checkpoint(policy_ckpt, device=device)
-    model.eval()
+    # bf16 where the device runs it fast (a GPU; a CPU with AMX / AVX512-BF16), as captioning
+    dtype = inference_dtype("auto", torch.device(device or "cpu"))
+    model, tok, _ = load_checkpoint(policy_ckpt, device=device, dtype=dtype)
+    for_generation(model, dtype)
     n_pos = int(getattr(model.config, "max_position_embeddings", 1 << 30))
     budget = min(n_pos, prompt.max_len or n_pos) - c.max_new_tokens
     if budget < 2:

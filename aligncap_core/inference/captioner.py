@@ -95,12 +95,17 @@ class Captioner:
 
     @classmethod
     def load(cls, ckpt_uri: str | os.PathLike, device: str = "auto",
-             codec_dir: str | os.PathLike | None = None, dtype: torch.dtype | None = None) -> Captioner:
+             codec_dir: str | os.PathLike | None = None,
+             dtype: torch.dtype | str | None = "auto") -> Captioner:
         """Load a student checkpoint (local path or s3://) and its codec.
 
         codec_dir: a saved codec folder, for checkpoints without one (older runs) or to
         override it; its fingerprint must match the one the checkpoint records, if any.
-        dtype: default float32 on CPU, bfloat16 on a GPU that supports it.
+        dtype: the LM's weights and generation: "auto" (None alike) = bf16 on a GPU that
+        supports it and on a CPU whose bf16 units are measured faster (`precision.cpu_bf16`:
+        AMX, AVX512-BF16), else fp32; "fp32", "bf16" or a torch dtype force one. Every
+        caption goes through `decode` whatever the dtype. The codec always encodes in fp32
+        (its codes are what the student was trained on).
         """
         from aligncap_core.codec import EncodecTokenizer
         from aligncap_core.model.checkpoint import fetch_to_local, load_checkpoint, read_meta
@@ -121,11 +126,12 @@ class Captioner:
         # what was actually loaded: older checkpoints record neither
         speech = dataclasses.replace(speech, n_q=codec.n_q, codec_fingerprint=codec.fingerprint)
         dev = pick_device(device)
-        if dtype is None:
-            dtype = (torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported()
-                     else torch.float32)
+        from aligncap_core.precision import for_generation, inference_dtype
+
+        if not isinstance(dtype, torch.dtype):
+            dtype = inference_dtype(dtype or "auto", dev)
         model, tok, meta = load_checkpoint(root, dtype=dtype, device=dev)
-        model.eval()
+        for_generation(model, dtype)
         n_pos = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         config = _run_config(root)
         cfg_len = (config.get("train") or {}).get("max_len") or n_pos
@@ -144,6 +150,22 @@ class Captioner:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype_name(self) -> str:
+        """"fp32" or "bf16": what the LM runs in (`load`'s dtype)."""
+        from aligncap_core.precision import dtype_name
+
+        return dtype_name(next(self.model.parameters()).dtype)
+
+    @property
+    def dtype_line(self) -> str:
+        """The LM's dtype and, on a CPU, why (the bf16 probe's verdict), for logs."""
+        if self.device.type != "cpu":
+            return self.dtype_name
+        from aligncap_core.precision import cpu_bf16
+
+        return f"{self.dtype_name} (CPU bf16 probe: {cpu_bf16().reason})"
 
     # ---- prompts --------------------------------------------------------------------------
     @property

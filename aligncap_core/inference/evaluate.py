@@ -201,7 +201,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
                         settings: GenerationSettings | None = None, batch_size: int = 16,
                         kl_gap: bool = True, teacher_ckpt: str | os.PathLike | None = None,
                         limit: int | None = None, codec_dir: str | os.PathLike | None = None,
-                        device: str = "auto", meteor: bool = True,
+                        device: str = "auto", dtype: str = "auto", meteor: bool = True,
                         codes_cache: str | os.PathLike | None = None,
                         decoding: DecodingSettings | None = None,
                         group_by: str | None = None,
@@ -212,6 +212,8 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     settings: generation limits (default 64 new tokens); batch_size: clips per generation batch
     and examples per KL forward (overrides settings.batch_size). decoding: greedy or the
     attribute-consistent decoder (default: `DecodingSettings()`, see `inference.consistent`).
+    dtype: the student's (and the KL teacher's) dtype, `Captioner.load`'s (auto: bf16 where
+    the device has fast bf16); the report says which ran ("dtype").
     kl_gap: also compute KL(teacher || student) on the reference captions (needs captions; rows
     without p_act get clues first). teacher_ckpt: another teacher (default: the student's base).
     codec_dir: codec for a checkpoint without one (default: the data dir's, if it has one).
@@ -237,7 +239,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
         scorer = stack.enter_context(MeteorScorer()) if meteor else False
         out_json = Path(out_json)
         settings = dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
-        cap = Captioner.load(ckpt_uri, device=device,
+        cap = Captioner.load(ckpt_uri, device=device, dtype=dtype,
                              codec_dir=codec_dir or _data_codec(ckpt_uri, manifest_or_data_dir))
         acoustic = _acoustic_prompt(cap)
         data_dir, rows, info = eval_data(manifest_or_data_dir, out_json.with_suffix(".data"), cap,
@@ -287,7 +289,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
             "codec": cap.codec.fingerprint, "speech": dataclasses.asdict(cap.speech),
             "data": {**info, "evaluated_from": str(data_dir), "splits": list(groups)},
             "generation": dataclasses.asdict(settings), "decoding": decoding.to_dict(),
-            "kl_teacher": str(teacher_ckpt or "student base"),
+            "kl_teacher": str(teacher_ckpt or "student base"), "dtype": cap.dtype_name,
             "metrics": metrics,
         }
         out_json.parent.mkdir(parents=True, exist_ok=True)

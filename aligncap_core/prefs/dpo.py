@@ -18,8 +18,10 @@ itself, adapter on (`compute_ref_log_probs`), and no copy of the model is ever m
 used to cost a second 28 GB fp32 copy here). Round k+1's reference log-probs therefore equal the
 round-k policy's (tests/core/test_dpo.py checks it).
 
-Precision and processes: the frozen base loads in `weights_dtype` (bf16 on a GPU) with the
-adapter in fp32 and the forward under bf16 autocast (`dtype`); launched as N processes
+Precision and processes: the frozen base loads in `weights_dtype` (bf16 on a GPU, and on a CPU
+whose bf16 units are measured faster: `aligncap_core.precision`) with the adapter in fp32 and
+the forward under bf16 autocast (`dtype`); the round logs and saves which (`precision.*`);
+launched as N processes
 (`train.launch`, `accelerate launch`) TRL's Trainer runs DDP by itself: `batch_size` is per
 process, rank 0 writes the checkpoints (`_save_checkpoint`) and the round's result, and every
 process its RNG state. 2 processes with grad_accum 1 train what 1 process with grad_accum 2
@@ -45,7 +47,7 @@ from aligncap_core.model.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from aligncap_core.model.lora import teacher_pass
+from aligncap_core.model.lora import set_lora_input_casting, teacher_pass
 from aligncap_core.model.losses import kd_loss
 from aligncap_core.prefs.dpo_data import (
     TEACHER_COLUMN,
@@ -78,7 +80,8 @@ class DPORoundConfig:
     save_steps: write a resumable checkpoint (trainable weights, optimizer, scheduler, RNG,
         trainer state) every this many updates into a work folder beside out_dir, so a killed
         round re-run with the same inputs resumes instead of restarting (0: never).
-    dtype: autocast (auto: bf16 on a GPU that has it, else fp32). weights_dtype: the frozen
+    dtype: autocast (auto: bf16 on a GPU that has it and on a CPU with bf16 units measured
+        faster, `aligncap_core.precision`; else fp32). weights_dtype: the frozen
         base's weights (auto: bf16 where autocast is bf16). gradient_checkpointing: recompute
         activations in backward (less memory). fused_adamw: torch's fused AdamW (None: TRL's
         default optimizer, the fused one). As `train.*` of the training stages.
@@ -379,6 +382,8 @@ def build_dpo_trainer(policy: Any, tokenizer: Any, pairs: list[dict],
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         disable_tqdm=not cfg.show_progress, **optim,
     )
+    if amp is not None:  # TRL runs every forward of the round under autocast (model.lora)
+        set_lora_input_casting(policy, False)
     trainer_cls = _dpo_trainer_class()
     trainer = trainer_cls(
         model=policy, ref_model=PolicyReference(policy), args=args, train_dataset=dataset,
@@ -483,15 +488,19 @@ def run_dpo_round(policy_ckpt: str | Path, pairs_path: str | Path,
     from aligncap_core.train.runtime import (
         is_main_process,
         main_process_first,
+        precision_params,
         resolve_weights_dtype,
         upcast_trainable,
         wait_for_everyone,
     )
 
-    # the frozen base in bf16 on a GPU, the adapter trained in fp32 (Trainer moves it to the
-    # process's device)
-    policy, tokenizer, meta = load_checkpoint(
-        policy_ckpt, dtype=resolve_weights_dtype(cfg.weights_dtype, cfg.dtype), trainable=True)
+    # the frozen base in bf16 on a GPU (and on a CPU with fast bf16 units), the adapter trained
+    # in fp32 (Trainer moves it to the process's device)
+    weights = resolve_weights_dtype(cfg.weights_dtype, cfg.dtype)
+    precision = precision_params(cfg.dtype, weights)
+    if logger is not None and is_main_process():
+        logger.log_params({"stage": "dpo", **precision})
+    policy, tokenizer, meta = load_checkpoint(policy_ckpt, dtype=weights, trainable=True)
     if not any(p.requires_grad for p in policy.parameters()):
         raise ConfigError(f"{policy_ckpt}: no trainable adapter (kind={meta['kind']}); DPO "
                           "trains the student adapter of a distill/dpo checkpoint")
@@ -511,7 +520,7 @@ def run_dpo_round(policy_ckpt: str | Path, pairs_path: str | Path,
     metrics = _summary(trainer.state.log_history)
     run_config = {"dpo": cfg.to_dict(), "policy": str(policy_ckpt), "pairs": str(pairs_path),
                   "teacher_adapter": TeacherInfo.coerce(teacher_info).adapter,
-                  "n_pairs": len(trainer.train_dataset)}
+                  "n_pairs": len(trainer.train_dataset), "precision": precision}
     if is_main_process():
         save_checkpoint(out_dir, model, tokenizer, stage="dpo", round=round_k,
                         step=trainer.state.global_step, base_model=meta["base_model"],

@@ -51,12 +51,14 @@ class CaptionEngine:
 
     @classmethod
     def load(cls, model: str | os.PathLike, *, device: str = "auto", tracking_uri: str | None = None,
-             codec_dir: str | os.PathLike | None = None, **kwargs: Any) -> CaptionEngine:
-        """Resolve `model` (folder, s3://, models:/, runs:/; see `serving.model_ref`), load it."""
+             codec_dir: str | os.PathLike | None = None, dtype: str = "auto",
+             **kwargs: Any) -> CaptionEngine:
+        """Resolve `model` (folder, s3://, models:/, runs:/; see `serving.model_ref`), load it.
+        dtype: the LM's (`Captioner.load`: auto = bf16 where the device has fast bf16)."""
         from aligncap_core.inference.captioner import Captioner
 
         resolved = resolve_model(model, tracking_uri)
-        cap = Captioner.load(resolved.checkpoint, device=device, codec_dir=codec_dir)
+        cap = Captioner.load(resolved.checkpoint, device=device, codec_dir=codec_dir, dtype=dtype)
         return cls(cap, resolved, **kwargs)
 
     @property

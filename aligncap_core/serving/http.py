@@ -4,7 +4,7 @@
                     -> 200 {"caption", "attributes", "model_version", "seconds", "file"}
                     -> 400 undecodable/empty audio, 413 over --max-mb or --max-seconds,
                        422 no `file` field, 503 queue full (retry later); each with {"detail"}
-    GET  /health    -> {"status": "ok", "model", "model_version", "queued", "served",
+    GET  /health    -> {"status": "ok", "model", "model_version", "dtype", "queued", "served",
                         "batches", "largest_batch"}
 
 Under load requests are batched: uploads are decoded on the request threads, then queued; one
@@ -132,7 +132,7 @@ def create_app(engine: Any, *, max_mb: float = DEFAULT_MAX_MB, max_batch: int = 
         s = batcher.stats
         return {"status": "ok", "model": engine.model.uri, "model_version": engine.version,
                 "queued": batcher.queue.qsize(), "served": s.served, "batches": s.batches,
-                "largest_batch": s.largest_batch}
+                "largest_batch": s.largest_batch, "dtype": engine.captioner.dtype_name}
 
     @app.post("/caption")
     async def caption(file: UploadFile = File(..., description="the audio file")) -> dict:

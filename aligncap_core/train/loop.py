@@ -50,6 +50,7 @@ from aligncap_core.model.checkpoint import (
     trainable_state,
     verify_checkpoint,
 )
+from aligncap_core.model.lora import set_lora_input_casting
 from aligncap_core.train.config import TrainConfig
 from aligncap_core.train.identity import RunIdentity, claim_run_dir, locked_run_dir
 from aligncap_core.train.loggers import Logger
@@ -268,10 +269,13 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
     # each process its own dropout masks; one process: seed as before
     seed_everything(cfg.seed + rt.rank)
     model = task.model
+    if amp_dtype is not None:  # every forward below runs under autocast (model.lora)
+        set_lora_input_casting(model, False)
     trained = rt.prepare(model, cfg.gradient_checkpointing)  # DDP-wrapped when launched
     trained.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = cfg.fused_adamw if cfg.fused_adamw is not None else device.type == "cuda"
+    fused = (cfg.fused_adamw if cfg.fused_adamw is not None
+             else device.type == "cuda" or amp_dtype == torch.bfloat16)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
     from transformers import get_scheduler
 
@@ -433,6 +437,8 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
     # ---- cleanup
     if governor:
         torch.set_num_threads(threads_before)
+    if amp_dtype is not None:
+        set_lora_input_casting(model, True)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_disable()  # the caller may generate with it next
     assert last_path is not None  # the loop ran at least once or resumed from a checkpoint

@@ -24,7 +24,9 @@ global batch is `batch_size * grad_accum * N`: a run resumes only under the same
 **Precision.** `train.weights_dtype` sets the dtype the frozen base is loaded in (bf16 on a GPU
 by default: a 7B base takes 14 GB instead of 28); trainable parameters are kept in fp32 whatever
 it is (`prepare`), since Adam updates of LoRA and token rows round away in bf16; the forward
-runs under autocast (`train.dtype`).
+runs under autocast (`train.dtype`). `auto` means bf16 on a GPU that has it and on a CPU with
+bf16 matrix units that are measured faster (`aligncap_core.precision`: AMX, AVX512-BF16), fp32
+on any other CPU.
 
 **Rank 0 only**: claiming and clearing the run folder, checkpoints, metric logs (JSONL, MLflow),
 the progress bar. Every process computes the loop's decisions (best checkpoint, early stop)
@@ -95,17 +97,52 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_autocast(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `train.dtype`; None = plain fp32."""
+    """The autocast dtype of `train.dtype`; None = plain fp32. auto: bf16 on a GPU that
+    supports it and on a CPU whose bf16 matrix units are measured faster (`precision.cpu_bf16`:
+    AMX, AVX512-BF16), else fp32."""
     if name == "auto":
-        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if device.type == "cuda":
+            ok = torch.cuda.is_bf16_supported()
+        else:
+            from aligncap_core.precision import cpu_bf16
+
+            ok = cpu_bf16().use_bf16
         return torch.bfloat16 if ok else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def precision_params(autocast: str, weights: torch.dtype, device_name: str = "auto") -> dict[str, Any]:
+    """What a stage runs in, for its logs and MLflow params: `precision.autocast` (the dtype the
+    forward runs in), `precision.weights` (the frozen base's), and on a CPU what the bf16 probe
+    found (`precision.cpu_bf16.*`: units, measured matmul speedup, the reason of the choice)."""
+    from aligncap_core.precision import cpu_bf16, dtype_name
+
+    device = resolve_device(device_name)
+    out: dict[str, Any] = {"precision.dtype": autocast,
+                           "precision.autocast": dtype_name(resolve_autocast(autocast, device)),
+                           "precision.weights": dtype_name(weights), "precision.device": device.type}
+    if device.type == "cpu":
+        out.update({f"precision.{k}": v for k, v in cpu_bf16().params().items()})
+    return out
+
+
+def precision_line(params: dict[str, Any]) -> str:
+    """`precision_params` as one line: "bf16 autocast, base weights in bf16 on cpu (dtype auto;
+    CPU bf16 probe: amx_bf16, ...)"."""
+    amp = params["precision.autocast"]
+    why = params.get("precision.cpu_bf16.reason")
+    return (f"{amp + ' autocast' if amp != 'fp32' else 'fp32'}, base weights in "
+            f"{params['precision.weights']} on {params['precision.device']} "
+            f"(dtype {params['precision.dtype']}" + (f"; CPU bf16 probe: {why})" if why else ")"))
+
+
 def resolve_weights_dtype(weights: str, autocast: str, device_name: str = "auto") -> torch.dtype:
     """The dtype frozen base weights are loaded in: `weights` ("auto": bf16 where autocast runs
-    in bf16, i.e. a GPU that supports it; else fp32). Low-precision weights need autocast in a
-    low precision too (fp32 activations into a bf16 linear layer are a dtype error)."""
+    in bf16, i.e. a GPU that supports it or a CPU with bf16 units measured faster; else fp32).
+    In bf16 a frozen weight is not cast again at every op, and the activations between the
+    layers stay bf16 (half the memory traffic of the elementwise ops that dominate a CPU step of
+    the tiny model). Low-precision weights need autocast in a low precision too (fp32
+    activations into a bf16 linear layer are a dtype error)."""
     device = resolve_device(device_name)
     amp = resolve_autocast(autocast, device)
     if weights == "auto":

@@ -14,6 +14,7 @@ teacher's copy rate, the student's valid loss).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +41,34 @@ from aligncap_core.train.identity import (
 )
 from aligncap_core.train.loggers import JsonlLogger, Logger
 from aligncap_core.train.loop import StepOutput, TrainTask, fit
-from aligncap_core.train.runtime import is_main_process, main_process_first, resolve_weights_dtype
+from aligncap_core.train.runtime import (
+    is_main_process,
+    main_process_first,
+    precision_line,
+    precision_params,
+    resolve_weights_dtype,
+)
 
 TEACHER_ADAPTER = "teacher"
 
 
 def _start_run(out_dir: Path, ident: RunIdentity, cfg: Any, logger: Logger | None,
-               params: dict[str, Any]) -> Logger | None:
+               params: dict[str, Any], weights: torch.dtype, show_progress: bool) -> Logger | None:
     """Claim the run folder (before anything is written into a folder of another run), write
-    its config and log the params: rank 0 of a launch, the other processes after it (they find
-    the folder theirs and log nothing). Returns the stage's logger (None off rank 0)."""
+    its config and log the params, with the precision the stage runs in (`precision.*`: what
+    `train.dtype: auto` resolved to on this machine, and why; also printed when
+    `show_progress`): rank 0 of a launch, the other processes after it (they find the folder
+    theirs and log nothing). Returns the stage's logger (None off rank 0)."""
     with main_process_first():
         claim_run_dir(out_dir, ident)
     if not is_main_process():
         return None
     dump_config(cfg, out_dir / "config.yaml")
+    precision = precision_params(cfg.train.dtype, weights, cfg.train.device)
+    if show_progress:
+        print(f"{params['stage']}: {precision_line(precision)}", file=sys.stderr)
     logger = logger or JsonlLogger(out_dir / "metrics.jsonl")
-    logger.log_params(params)
+    logger.log_params({**params, **precision})
     return logger
 
 
@@ -152,7 +164,10 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig 
 def _train_teacher(data_dir: Path, out_dir: Path, cfg: TeacherConfig, logger: Logger | None,
                    show_progress: bool) -> Path:
     ident = teacher_identity(data_dir, cfg)
-    logger = _start_run(out_dir, ident, cfg, logger, {"stage": "teacher", **to_dict(cfg)})
+    # every weight of a from-scratch teacher trains, in fp32 (build_teacher_model)
+    weights = torch.float32 if cfg.from_scratch else _weights_dtype(cfg)
+    logger = _start_run(out_dir, ident, cfg, logger, {"stage": "teacher", **to_dict(cfg)},
+                        weights, show_progress)
 
     model, tok, base_model = build_teacher_model(data_dir, out_dir, cfg)
     max_len = _max_len(cfg.train.max_len, model)
@@ -239,7 +254,8 @@ def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg:
                    logger: Logger | None, show_progress: bool) -> Path:
     ident = student_identity(data_dir, teacher_ckpt, cfg)
     logger = _start_run(out_dir, ident, cfg, logger, {
-        "stage": "student", "teacher_checkpoint": str(teacher_ckpt), **to_dict(cfg)})
+        "stage": "student", "teacher_checkpoint": str(teacher_ckpt), **to_dict(cfg)},
+        _weights_dtype(cfg), show_progress)
 
     model, tok, base_model, teacher_adapter = build_student_model(data_dir, teacher_ckpt, cfg)
     use_kd = cfg.lambda_kd > 0

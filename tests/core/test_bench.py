@@ -38,6 +38,7 @@ def _run_inprocess(name: str, capsys) -> dict:
     ("codec_speed", ["x_realtime", "parallel_over_per_clip", "x_realtime_bound_at_peak"]),
     ("dpo_round", ["on_the_fly_over_precomputed_step", "step_s"]),
     ("serving", ["latency_s_per_3s_clip", "service_clips_per_s", "batch_clips_per_s"]),
+    ("bf16", ["peaks", "kd_step", "teacher_step", "dpo_step", "caption_batch", "encodec"]),
 ])
 def test_bench_script_smoke(name, keys, capsys):
     res = _run_inprocess(name, capsys)
@@ -45,6 +46,32 @@ def test_bench_script_smoke(name, keys, capsys):
         assert res[k] is not None, f"{name}: {k} missing"
     if name == "codec_speed":
         assert res["codes_equal_across_batching"] is True
+    if name == "bf16":  # both peaks from this run; every ratio has both of its sides
+        assert set(res["peaks"]) == {"fp32", "bf16", "kernels"}
+        for part in ("kd_step", "teacher_step", "dpo_step"):
+            assert {"fp32", "bf16"} <= set(res[part]["s"]) and res[part]["bf16_over_fp32"] > 0
+        assert set(res["kd_step"]["s"]) == {"fp32", "bf16", "autocast_only"}  # the "before" side
+        assert res["caption_batch"]["greedy"]["bf16_over_fp32"] > 0
+        assert 0 <= res["encodec"]["codes_identical_share"] <= 1
+
+
+def test_bf16_bench_on_a_cpu_without_bf16_units_times_nothing_in_bf16(capsys, monkeypatch):
+    """Without bf16 units the script says so, measures the peaks only, and `dtype: auto` is fp32."""
+    from aligncap_core import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(precision, "cpu_bf16",
+                        lambda **_: precision.decide([], None, None, cpu="AVX2-only"))
+    sys.path.insert(0, str(ROOT))
+    try:
+        importlib.import_module("bench.bf16").main(
+            ["--threads", "1", "--reps", "1", "--batch", "1", "--student-len", "8", "--caption-len", "4"])
+    finally:
+        sys.path.remove(str(ROOT))
+    res = json.loads([ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('{"bench"')][-1])
+    assert res["bf16_units"] == [] and res["dtype_auto"] == "fp32"
+    assert res["note"].startswith("no bf16 units")
+    assert "kd_step" not in res and "caption_batch" not in res and "encodec" not in res
 
 
 def test_pipeline_bench_smoke(tmp_path):

@@ -188,3 +188,28 @@ def test_shared_prefix_settings_validation():
         GenerationSettings(num_return_sequences=0)
     with pytest.raises(ConfigError):
         GenerationSettings(num_return_sequences=2, num_beams=2)
+
+
+def test_bf16_generation_keeps_the_last_logits_by_index_and_decodes_alike(mtk):
+    """A bf16 model prefills with `logits_to_keep` as an index (last_logits_only: no weight
+    copy in the head's matmul): its last-position logits are those of the full forward, and
+    greedy through HF generate, the shared-prefix loop and one prompt at a time agree."""
+    import copy
+
+    from aligncap_core.model.generate import last_logits_only
+
+    model, tok, audio_ids, prompts = mtk
+    assert last_logits_only(model) == 1  # fp32: unchanged
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    keep = last_logits_only(m16)
+    assert isinstance(keep, torch.Tensor) and keep.tolist() == [-1]
+    ids, attn = left_pad(prompts, tok.pad_token_id)
+    with torch.no_grad():
+        full = m16(input_ids=ids, attention_mask=attn).logits[:, -1:]
+        last = m16(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
+    assert last.shape == full.shape and torch.equal(last, full)
+    s = GenerationSettings(max_new_tokens=10, batch_size=8)
+    ref = generate_token_ids(m16, tok, prompts, s, suppress_token_ids=audio_ids)
+    assert ref == [generate_token_ids(m16, tok, [p], s, suppress_token_ids=audio_ids)[0] for p in prompts]
+    assert generate_token_ids(m16, tok, prompts, _shared(2, max_new_tokens=10),
+                              suppress_token_ids=audio_ids) == [r for r in ref for _ in range(2)]

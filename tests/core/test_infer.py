@@ -175,6 +175,31 @@ def test_evaluate_prepared_dir(student, corpus, tmp_path):
     assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes", "decision"}
     assert set(preds[0]["decision"]) == {"index", "utility", "agreement", "omitted"}
     assert report["metrics"]["valid"]["bleu1"] == saved["metrics"]["valid"]["bleu1"]
+    assert saved["dtype"] == "fp32"  # auto: fp32 under the suite's ALIGNCAP_CPU_BF16=0
+
+
+def test_captioner_in_bf16_decodes_through_the_same_path(student, corpus, captioner):
+    """dtype bf16 (what auto picks on a CPU with fast bf16 units): the whole LM in bf16, every
+    caption through `decode` (greedy and consistent), scores within bf16 rounding of fp32's."""
+    import torch
+
+    from aligncap_core.codec import load_codes
+    from aligncap_core.inference.consistent import DecodingSettings
+
+    cap16 = Captioner.load(student, device="cpu", dtype="bf16")
+    assert {p.dtype for p in cap16.model.parameters()} == {torch.bfloat16}
+    assert (cap16.dtype_name, captioner.dtype_name) == ("bf16", "fp32")
+    codes = [load_codes(corpus, r) for r in read_jsonl(corpus / "manifest.jsonl")[:6]]
+    gen = GenerationSettings(max_new_tokens=12)
+    greedy32 = captioner.caption_codes(codes, gen, DecodingSettings(strategy="greedy"))
+    greedy16 = cap16.caption_codes(codes, gen, DecodingSettings(strategy="greedy"))
+    assert len(greedy16) == 6 and all(greedy16)
+    prompts = [captioner.prompt_windows(c, 12)[0] for c in codes]
+    lp32 = captioner.caption_logprob(prompts, greedy32)
+    lp16 = cap16.caption_logprob(prompts, greedy32)  # fp32's captions, scored in bf16
+    assert max(abs(a - b) for a, b in zip(lp32, lp16, strict=True)) < 0.05, (lp32, lp16)
+    caps, why = cap16.decode(codes, gen, DecodingSettings(samples=4, seed=3))
+    assert len(caps) == 6 and all(w is not None for w in why)
 
 
 def test_consistent_decoding_picks_among_greedy_and_samples(captioner, corpus):
