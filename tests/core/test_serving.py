@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from aligncap_core import procs
 from aligncap_core.inference.captioner import Captioner
 from aligncap_core.model.generate import GenerationSettings
 from aligncap_core.train import stages
 from aligncap_core.train.config import StudentConfig, TeacherConfig
 from aligncap_core.utils import read_jsonl
+from aligncap_ops import procs
 from tests.core.test_infer import SR, corpus, tone  # noqa: F401 - corpus is a fixture
 from tests.core.test_train import EMOTIONS, quick
 

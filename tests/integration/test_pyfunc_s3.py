@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aligncap_core import procs
+from aligncap_ops import procs
 from tests.core.test_infer import corpus  # noqa: F401 - fixture
 from tests.core.test_serving import relocated  # noqa: F401 - fixture
 

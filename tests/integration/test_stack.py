@@ -8,8 +8,8 @@ import urllib.request
 import boto3
 import pytest
 
-from aligncap_core import procs
 from aligncap_core import tracking as T
+from aligncap_ops import procs
 from tests.integration.stackhelpers import cli, running_stack
 
 pytestmark = pytest.mark.integration
