@@ -11,6 +11,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from tests.helpers.flows import MICRO_TRAIN
+
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "prefect.yaml"
 GPU_FLOWS = {"train-teacher", "distill", "self-improve", "ablation"}  # training and generation
@@ -114,10 +116,6 @@ def test_prepare_data_runs_then_reuses_its_keyed_output(tmp_path):
     assert manifest.stat().st_mtime_ns == mtime  # the first data is untouched
 
 
-MICRO_TRAIN = {"lr": 3e-3, "warmup_steps": 2, "batch_size": 8, "eval_every": 10, "eval_batches": 2,
-               "checkpoint_every": 0, "num_threads": 1, "log_every": 5}
-
-
 def test_pipeline_end_to_end_micro(tmp_path):
     from mlflow import MlflowClient
 
@@ -207,7 +205,7 @@ def test_teacher_flow_changed_setting_trains_anew_same_setting_trains_once(tmp_p
     resume) the old model; the same settings twice must not train twice."""
     from flows.params import TeacherParams, TrackingParams
     from flows.train import train_teacher
-    from tests.core.test_train import make_corpus
+    from tests.helpers.training import make_corpus
 
     data = make_corpus(tmp_path / "data")
     off = TrackingParams(enabled=False)

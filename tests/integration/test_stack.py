@@ -10,7 +10,7 @@ import pytest
 
 from aligncap_core import tracking as T
 from aligncap_ops import procs
-from tests.integration.stackhelpers import cli, running_stack
+from tests.helpers.stack import cli, running_stack
 
 pytestmark = pytest.mark.integration
 
