@@ -117,7 +117,8 @@ def eval_data(source: str | os.PathLike, work_dir: Path, cap: Captioner, *,
 
 
 # ---- KL gap ------------------------------------------------------------------------------------
-def _teacher_adapter(meta: dict) -> str | None:
+def teacher_adapter_name(meta: dict) -> str | None:
+    """The teacher adapter's name when the checkpoint (its meta.json) carries one, else None."""
     from aligncap_core.train.stages import TEACHER_ADAPTER
 
     return TEACHER_ADAPTER if TEACHER_ADAPTER in meta.get("adapters", []) else None
@@ -141,7 +142,7 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
     from aligncap_core.train.stages import teacher_caption_logits
 
     model, tok = cap.model, cap.tokenizer
-    adapter = _teacher_adapter(cap.meta)
+    adapter = teacher_adapter_name(cap.meta)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: dict[str, tuple[float | None, int]] = {}
     by_split: dict[str, list[dict]] = {}
@@ -326,14 +327,14 @@ def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings
         task = bar.add_task(f"caption ({decoding.strategy})", total=len(rows))
         for b in range(0, len(rows), chunk):
             part = rows[b:b + chunk]
-            texts, why = cap.decode([_speech(cap, data_dir, r) for r in part], settings, decoding)
+            texts, why = cap.decode([row_speech(cap, data_dir, r) for r in part], settings, decoding)
             preds += texts
             decisions += why
             bar.update(task, advance=len(part))
     return preds, decisions
 
 
-def _speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
+def row_speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
     """A row as the student reads it: its codes, and its prosody stream when the student reads one."""
     from aligncap_core.codec import load_codes
 
