@@ -67,6 +67,26 @@ def test_params_reject_typos_with_the_library_message():
     assert TeacherParams(preset="micro", max_steps=5).resolved() == {"preset": "micro", "train": {"max_steps": 5}}
 
 
+def test_improve_eval_settings_conflicting_with_the_evaluation_are_an_error():
+    """The rounds are evaluated like the final evaluation: an improve.config eval_limit /
+    eval_splits that differs from the evaluation's is refused with both names, not overwritten."""
+    from aligncap_core.errors import ConfigError
+    from flows.params import EvalParams, ImproveParams
+
+    evaluation = EvalParams(splits=["valid"], limit=20)
+    with pytest.raises(ConfigError, match=r"improve.config.eval_limit = 5 conflicts with evaluation.limit = 20"):
+        ImproveParams(config={"eval_limit": 5}).resolved(evaluation)
+    with pytest.raises(ConfigError, match=r"improve.config.eval_splits = \['zeroshot'\] conflicts with "
+                                          r"evaluation.splits = \['valid'\]"):
+        ImproveParams(config={"eval_splits": ["zeroshot"], "select_split": "zeroshot"}).resolved(evaluation)
+    # the same values, or none, are fine; the evaluation's are what the rounds get
+    for config in ({}, {"eval_limit": 20, "eval_splits": ["valid"]}):
+        got = ImproveParams(config=config).resolved(evaluation)
+        assert (got["eval_limit"], got["eval_splits"]) == (20, ["valid"])
+    # without an evaluation (a library-shaped call), the config's own value stands
+    assert ImproveParams(config={"eval_limit": 5}).resolved()["eval_limit"] == 5
+
+
 def _task_states(flow_run_id) -> dict[str, str]:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
