@@ -43,7 +43,7 @@ test: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(DEVSTAMP)
-	$(BIN)/ruff check aligncap_core tasks flows tests bench
+	$(BIN)/ruff check aligncap_core aligncap_ops tasks flows tests bench docs/experiments
 
 # Speed and memory figures as JSON, one line per script (docs/PERFORMANCE.md); < 10 min.
 # bench-full adds the issue's 500/1000/2000-clip scaling and a timed `make demo` (~30 min).

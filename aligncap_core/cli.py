@@ -213,6 +213,8 @@ def train_dpo_cmd(
     _print_result({"checkpoint": str(ckpt)})
 
 
+# The stack commands are ops tooling (aligncap_ops); the CLI is the one place that loads it, and
+# only inside these three commands, so importing aligncap_core never imports aligncap_ops.
 StackHome = Annotated[Path, typer.Option("--home", help="Stack folder: databases, logs, stack.json, env.sh.")]
 
 
@@ -228,7 +230,7 @@ def stack_up(
     project_dir: Annotated[Path | None, typer.Option("--project-dir", help="Folder with prefect.yaml; workers run there (default: this repository).")] = None,
 ) -> None:
     """Start a local Prefect server + cpu/gpu workers + MLflow server (+ S3) on 127.0.0.1."""
-    from aligncap_core.stack import up
+    from aligncap_ops.stack import up
 
     state = up(home, s3=s3, prefect_port=prefect_port, mlflow_port=mlflow_port, s3_port=s3_port,
                bucket=bucket, deploy=deploy, project_dir=project_dir, echo=console.print)
@@ -244,7 +246,7 @@ def stack_status(home: StackHome = Path("runs/stack")) -> None:
     """Show each stack process (alive/dead), its health URL and memory; exit 1 if any is down."""
     from rich.table import Table
 
-    from aligncap_core.stack import status
+    from aligncap_ops.stack import status
 
     rows = status(home)
     if not rows:
@@ -264,7 +266,7 @@ def stack_status(home: StackHome = Path("runs/stack")) -> None:
 @app.command("down")
 def stack_down(home: StackHome = Path("runs/stack")) -> None:
     """Stop what `aligncap up` started (workers first, then servers). Safe to run twice."""
-    from aligncap_core.stack import down
+    from aligncap_ops.stack import down
 
     stopped = down(home)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running in {home}")

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     reps = args.reps or (1 if args.smoke else 2)
 
     from aligncap_core.codec import EncodecTokenizer
-    from aligncap_core.codec.calibrate import _assign
+    from aligncap_core.codec.calibrate import nearest_centroid
     from aligncap_core.codec.tokenizer import torch_threads
 
     if args.data_dir is not None:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     # k-means assign (calibration): one chunk, fused (v2) vs five passes (v1)
     g = torch.Generator().manual_seed(0)
     x, c = torch.randn(4096 if args.smoke else 16384, 128, generator=g), torch.randn(1024, 128, generator=g)
-    t_assign = interleaved({"fused": lambda: _assign(x, c),
+    t_assign = interleaved({"fused": lambda: nearest_centroid(x, c),
                             "v1": lambda: _old_sq_dists(x, c).min(1)}, reps)
     return emit("codec_speed", {
         "x_realtime": xrt["parallel"],

@@ -135,7 +135,7 @@ def _service(ckpt: Path, clips: list[bytes], concurrency: int, work: Path) -> di
 
     import httpx
 
-    from aligncap_core import procs
+    from aligncap_ops import procs
 
     port = procs.free_port()
     # the same intra-op threads as this process: both throughput sides run alike

@@ -166,12 +166,25 @@ class ImproveParams(_Params):
 
     def resolved(self, evaluation: EvalParams | None = None) -> dict[str, Any]:
         """The ImproveConfig dict the tasks receive. Rounds are evaluated like everything else:
-        `evaluation` sets eval_splits / eval_limit, so the final evaluation re-uses them."""
+        `evaluation` sets eval_splits / eval_limit, so the final evaluation re-uses them.
+
+        An `eval_splits` / `eval_limit` in `config` that differs from `evaluation`'s is a
+        ConfigError rather than overwritten: the rounds would be selected on other clips than the
+        final evaluation scores. The same value is accepted."""
+        from aligncap_core.errors import ConfigError
         from aligncap_core.improve import ImproveConfig
 
         d = _merge(self.config, rounds=self.rounds)
         if evaluation is not None:
-            d.update(eval_splits=list(evaluation.splits), eval_limit=evaluation.limit)
+            for key, name, value in (("eval_splits", "evaluation.splits", list(evaluation.splits)),
+                                     ("eval_limit", "evaluation.limit", evaluation.limit)):
+                given = d.get(key, value)
+                if (list(given) if isinstance(given, tuple) else given) != value:
+                    raise ConfigError(
+                        f"improve.config.{key} = {given!r} conflicts with {name} = {value!r}: "
+                        f"the preference rounds are evaluated on the same clips as the final "
+                        f"evaluation; set {name} and drop improve.config.{key}")
+                d[key] = value
         return ImproveConfig.from_dict(d).to_dict()
 
     @model_validator(mode="after")

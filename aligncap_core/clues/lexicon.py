@@ -38,7 +38,8 @@ class LexEntry:
     if_negated: tuple[str, str] | None = None
 
 
-def _words(text: str) -> list[str]:
+def phrase_list(text: str) -> list[str]:
+    """The comma-separated phrases of a lexicon entry, lowercased, inner whitespace collapsed."""
     return [" ".join(w.split()).lower() for w in text.split(",") if w.strip()]
 
 
@@ -113,7 +114,7 @@ EMOTION: dict[str, str] = {
 }
 
 # Words naming an intense emotion by themselves: they set intensity=strong like "very angry".
-STRONG_EMOTION_WORDS = frozenset(_words("""furious, furiously, fury, enraged, rage, raging, livid,
+STRONG_EMOTION_WORDS = frozenset(phrase_list("""furious, furiously, fury, enraged, rage, raging, livid,
     seething, irate, incensed, infuriated, wrathful, terrified, terror, petrified, panicked,
     panic-stricken, terror-stricken, horrified, ecstatic, euphoric, overjoyed, elated, jubilant,
     devastated, heartbroken, distraught, anguished, sobbing, flabbergasted, astounded, appalled,
@@ -232,16 +233,16 @@ VOICE_QUALITY = """breathy, breathily, raspy, rasp, rasping, hoarse, hoarsely, n
 # word -> rule name; the rules live in `RESOLUTIONS` and are keyed by the context class the
 # parser finds (the head noun, the copula's subject, the verb an adverb modifies).
 AMBIGUOUS: dict[str, str] = {
-    **dict.fromkeys(_words("high, higher, highest, higher-than-usual"), "high"),
-    **dict.fromkeys(_words("low, lower, lowest, lowly"), "low"),
-    **dict.fromkeys(_words("raised, elevated, heightened, increased, rising"), "raised"),
-    **dict.fromkeys(_words("lowered, reduced, dropped, decreased, falling, dropping"), "lowered"),
-    **dict.fromkeys(_words("""normal, normally, moderate, moderately, medium, average, regular,
+    **dict.fromkeys(phrase_list("high, higher, highest, higher-than-usual"), "high"),
+    **dict.fromkeys(phrase_list("low, lower, lowest, lowly"), "low"),
+    **dict.fromkeys(phrase_list("raised, elevated, heightened, increased, rising"), "raised"),
+    **dict.fromkeys(phrase_list("lowered, reduced, dropped, decreased, falling, dropping"), "lowered"),
+    **dict.fromkeys(phrase_list("""normal, normally, moderate, moderately, medium, average, regular,
         typical, usual, natural, standard, ordinary, middle, mid, comfortable"""), "normal"),
-    **dict.fromkeys(_words("steady, steadily, even, evenly, stable, consistent, constant"), "steady"),
-    **dict.fromkeys(_words("flat, flatly, flattened"), "flat"),
-    **dict.fromkeys(_words("monotone, monotonous, monotonously, monotonic"), "monotone"),
-    **dict.fromkeys(_words("deep, deeper, deepest, deeply-pitched"), "deep"),
+    **dict.fromkeys(phrase_list("steady, steadily, even, evenly, stable, consistent, constant"), "steady"),
+    **dict.fromkeys(phrase_list("flat, flatly, flattened"), "flat"),
+    **dict.fromkeys(phrase_list("monotone, monotonous, monotonously, monotonic"), "monotone"),
+    **dict.fromkeys(phrase_list("deep, deeper, deepest, deeply-pitched"), "deep"),
 }
 # Nouns and verbs that decide an ambiguous word; a class name -> words.
 CONTEXT_WORDS: dict[str, str] = {
@@ -284,13 +285,13 @@ RESOLUTIONS: dict[str, dict[str, tuple[str, str | None] | None]] = {
 }
 
 # --- modifiers, negation, gender, scope ------------------------------------------------------
-INTENSIFIERS = frozenset(_words("""very, extremely, really, so, incredibly, highly, deeply, truly,
+INTENSIFIERS = frozenset(phrase_list("""very, extremely, really, so, incredibly, highly, deeply, truly,
     terribly, awfully, exceptionally, intensely, utterly, completely, totally, thoroughly, super,
     especially, particularly, exceedingly, immensely, hugely, tremendously, overwhelmingly,
     profoundly, absolutely, strongly, seriously, insanely, unbelievably, remarkably, extraordinarily,
     so very, very very, really very, ever so, clearly very, most, quite intensely, downright,
     painfully, wildly, visibly very, greatly, genuinely very"""))
-DIMINISHERS = frozenset(_words("""slightly, a bit, a little, a little bit, somewhat, mildly, faintly,
+DIMINISHERS = frozenset(phrase_list("""slightly, a bit, a little, a little bit, somewhat, mildly, faintly,
     a tad, kind of, kinda, sort of, fairly, moderately, marginally, a touch, a hint of, a tinge of,
     a trace of, a note of, a touch of, a bit of, a shade, slight, mild, subtle, subtly, faint,
     a slight, a mild, a subtle, a faint, a little more, just a little, partly, vaguely, gently,
@@ -298,32 +299,32 @@ DIMINISHERS = frozenset(_words("""slightly, a bit, a little, a little bit, somew
     an undertone of, an edge of, a sense of"""))
 # Modifiers that only modify an emotion ("deep sadness", "sheer terror"); before anything else
 # they are clues of their own ("deep voice") or plain words.
-EMOTION_ONLY_MODIFIERS = frozenset(_words("""deep, great, intense, pure, sheer, utter, extreme,
+EMOTION_ONLY_MODIFIERS = frozenset(phrase_list("""deep, great, intense, pure, sheer, utter, extreme,
     strong, profound, overwhelming, total, complete, real, genuine, obvious, palpable, evident, clear,
     barely concealed, barely contained, thinly veiled, slight, mild, subtle, faint"""))
 # Strong adjectives count as intensifiers before an emotion word.
-STRONG_ADJ_MODIFIERS = frozenset(_words("""deep, great, intense, pure, sheer, utter, extreme, strong,
+STRONG_ADJ_MODIFIERS = frozenset(phrase_list("""deep, great, intense, pure, sheer, utter, extreme, strong,
     profound, overwhelming, total, complete, barely concealed, barely contained"""))
-COMPARATIVE_MODIFIERS = frozenset(_words("""more, much, much more, far, far more, even, even more,
+COMPARATIVE_MODIFIERS = frozenset(phrase_list("""more, much, much more, far, far more, even, even more,
     way, a lot, a lot more, noticeably, audibly, distinctly, considerably, significantly, clearly,
     increasingly, a little more, somewhat more, slightly more"""))
 MODIFIERS = INTENSIFIERS | DIMINISHERS | EMOTION_ONLY_MODIFIERS | COMPARATIVE_MODIFIERS
 
 # A negation cue before a clue (same clause) means the clue is not asserted. "less" counts:
 # "less loud" does not assert loud, and the opposite is not safe to assume either.
-NEGATION_CUES = frozenset(_words("""not, n't, never, no, without, nor, neither, lacks, lack, lacking,
+NEGATION_CUES = frozenset(phrase_list("""not, n't, never, no, without, nor, neither, lacks, lack, lacking,
     free of, devoid of, absence of, absent, hardly, barely, scarcely, rather than, instead of,
     as opposed to, far from, anything but, no longer, less, none, nothing, zero, not at all,
     not a trace of, not remotely, cannot, can't, isn't, doesn't, wasn't, won't, fails to,
     minus"""))
 # Idioms that start with a negation word but do not negate what follows.
-NON_NEGATING = frozenset(_words("""no doubt, not only, not just, nothing but, no less, not merely,
+NON_NEGATING = frozenset(phrase_list("""no doubt, not only, not just, nothing but, no less, not merely,
     not least, no question, without a doubt, without doubt, never not, no wonder"""))
 # Words that end the scope of a preceding negation (and of a modifier) in the window rules.
-SCOPE_BREAKERS = frozenset(_words("""but, yet, though, although, however, whereas, while, instead,
+SCOPE_BREAKERS = frozenset(phrase_list("""but, yet, though, although, however, whereas, while, instead,
     still, ., ;, :, !, ?, (, ), --, —, –, because, so that, then""")) | {","}
 # Verbs that predicate a clue of their subject: "the volume is low" -> look left for the noun.
-COPULAS = frozenset(_words("""is, was, are, were, be, been, being, 's, sounds, sound, sounded, seems,
+COPULAS = frozenset(phrase_list("""is, was, are, were, be, been, being, 's, sounds, sound, sounded, seems,
     seem, seemed, remains, remain, stays, stay, becomes, become, became, gets, get, got, feels, feel,
     grows, turns, goes, appears, staying, remaining, getting, feeling, sounding, seeming, looking,
     looks, coming"""))
@@ -338,20 +339,20 @@ GENDER: dict[str, str] = {
 }
 # Relatives and roles are often someone the speaker talks *about*; they only count when they
 # are the subject (or no other gender word competes).
-WEAK_GENDER = frozenset(_words("""father, dad, grandfather, husband, son, brother, uncle, king, actor,
+WEAK_GENDER = frozenset(phrase_list("""father, dad, grandfather, husband, son, brother, uncle, king, actor,
     mother, mom, mum, grandmother, wife, daughter, sister, aunt, queen, actress, sir, madam, ma'am,
     mr, mr., mrs, mrs., ms, ms."""))
 
 # Emotion words describing these nouns describe content, not the voice ("sad news").
-CONTENT_NOUNS = frozenset(_words("""word, words, sentence, sentences, news, text, message, content,
+CONTENT_NOUNS = frozenset(phrase_list("""word, words, sentence, sentences, news, text, message, content,
     story, stories, line, lines, phrase, phrases, topic, subject, lyric, lyrics, transcript,
     statement, script, book, movie, film, song, music, letter, email, joke, jokes, event, events,
     situation, weather, day, memory, memories, ending, scene, meaning, headline, poem, report,
     announcement, thing, things, quote, remark"""))
 # Prepositions whose object is someone/something other than the speaker ("to an angry customer").
-OTHER_TARGET_PREPS = frozenset(_words("about, to, at, toward, towards, for, against, over, regarding"))
+OTHER_TARGET_PREPS = frozenset(phrase_list("about, to, at, toward, towards, for, against, over, regarding"))
 # Nouns that stand for the speaker or the voice: a clue attached to them describes the speaker.
-SPEAKER_NOUNS = frozenset(_words("""voice, voices, tone, tones, speaker, person, man, woman, boy,
+SPEAKER_NOUNS = frozenset(phrase_list("""voice, voices, tone, tones, speaker, person, man, woman, boy,
     girl, lady, gentleman, guy, narrator, delivery, speech, manner, way, pitch, volume, pace,
     speed, register, timbre, intonation, inflection, accent, utterance, reading"""))
 
@@ -383,7 +384,7 @@ def build_entries() -> dict[str, LexEntry]:
     entries: dict[str, LexEntry] = {}
 
     def add(text: str, entry: LexEntry) -> None:
-        for phrase in _words(text):
+        for phrase in phrase_list(text):
             for v in _variants(phrase):
                 entries.setdefault(v, entry)
 
@@ -393,7 +394,7 @@ def build_entries() -> dict[str, LexEntry]:
         for value, text in table.items():
             add(text, LexEntry(category, value))
     for value, text in EMOTION.items():
-        for phrase in _words(text):
+        for phrase in phrase_list(text):
             for v in _variants(phrase):
                 entries.setdefault(v, LexEntry("emotion", value, strong=phrase in STRONG_EMOTION_WORDS))
     # POS-sensitive emotion words: a noun/verb/preposition reading would be wrong ("cross the
@@ -415,8 +416,8 @@ def build_entries() -> dict[str, LexEntry]:
 
 
 def build_gender() -> dict[str, str]:
-    return {w: value for value, text in GENDER.items() for w in _words(text)}
+    return {w: value for value, text in GENDER.items() for w in phrase_list(text)}
 
 
 def context_classes() -> dict[str, str]:
-    return {w: cls for cls, text in CONTEXT_WORDS.items() for w in _words(text)}
+    return {w: cls for cls, text in CONTEXT_WORDS.items() for w in phrase_list(text)}

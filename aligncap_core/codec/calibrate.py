@@ -36,7 +36,7 @@ DEFAULT_INPUT_GAIN = 1e4
 WHITEN_CLIPS = 64  # clips whose latents estimate the whitening (128-d covariance: ~12k frames)
 
 
-def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = 8192,
+def nearest_centroid(x: torch.Tensor, c: torch.Tensor, chunk: int = 8192,
             x_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid index `(N,)` and its squared distance `(N,)`, chunked to bound memory.
 
@@ -88,7 +88,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0, init_sample:
         d2 = torch.minimum(d2, d2_to(c[j]))
     x_sq = x.pow(2).sum(1)
     for _ in range(iters):
-        idx, dist = _assign(x, c, x_sq=x_sq)
+        idx, dist = nearest_centroid(x, c, x_sq=x_sq)
         counts = torch.bincount(idx, minlength=k).float()
         sums = torch.zeros_like(c).index_add_(0, idx, x)
         new = sums / counts.clamp_min(1)[:, None]
@@ -195,7 +195,7 @@ def calibrate_encodec(
         k = tok.codebook_size
         for q, layer in enumerate(model.quantizer.layers[:n_q]):
             c = kmeans(residual, k, iters=iters, seed=seed + q)
-            idx, _ = _assign(residual, c)
+            idx, _ = nearest_centroid(residual, c)
             cb = layer.codebook
             cb.embed.copy_(c)
             cb.embed_avg.copy_(c)

@@ -44,6 +44,7 @@ from aligncap_core.utils import (
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
+_SR = 24000  # EnCodec's sample rate: clips are read (and their lengths counted) at it
 MAX_CALIBRATION_CLIPS = 800  # ~30 min of speech: far more frames than k-means needs (max_frames)
 
 
@@ -123,11 +124,10 @@ def resolve_codec(
             f"{data_dir}: no rows with split={calibrate_on_split!r} to calibrate the codec on and no "
             f"calibrated codec at {cdir}; pass --codec PATH of a saved codec"
         )
-    sr = 24000
     with progress(disable=not show_progress) as bar:
         task = bar.add_task("calibrate codec (encoder latents)", total=len(train))
         tok, latents = calibrate_encodec(
-            lambda j: read_audio(paths[train[j]], sr),
+            lambda j: read_audio(paths[train[j]], _SR),
             [lengths[i] for i in train],
             n_q=n_q,
             seed=seed,
@@ -183,62 +183,23 @@ def tokenize_dataset(
     rows = read_jsonl(manifest)
     paths = [_audio_path(data_dir, r, i + 1) for i, r in enumerate(rows)]
     keys = [r.get("audio_sha256") or sha256_file(p) for r, p in zip(rows, paths, strict=True)]
-    sr = 24000
-    lengths = [_n_samples(p, sr) for p in paths]
+    lengths = [_n_samples(p, _SR) for p in paths]
 
     tok, precomputed = resolve_codec(
         codec, data_dir, rows, keys, lengths, paths, n_q=n_q, calibrate_on_split=calibrate_on_split,
         codec_dir=Path(codec_dir) if codec_dir else None, seed=seed, batch_size=batch_size,
         show_progress=progress, num_threads=num_threads,
     )
-    fp = tok.fingerprint
-    codes_dir = Path(cache_dir or data_dir / "codes") / fp
-    codes_dir.mkdir(parents=True, exist_ok=True)
-    if not (codes_dir / CODEC_JSON).exists():
-        with atomic_write(codes_dir / CODEC_JSON) as f:
-            json.dump({**tok.meta, "fingerprint": fp}, f, indent=2, sort_keys=True)
-
+    codes_dir = _codes_dir(tok, Path(cache_dir or data_dir / "codes"))
     index = shard_index(codes_dir)
-    todo: dict[str, int] = {}  # key -> first row index (duplicate audio is encoded once)
-    for i, k in enumerate(keys):
-        if k not in index and k not in todo:
-            todo[k] = i
-    if precomputed := {k: c for k, c in precomputed.items() if k in todo}:
-        index.update(dict.fromkeys(precomputed, _write_shard(codes_dir, precomputed)))
+    todo, precomputed = _to_encode(keys, index, precomputed, codes_dir)
     cached = len(rows) - sum(1 for k in keys if k in todo)
     todo_idx = sorted((i for k, i in todo.items() if k not in precomputed), key=lambda i: -lengths[i])  # little padding
-    audio_s = sum(lengths[i] for i in todo_idx) / sr
-    t_enc, done_s, pending = time.perf_counter(), 0.0, {}
-    t_flush = t_enc
-    with progress_bar(progress) as bar:
-        task = bar.add_task("encode", total=len(todo_idx))
-        batches = [todo_idx[s : s + batch_size] for s in range(0, len(todo_idx), batch_size)]
-
-        def encode(batch: list[int]) -> list[np.ndarray]:  # runs on a worker thread
-            return tok.encode([read_audio(paths[i], sr) for i in batch], batch_size=batch_size, num_threads=1)
-
-        n_done = 0
-        for batch, codes in zip(batches, parallel_map(encode, batches, num_threads), strict=True):
-            n_done += len(batch)
-            pending.update({keys[i]: c for i, c in zip(batch, codes, strict=True)})
-            # flush by count, and by time so a kill -9 on a slow machine loses at most ~a minute
-            if len(pending) >= shard_size or (pending and time.perf_counter() - t_flush > flush_s):
-                shard = _write_shard(codes_dir, pending)
-                index.update(dict.fromkeys(pending, shard))
-                pending, t_flush = {}, time.perf_counter()
-            done_s += sum(lengths[i] for i in batch) / sr
-            dt = max(time.perf_counter() - t_enc, 1e-9)
-            bar.update(task, advance=len(batch), description=f"encode {n_done / dt:.1f} clips/s {done_s / dt:.0f}x rt")
-        if pending:
-            shard = _write_shard(codes_dir, pending)
-            index.update(dict.fromkeys(pending, shard))
-    enc_s = time.perf_counter() - t_enc
-
-    for r, k in zip(rows, keys, strict=True):
-        shard = index[k]
-        rel = os.path.relpath(shard, data_dir) if _inside(shard, data_dir) else str(shard.resolve())
-        r["codes"] = {"codec": fp, "shard": rel, "key": k}
-        r["n_frames"] = int(load_codes(data_dir, r).shape[1])  # exact, also for cached clips
+    audio_s = sum(lengths[i] for i in todo_idx) / _SR
+    enc_s = _encode_into_shards(tok, todo_idx, paths, keys, lengths, codes_dir, index,
+                                batch_size=batch_size, num_threads=num_threads,
+                                shard_size=shard_size, flush_s=flush_s, show_progress=progress)
+    _point_rows_at_codes(data_dir, rows, keys, index, tok.fingerprint)
     write_jsonl(manifest, rows)
     return {
         "n": len(rows),
@@ -249,10 +210,79 @@ def tokenize_dataset(
         "encode_seconds": round(enc_s, 3),
         "audio_seconds": round(audio_s, 3),
         "x_realtime": round(audio_s / enc_s, 2) if todo_idx and enc_s > 0 else None,
-        "codec": fp,
+        "codec": tok.fingerprint,
         "n_q": tok.n_q,
         "codes_dir": str(codes_dir),
     }
+
+
+def _codes_dir(tok: EncodecTokenizer, cache_root: Path) -> Path:
+    """CACHE_ROOT/<codec fingerprint>, created with its codec.json on first use."""
+    fp = tok.fingerprint
+    codes_dir = cache_root / fp
+    codes_dir.mkdir(parents=True, exist_ok=True)
+    if not (codes_dir / CODEC_JSON).exists():
+        with atomic_write(codes_dir / CODEC_JSON) as f:
+            json.dump({**tok.meta, "fingerprint": fp}, f, indent=2, sort_keys=True)
+    return codes_dir
+
+
+def _to_encode(keys: list[str], index: dict[str, Path], precomputed: dict[str, np.ndarray],
+               codes_dir: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """({key: first row index} of the audio with no codes in `index` (duplicate audio is
+    encoded once), the precomputed codes among them). Those precomputed codes (the calibration
+    clips') are written to a shard here and added to `index`."""
+    todo: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        if k not in index and k not in todo:
+            todo[k] = i
+    if precomputed := {k: c for k, c in precomputed.items() if k in todo}:
+        index.update(dict.fromkeys(precomputed, _write_shard(codes_dir, precomputed)))
+    return todo, precomputed
+
+
+def _encode_into_shards(tok: EncodecTokenizer, todo_idx: list[int], paths: list[Path],
+                        keys: list[str], lengths: list[int], codes_dir: Path,
+                        index: dict[str, Path], *, batch_size: int, num_threads: int | None,
+                        shard_size: int, flush_s: float, show_progress: bool) -> float:
+    """Encode the rows `todo_idx` (in parallel, `num_threads`) into shards of `codes_dir`,
+    adding each key's shard to `index`; seconds spent."""
+    t_enc, done_s, pending = time.perf_counter(), 0.0, {}
+    t_flush = t_enc
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("encode", total=len(todo_idx))
+        batches = [todo_idx[s : s + batch_size] for s in range(0, len(todo_idx), batch_size)]
+
+        def encode(batch: list[int]) -> list[np.ndarray]:  # runs on a worker thread
+            return tok.encode([read_audio(paths[i], _SR) for i in batch], batch_size=batch_size, num_threads=1)
+
+        n_done = 0
+        for batch, codes in zip(batches, parallel_map(encode, batches, num_threads), strict=True):
+            n_done += len(batch)
+            pending.update({keys[i]: c for i, c in zip(batch, codes, strict=True)})
+            # flush by count, and by time so a kill -9 on a slow machine loses at most ~a minute
+            if len(pending) >= shard_size or (pending and time.perf_counter() - t_flush > flush_s):
+                shard = _write_shard(codes_dir, pending)
+                index.update(dict.fromkeys(pending, shard))
+                pending, t_flush = {}, time.perf_counter()
+            done_s += sum(lengths[i] for i in batch) / _SR
+            dt = max(time.perf_counter() - t_enc, 1e-9)
+            bar.update(task, advance=len(batch), description=f"encode {n_done / dt:.1f} clips/s {done_s / dt:.0f}x rt")
+        if pending:
+            shard = _write_shard(codes_dir, pending)
+            index.update(dict.fromkeys(pending, shard))
+    return time.perf_counter() - t_enc
+
+
+def _point_rows_at_codes(data_dir: Path, rows: list[dict], keys: list[str],
+                         index: dict[str, Path], fp: str) -> None:
+    """Set each row's `codes` (codec fingerprint, shard path relative to DATA_DIR when inside
+    it, key) and `n_frames` (read back from the shard: exact, also for cached clips)."""
+    for r, k in zip(rows, keys, strict=True):
+        shard = index[k]
+        rel = os.path.relpath(shard, data_dir) if _inside(shard, data_dir) else str(shard.resolve())
+        r["codes"] = {"codec": fp, "shard": rel, "key": k}
+        r["n_frames"] = int(load_codes(data_dir, r).shape[1])  # exact, also for cached clips
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -124,7 +124,7 @@ def omit_words(attr: str) -> list[str]:
 
     bank = {"emotion": lx.EMOTION, "pitch": lx.PITCH, "speed": lx.SPEED, "volume": lx.VOLUME,
             "gender": lx.GENDER}[attr]
-    words = {w.split("-")[0] for text in bank.values() for w in lx._words(text) if " " not in w}
+    words = {w.split("-")[0] for text in bank.values() for w in lx.phrase_list(text) if " " not in w}
     words |= set(OMIT_EXTRA.get(attr, ()))
     return sorted(w for w in words if w.isalpha())
 

@@ -117,7 +117,8 @@ def eval_data(source: str | os.PathLike, work_dir: Path, cap: Captioner, *,
 
 
 # ---- KL gap ------------------------------------------------------------------------------------
-def _teacher_adapter(meta: dict) -> str | None:
+def teacher_adapter_name(meta: dict) -> str | None:
+    """The teacher adapter's name when the checkpoint (its meta.json) carries one, else None."""
     from aligncap_core.train.stages import TEACHER_ADAPTER
 
     return TEACHER_ADAPTER if TEACHER_ADAPTER in meta.get("adapters", []) else None
@@ -141,7 +142,7 @@ def kl_gap_by_split(cap: Captioner, data_dir: Path, rows: Sequence[dict], *, bat
     from aligncap_core.train.stages import teacher_caption_logits
 
     model, tok = cap.model, cap.tokenizer
-    adapter = _teacher_adapter(cap.meta)
+    adapter = teacher_adapter_name(cap.meta)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: dict[str, tuple[float | None, int]] = {}
     by_split: dict[str, list[dict]] = {}
@@ -230,7 +231,6 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
-    from aligncap_core.eval import compute_metrics
     from aligncap_core.eval.meteor import MeteorScorer
 
     with contextlib.ExitStack() as stack:
@@ -247,60 +247,78 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
                                          show_progress=show_progress, codes_cache=codes_cache)
         decoding = decoding or DecodingSettings()
         preds, decisions = _caption_rows(cap, data_dir, rows, settings, decoding, show_progress)
-
-        teacher = None
-        if kl_gap and teacher_ckpt is not None:
-            from aligncap_core.model.checkpoint import load_checkpoint
-
-            t_model, t_tok, _ = load_checkpoint(teacher_ckpt, dtype=next(cap.model.parameters()).dtype,
-                                                device=cap.device)
-            teacher = (t_model.eval(), t_tok)
         kls = kl_gap_by_split(cap, data_dir, rows, batch_size=batch_size, acoustic_prompt=acoustic,
-                              teacher=teacher, show_progress=show_progress) if kl_gap else {}
-
-        from aligncap_core.clues import EmotionClueParser
-
-        parser = EmotionClueParser()  # one spaCy load for every split
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(str(r.get("split")), []).append(i)
-        metrics: dict[str, dict] = {}
-        for name, idx in groups.items():
-            metrics[name] = compute_metrics([preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
-                                            [rows[i].get("attributes") for i in idx],
-                                            parser=parser, meteor=scorer)
-            kl, n = kls.get(name, (None, 0))
-            metrics[name].update(kl_gap=kl, kl_tokens=n)
-        for value, idx in _groups(rows, group_by).items():
-            metrics[f"{group_by}:{value}"] = compute_metrics(
-                [preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
-                [rows[i].get("attributes") for i in idx], parser=parser, meteor=scorer)
-        if len(groups) == 1:
-            metrics["all"] = dict(metrics[next(iter(groups))])
-        else:
-            metrics["all"] = compute_metrics(preds, [r.get("captions") or [] for r in rows],
-                                             [r.get("attributes") for r in rows], parser=parser, meteor=scorer)
-            tokens = sum(n for _, n in kls.values())
-            weighted = sum(v * n for v, n in kls.values() if v is not None)
-            metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens)
-
+                              teacher=_kl_teacher(cap, teacher_ckpt),
+                              show_progress=show_progress) if kl_gap else {}
+        metrics, evaluated_splits = _score(rows, preds, kls, group_by, scorer)
         report = {
             "checkpoint": str(ckpt_uri), "step": cap.meta.get("step"), "stage": cap.meta.get("stage"),
             "codec": cap.codec.fingerprint, "speech": dataclasses.asdict(cap.speech),
-            "data": {**info, "evaluated_from": str(data_dir), "splits": list(groups)},
+            "data": {**info, "evaluated_from": str(data_dir), "splits": evaluated_splits},
             "generation": dataclasses.asdict(settings), "decoding": decoding.to_dict(),
             "kl_teacher": str(teacher_ckpt or "student base"), "dtype": cap.dtype_name,
             "metrics": metrics,
         }
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(out_json.parent / "predictions.jsonl", (
-            {"id": r.get("id"), "split": r.get("split"), "prediction": p,
-             "references": r.get("captions") or [], "attributes": r.get("attributes"),
-             **({"decision": dataclasses.asdict(d)} if d is not None else {})}
-            for r, p, d in zip(rows, preds, decisions, strict=True)))
-        with atomic_write(out_json) as f:
-            json.dump(report, f, indent=2, default=str)
+        _write_report(out_json, report, rows, preds, decisions)
         return report
+
+
+def _kl_teacher(cap: Captioner, teacher_ckpt: str | os.PathLike | None) -> tuple[Any, Any] | None:
+    """(model, tokenizer) of another teacher for the KL gap, in the student's dtype and device;
+    None (the student's own base) without teacher_ckpt."""
+    if teacher_ckpt is None:
+        return None
+    from aligncap_core.model.checkpoint import load_checkpoint
+
+    t_model, t_tok, _ = load_checkpoint(teacher_ckpt, dtype=next(cap.model.parameters()).dtype,
+                                        device=cap.device)
+    return (t_model.eval(), t_tok)
+
+
+def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | None, int]],
+           group_by: str | None, scorer: Any) -> tuple[dict[str, dict], list[str]]:
+    """(metrics per split, per `group_by` value ("<group_by>:<value>") and over "all", each split
+    and "all" with its KL gap (token-weighted over the splits); the splits, in row order)."""
+    from aligncap_core.clues import EmotionClueParser
+    from aligncap_core.eval import compute_metrics
+
+    parser = EmotionClueParser()  # one spaCy load for every split
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(str(r.get("split")), []).append(i)
+    metrics: dict[str, dict] = {}
+    for name, idx in groups.items():
+        metrics[name] = compute_metrics([preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
+                                        [rows[i].get("attributes") for i in idx],
+                                        parser=parser, meteor=scorer)
+        kl, n = kls.get(name, (None, 0))
+        metrics[name].update(kl_gap=kl, kl_tokens=n)
+    for value, idx in _groups(rows, group_by).items():
+        metrics[f"{group_by}:{value}"] = compute_metrics(
+            [preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
+            [rows[i].get("attributes") for i in idx], parser=parser, meteor=scorer)
+    if len(groups) == 1:
+        metrics["all"] = dict(metrics[next(iter(groups))])
+    else:
+        metrics["all"] = compute_metrics(preds, [r.get("captions") or [] for r in rows],
+                                         [r.get("attributes") for r in rows], parser=parser, meteor=scorer)
+        tokens = sum(n for _, n in kls.values())
+        weighted = sum(v * n for v, n in kls.values() if v is not None)
+        metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens)
+    return metrics, list(groups)
+
+
+def _write_report(out_json: Path, report: dict, rows: Sequence[dict], preds: list[str],
+                  decisions: list) -> None:
+    """predictions.jsonl beside `out_json` (one row per clip), then the report itself."""
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_json.parent / "predictions.jsonl", (
+        {"id": r.get("id"), "split": r.get("split"), "prediction": p,
+         "references": r.get("captions") or [], "attributes": r.get("attributes"),
+         **({"decision": dataclasses.asdict(d)} if d is not None else {})}
+        for r, p, d in zip(rows, preds, decisions, strict=True)))
+    with atomic_write(out_json) as f:
+        json.dump(report, f, indent=2, default=str)
 
 
 def _groups(rows: Sequence[dict], group_by: str | None) -> dict[str, list[int]]:
@@ -328,14 +346,14 @@ def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings
         task = bar.add_task(f"caption ({decoding.strategy})", total=len(rows))
         for b in range(0, len(rows), chunk):
             part = rows[b:b + chunk]
-            texts, why = cap.decode([_speech(cap, data_dir, r) for r in part], settings, decoding)
+            texts, why = cap.decode([row_speech(cap, data_dir, r) for r in part], settings, decoding)
             preds += texts
             decisions += why
             bar.update(task, advance=len(part))
     return preds, decisions
 
 
-def _speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
+def row_speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
     """A row as the student reads it: its codes, and its prosody stream when the student reads one."""
     from aligncap_core.codec import load_codes
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aligncap_core.errors import ConfigError
-from aligncap_core.prefs.judges import (
+from aligncap_core.prefs.judge_types import (
     CRITERIA,
     MAX_SCORE,
     MIN_SCORE,

@@ -32,7 +32,7 @@ from typing import Any
 
 from aligncap_core.errors import ConfigError, DataError
 from aligncap_core.prefs.candidates import normalize_caption
-from aligncap_core.prefs.judges import Judge, JudgeItem, Judgment
+from aligncap_core.prefs.judge_types import Judge, JudgeItem, Judgment
 from aligncap_core.utils import read_jsonl, write_jsonl
 
 STRATEGIES = ("golden_vs_sample", "best_vs_worst", "faithful_vs_contradicting")

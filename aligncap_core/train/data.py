@@ -76,7 +76,8 @@ def teacher_text(row: dict, acoustic_prompt: bool) -> str:
     return teacher_input(row.get("transcript"), p_act or "", use_prompt=acoustic_prompt)
 
 
-def _captions(row: dict) -> list[str]:
+def row_captions(row: dict) -> list[str]:
+    """A row's non-blank reference captions; DataError naming the row when there is none."""
     caps = [c for c in row.get("captions") or [] if c and c.strip()]
     if not caps:
         raise DataError(f"{row.get('id')}: split {row.get('split')!r} needs at least one caption")
@@ -88,14 +89,14 @@ def corpus_texts(rows: Sequence[dict], instruction: str) -> list[str]:
     texts = [instruction]
     for r in rows:
         texts.append(teacher_text(r, acoustic_prompt=bool(r.get("p_act"))))
-        texts.extend(_captions(r))
+        texts.extend(row_captions(r))
     return texts
 
 
 def teacher_examples(tokenizer: Any, rows: Sequence[dict], acoustic_prompt: bool,
                      max_len: int) -> list[CaptionExample]:
     out = [encode_teacher_example(tokenizer, teacher_text(r, acoustic_prompt), cap, max_len)
-           for r in rows for cap in _captions(r)]
+           for r in rows for cap in row_captions(r)]
     _report_cut(out, max_len)
     return out
 
@@ -149,7 +150,7 @@ def student_examples(tokenizer: Any, data_dir: str | Path, rows: Sequence[dict],
     for r in rows:
         audio = speech_tokens(data_dir, r, keep_q, prosody)
         text = teacher_text(r, acoustic_prompt) if with_teacher else ""
-        for i, cap in enumerate(_captions(r)):
+        for i, cap in enumerate(row_captions(r)):
             students = encode_student_windows(tokenizer, instruction, audio, cap, max_len)
             if i == 0 and len(students) > 1:
                 split, windows = split + 1, windows + len(students)

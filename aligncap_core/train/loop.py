@@ -249,9 +249,71 @@ def fit(task: TrainTask, cfg: TrainConfig, run_dir: str | Path, logger: Logger |
 
 def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None,
          show_progress: bool) -> FitResult:
-    # ---- setup
     if not task.train_set:
         raise ConfigError(f"{task.name}: no training examples")
+    run = _setup(task, cfg, run_dir, logger)
+    show_progress = show_progress and run.rt.is_main
+    _resume(run)
+    _train(run, show_progress)
+    return _finish(run, show_progress)
+
+
+@dataclass
+class _Run:
+    """What the steps of one `fit` share: built by `_setup`, restored by `_resume`, advanced by
+    `_train`, summed up by `_finish`."""
+
+    task: TrainTask
+    cfg: TrainConfig
+    run_dir: Path
+    rt: Runtime
+    device: torch.device
+    logger: Logger | None  # None on every process but rank 0
+    governor: ThreadGovernor | None  # CPU thread count; None on GPUs
+    threads_before: int  # restored at the end
+    amp_dtype: torch.dtype | None  # autocast dtype; None: no autocast
+    model: torch.nn.Module
+    trained: torch.nn.Module  # the model as trained: DDP-wrapped when launched
+    params: list[torch.nn.Parameter]  # the trainable ones (gradient clipping)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    state: LoopState
+    last_path: Path | None = None  # the newest checkpoint written or resumed from
+    last_metrics: dict[str, float] = field(default_factory=dict)  # newest logged figures
+
+    def done(self) -> bool:
+        s = self.state
+        return s.step >= self.cfg.max_steps or s.stopped_early or s.reached_target
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def save(self, metrics: dict[str, float]) -> Path:
+        """Every process calls it (their RNG states are gathered); rank 0 writes."""
+        rt, state = self.rt, self.state
+        rngs = rt.gather(capture_rng_state())
+        path = self.run_dir / checkpoint_name(state.step)
+        if rt.is_main:
+            trainer_state = {
+                "model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "loop": asdict(state),
+                "rng": rngs[0],  # save_checkpoint captures the same; kept for any saver
+            }
+            if rt.distributed:
+                trainer_state["rng_by_rank"] = rngs
+            path = self.task.save(path, state.step, metrics, trainer_state)
+            _prune(self.run_dir, self.cfg.keep_checkpoints, keep=state.best_checkpoint)
+        rt.wait()  # nobody reads or prunes the folder while rank 0 writes it
+        return path
+
+
+def _setup(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None) -> _Run:
+    """Claim the run dir, set threads and seeds, wrap the model, build optimizer, schedule and
+    grad scaler (in this order: it fixes the random numbers each draws)."""
     rt = Runtime(cfg.device)
     device = rt.device
     with rt.main_first():  # rank 0 claims the folder; the others then find it claimed
@@ -259,7 +321,7 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
         if task.identity is not None:
             claim_run_dir(run_dir, task.identity)
     if not rt.is_main:
-        logger, show_progress = None, False
+        logger = None
     threads_before = torch.get_num_threads()
     # CPU: all cores when the machine is idle, 1 when other jobs compete for them (3x faster
     # then; see train.threads); num_threads > 0 pins the count. N processes share the cores.
@@ -284,179 +346,221 @@ def _fit(task: TrainTask, cfg: TrainConfig, run_dir: Path, logger: Logger | None
         num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
     # fp16 needs loss scaling (its exponent range underflows small grads); bf16 and fp32 do not
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    state = LoopState(processes=rt.world)
-    last_path: Path | None = None
+    return _Run(task=task, cfg=cfg, run_dir=run_dir, rt=rt, device=device, logger=logger,
+                governor=governor, threads_before=threads_before, amp_dtype=amp_dtype,
+                model=model, trained=trained, params=params, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, state=LoopState(processes=rt.world))
 
+
+def _resume(run: _Run) -> None:
+    """Continue from the newest usable checkpoint in the run dir, if any: loop state, trainable
+    weights, optimizer, schedule, grad scaler and (last) every process's RNG state."""
+    rt, cfg = run.rt, run.cfg
     # rank 0 clears what a killed run left, and sets a damaged newest checkpoint aside, before
     # anyone reads
     with rt.main_first():
         if rt.is_main:
-            _clear_leftovers(run_dir)
-        resumed = resume_point(run_dir)
-    if resumed is not None:
-        resume_from, ts = resumed
-        state = LoopState.from_dict(ts["loop"])
-        finished = state.step >= cfg.max_steps or state.stopped_early or state.reached_target
-        if state.processes != rt.world and not finished:
-            raise ConfigError(
-                f"{resume_from}: this run trains on {state.processes} process(es) (global batch "
-                f"{cfg.batch_size * cfg.grad_accum * state.processes}), this launch has {rt.world}: "
-                f"resume it with {state.processes} (--num-processes), or train into a new --out")
-        load_trainable_state(model, ts["model"], RESUME_MISMATCH)
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        scaler.load_state_dict(ts["scaler"])
-        last_path = resume_from
-        # last: nothing after this may draw random numbers. Each process gets its own state
-        # (rng_by_rank, written by launched runs); a single-process checkpoint has only "rng"
-        restore_rng_state(ts.get("rng_by_rank", [ts["rng"]])[rt.rank])
+            _clear_leftovers(run.run_dir)
+        resumed = resume_point(run.run_dir)
+    if resumed is None:
+        return
+    resume_from, ts = resumed
+    state = run.state = LoopState.from_dict(ts["loop"])
+    if state.processes != rt.world and not run.done():
+        raise ConfigError(
+            f"{resume_from}: this run trains on {state.processes} process(es) (global batch "
+            f"{cfg.batch_size * cfg.grad_accum * state.processes}), this launch has {rt.world}: "
+            f"resume it with {state.processes} (--num-processes), or train into a new --out")
+    load_trainable_state(run.model, ts["model"], RESUME_MISMATCH)
+    run.optimizer.load_state_dict(ts["optimizer"])
+    run.scheduler.load_state_dict(ts["scheduler"])
+    run.scaler.load_state_dict(ts["scaler"])
+    run.last_path = resume_from
+    # last: nothing after this may draw random numbers. Each process gets its own state
+    # (rng_by_rank, written by launched runs); a single-process checkpoint has only "rng"
+    restore_rng_state(ts.get("rng_by_rank", [ts["rng"]])[rt.rank])
 
-    def autocast() -> contextlib.AbstractContextManager:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    def save(metrics: dict[str, float]) -> Path:
-        """Every process calls it (their RNG states are gathered); rank 0 writes."""
-        rngs = rt.gather(capture_rng_state())
-        path = run_dir / checkpoint_name(state.step)
-        if rt.is_main:
-            trainer_state = {
-                "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "loop": asdict(state),
-                "rng": rngs[0],  # save_checkpoint captures the same; kept for any saver
-            }
-            if rt.distributed:
-                trainer_state["rng_by_rank"] = rngs
-            path = task.save(path, state.step, metrics, trainer_state)
-            _prune(run_dir, cfg.keep_checkpoints, keep=state.best_checkpoint)
-        rt.wait()  # nobody reads or prunes the folder while rank 0 writes it
-        return path
+@dataclass
+class _EpochBatches:
+    """The batches of the current epoch (`batch_order`), computed once per epoch."""
 
-    # length-grouped batches when the examples' lengths are known (far less padding)
-    lengths = example_lengths(task.train_set)
+    n: int
+    batch_size: int
+    seed: int
+    lengths: list[int] | None  # length-grouped batches when known (far less padding)
+    epoch: int = -1
+    batches: list[list[int]] = field(default_factory=list)
 
-    # ---- train
-    window: dict[str, float] = defaultdict(float)  # sums since the last log line
-    last_metrics: dict[str, float] = {}
-    n_window, t_window, tok_window = 0, 0.0, 0  # t_window: seconds spent in train steps
-    order: tuple[int, list[list[int]]] = (-1, [])  # (epoch, its batches), computed per epoch
-    done = state.step >= cfg.max_steps or state.stopped_early or state.reached_target
-    bar_ctx = progress(disable=not show_progress or done)
-    with bar_ctx as bar:
+    def of(self, epoch: int) -> list[list[int]]:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.batches = batch_order(self.n, self.batch_size, self.seed, epoch, self.lengths)
+        return self.batches
+
+
+@dataclass
+class _Window:
+    """Sums over the steps since the last log line."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    steps: int = 0
+    seconds: float = 0.0  # spent in train steps (not evaluating or saving)
+    tokens: int = 0  # this process's
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.steps, self.seconds, self.tokens = 0, 0.0, 0
+
+
+def _train(run: _Run, show_progress: bool) -> None:
+    """Optimizer steps until max_steps, an early stop or the target; logs every `log_every`,
+    validates every `eval_every`, saves when the selection figure improves, every
+    `checkpoint_every` and at the end."""
+    task, cfg, state = run.task, run.cfg, run.state
+    epochs = _EpochBatches(len(task.train_set), cfg.batch_size, cfg.seed,
+                           example_lengths(task.train_set))
+    window = _Window()
+    done = run.done()
+    with progress(disable=not show_progress or done) as bar:
         bar_task = bar.add_task(task.name, total=cfg.max_steps, completed=state.step)
         while not done:
-            if governor:
-                governor.update()
+            if run.governor:
+                run.governor.update()
             t_step = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            step_batches = []
-            for _ in range(cfg.grad_accum * rt.world):  # the step's micro-batches, all processes
-                if order[0] != state.epoch:
-                    order = (state.epoch, batch_order(len(task.train_set), cfg.batch_size,
-                                                      cfg.seed, state.epoch, lengths))
-                batches = order[1]
-                step_batches.append(batches[state.batch_in_epoch])
-                state.batch_in_epoch += 1
-                if state.batch_in_epoch == len(batches):
-                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            mine = rt.my_batches(step_batches)
-            for j, idx in enumerate(mine):
-                batch = to_device(task.collate([task.train_set[i] for i in idx]), device)
-                with rt.sync_gradients(trained, last=j == len(mine) - 1):
-                    with autocast():
-                        out = task.compute_loss(trained, batch)
-                    # mean of micro-batch means (DDP then averages over processes): each
-                    # micro-batch weighs the same, as one big batch would if the micro-batches
-                    # hold equally many caption tokens
-                    scaler.scale(out.loss / cfg.grad_accum).backward()
-                window["loss"] += out.loss.item() / cfg.grad_accum
-                for k, v in out.metrics.items():
-                    window[k] += v / cfg.grad_accum
-                tok_window += out.n_tokens
-                del out, batch
-            scaler.unscale_(optimizer)
-            if cfg.max_grad_norm > 0:
-                window["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            state.step += 1
-            n_window += 1
-            t_window += time.perf_counter() - t_step  # eval and saving are not training time
-
+            _train_step(run, epochs, window)
+            window.steps += 1
+            window.seconds += time.perf_counter() - t_step  # eval and saving are not training time
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                dt = max(t_window, 1e-9)
-                logged = rt.mean({f"train/{k}": v / n_window for k, v in window.items()})
-                logged.update({"lr": scheduler.get_last_lr()[0], "steps_per_s": n_window / dt,
-                               "tokens_per_s": rt.total(tok_window) / dt})
-                if device.type == "cuda":
-                    logged["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                if logger:
-                    logger.log_metrics(logged, state.step)
-                last_metrics.update(logged)
-                kl = logged.get("train/kl")
-                bar.update(bar_task, description=(
-                    f"{task.name} loss {logged['train/loss']:.3f}"
-                    + (f" kl {kl:.3f}" if kl is not None else "")
-                    + f" {logged['tokens_per_s']:.0f} tok/s"))
-                window.clear()
-                n_window, t_window, tok_window = 0, 0.0, 0
+                _log_window(run, window, bar, bar_task)
+                window.reset()
             bar.update(bar_task, completed=state.step)
-
             improved = False
             if cfg.eval_every and task.valid_set and state.step % cfg.eval_every == 0:
-                val = evaluate(task, model, cfg, device, autocast, rt)
-                if task.validate is not None:
-                    # generated captions: rank 0 computes them, every process gets the figures
-                    extra = _extra_validation(task, model, autocast) if rt.is_main else None
-                    val.update(rt.broadcast(extra))
-                if logger:
-                    logger.log_metrics(val, state.step)
-                last_metrics.update(val)
-                value = _selection_value(cfg, val)
-                better = (state.best_value is None
-                          or (value > state.best_value if cfg.select_mode == "max"
-                              else value < state.best_value))
-                if better:
-                    state.best_value, state.bad_evals, improved = value, 0, True
-                    state.best_checkpoint = checkpoint_name(state.step)
-                else:
-                    state.bad_evals += 1
-                    patience = cfg.early_stopping_patience
-                    state.stopped_early = bool(patience) and state.bad_evals >= patience
-                if cfg.stop_at is not None:
-                    state.reached_target = (value >= cfg.stop_at if cfg.select_mode == "max"
-                                            else value <= cfg.stop_at)
-            done = state.step >= cfg.max_steps or state.stopped_early or state.reached_target or state.reached_target
+                improved = _validate(run)
+            done = run.done()
             due = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
             if improved or due or done:
-                last_path = save(last_metrics)
+                run.last_path = run.save(run.last_metrics)
 
-    # ---- cleanup
-    if governor:
-        torch.set_num_threads(threads_before)
-    if amp_dtype is not None:
-        set_lora_input_casting(model, True)
+
+def _step_batches(run: _Run, epochs: _EpochBatches) -> list[list[int]]:
+    """The next step's micro-batches of every process, advancing the position in the epoch."""
+    state = run.state
+    step_batches = []
+    for _ in range(run.cfg.grad_accum * run.rt.world):
+        batches = epochs.of(state.epoch)
+        step_batches.append(batches[state.batch_in_epoch])
+        state.batch_in_epoch += 1
+        if state.batch_in_epoch == len(batches):
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    return step_batches
+
+
+def _train_step(run: _Run, epochs: _EpochBatches, window: _Window) -> None:
+    """One optimizer step over this process's share of the step's micro-batches; adds the
+    losses, metrics and tokens to `window`."""
+    task, cfg, rt = run.task, run.cfg, run.rt
+    run.optimizer.zero_grad(set_to_none=True)
+    mine = rt.my_batches(_step_batches(run, epochs))
+    for j, idx in enumerate(mine):
+        batch = to_device(task.collate([task.train_set[i] for i in idx]), run.device)
+        with rt.sync_gradients(run.trained, last=j == len(mine) - 1):
+            with run.autocast():
+                out = task.compute_loss(run.trained, batch)
+            # mean of micro-batch means (DDP then averages over processes): each micro-batch
+            # weighs the same, as one big batch would if the micro-batches hold equally many
+            # caption tokens
+            run.scaler.scale(out.loss / cfg.grad_accum).backward()
+        window.sums["loss"] += out.loss.item() / cfg.grad_accum
+        for k, v in out.metrics.items():
+            window.sums[k] += v / cfg.grad_accum
+        window.tokens += out.n_tokens
+        del out, batch
+    run.scaler.unscale_(run.optimizer)
+    if cfg.max_grad_norm > 0:
+        window.sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.state.step += 1
+
+
+def _log_window(run: _Run, window: _Window, bar: Any, bar_task: Any) -> None:
+    """Log the window's means (over processes), learning rate and speed; show them on the bar."""
+    rt = run.rt
+    dt = max(window.seconds, 1e-9)
+    logged = rt.mean({f"train/{k}": v / window.steps for k, v in window.sums.items()})
+    logged.update({"lr": run.scheduler.get_last_lr()[0], "steps_per_s": window.steps / dt,
+                   "tokens_per_s": rt.total(window.tokens) / dt})
+    if run.device.type == "cuda":
+        logged["peak_mem_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+    if run.logger:
+        run.logger.log_metrics(logged, run.state.step)
+    run.last_metrics.update(logged)
+    kl = logged.get("train/kl")
+    bar.update(bar_task, description=(
+        f"{run.task.name} loss {logged['train/loss']:.3f}"
+        + (f" kl {kl:.3f}" if kl is not None else "")
+        + f" {logged['tokens_per_s']:.0f} tok/s"))
+
+
+def _validate(run: _Run) -> bool:
+    """Evaluate, log, and track the selection figure: the best value and checkpoint, early
+    stopping and the target. True when the figure improved (the caller saves)."""
+    task, cfg, state, rt = run.task, run.cfg, run.state, run.rt
+    val = evaluate(task, run.model, cfg, run.device, run.autocast, rt)
+    if task.validate is not None:
+        # generated captions: rank 0 computes them, every process gets the figures
+        extra = _extra_validation(task, run.model, run.autocast) if rt.is_main else None
+        val.update(rt.broadcast(extra))
+    if run.logger:
+        run.logger.log_metrics(val, state.step)
+    run.last_metrics.update(val)
+    value = _selection_value(cfg, val)
+    better = (state.best_value is None
+              or (value > state.best_value if cfg.select_mode == "max" else value < state.best_value))
+    improved = False
+    if better:
+        state.best_value, state.bad_evals, improved = value, 0, True
+        state.best_checkpoint = checkpoint_name(state.step)
+    else:
+        state.bad_evals += 1
+        patience = cfg.early_stopping_patience
+        state.stopped_early = bool(patience) and state.bad_evals >= patience
+    if cfg.stop_at is not None:
+        state.reached_target = (value >= cfg.stop_at if cfg.select_mode == "max"
+                                else value <= cfg.stop_at)
+    return improved
+
+
+def _finish(run: _Run, show_progress: bool) -> FitResult:
+    """Restore threads and activation checkpointing, write train_summary.json (rank 0), say why
+    training stopped early; the best and last checkpoints."""
+    cfg, state = run.cfg, run.state
+    if run.governor:
+        torch.set_num_threads(run.threads_before)
+    if run.amp_dtype is not None:
+        set_lora_input_casting(run.model, True)
     if cfg.gradient_checkpointing:
-        model.activation_checkpointing_disable()  # the caller may generate with it next
+        run.model.activation_checkpointing_disable()  # the caller may generate with it next
+    last_path = run.last_path
     assert last_path is not None  # the loop ran at least once or resumed from a checkpoint
-    best = run_dir / state.best_checkpoint if state.best_checkpoint else last_path
+    best = run.run_dir / state.best_checkpoint if state.best_checkpoint else last_path
     result = FitResult(
         best_checkpoint=best, last_checkpoint=last_path, step=state.step,
         best_valid_loss=state.best_value if cfg.select_metric == "valid/loss" else None,
-        stopped_early=state.stopped_early, metrics=last_metrics, select_metric=cfg.select_metric,
+        stopped_early=state.stopped_early, metrics=run.last_metrics, select_metric=cfg.select_metric,
         best_value=state.best_value, reached_target=state.reached_target)
-    if rt.is_main:
-        with atomic_write(run_dir / "train_summary.json") as f:
+    if run.rt.is_main:
+        with atomic_write(run.run_dir / "train_summary.json") as f:
             json.dump({**asdict(result), "best_checkpoint": str(best),
                        "last_checkpoint": str(last_path)}, f, indent=2)
     if state.stopped_early and show_progress:
-        print(f"{task.name}: early stop at step {state.step} (no {cfg.select_metric} improvement "
+        print(f"{run.task.name}: early stop at step {state.step} (no {cfg.select_metric} improvement "
               f"in {state.bad_evals} evals)", file=sys.stderr)
     if state.reached_target and show_progress:
-        print(f"{task.name}: {cfg.select_metric} reached {cfg.stop_at} at step {state.step}",
+        print(f"{run.task.name}: {cfg.select_metric} reached {cfg.stop_at} at step {state.step}",
               file=sys.stderr)
     return result
 

@@ -25,7 +25,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from aligncap_core.codec.calibrate import _assign, kmeans
+from aligncap_core.codec.calibrate import kmeans, nearest_centroid
 from aligncap_core.codec.probe import code_features, probe_dataset
 from aligncap_core.codec.tokenizer import EncodecTokenizer, parallel_map, read_audio
 
@@ -65,7 +65,7 @@ def code_bags(lat: dict[str, list[np.ndarray]], rows: dict[str, list[dict]], whi
     c = kmeans(torch.from_numpy((sub - mu) @ w).float(), 1024, iters=15)
 
     def bag(z: np.ndarray) -> np.ndarray:
-        idx, _ = _assign(torch.from_numpy((z - mu) @ w).float(), c)
+        idx, _ = nearest_centroid(torch.from_numpy((z - mu) @ w).float(), c)
         return code_features(idx.numpy()[None].astype(np.int64))
 
     return probe({s: np.stack([bag(z) for z in v]) for s, v in lat.items()}, rows, scale=False, C=100.0)

@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from aligncap_core.eval import compute_metrics
     from aligncap_core.inference.captioner import Captioner
     from aligncap_core.inference.consistent import DecodingSettings, choose
-    from aligncap_core.inference.evaluate import _speech, select_rows
+    from aligncap_core.inference.evaluate import row_speech, select_rows
     from aligncap_core.model.generate import GenerationSettings
     from aligncap_core.train.data import read_rows
 
     cap = Captioner.load(args.ckpt, device="cpu")
     rows = select_rows(read_rows(args.data_dir), args.splits.split(","), args.limit)
-    clips = [_speech(cap, args.data_dir, r) for r in rows]
+    clips = [row_speech(cap, args.data_dir, r) for r in rows]
     gen = GenerationSettings(max_new_tokens=48)
     greedy = cap.caption_codes(clips, gen, DecodingSettings(strategy="greedy"))
     parser = cap.parser

@@ -27,7 +27,7 @@ import torch
 
 from aligncap_core.clues import EmotionClueParser
 from aligncap_core.inference.captioner import Captioner
-from aligncap_core.inference.evaluate import _teacher_adapter, select_rows
+from aligncap_core.inference.evaluate import select_rows, teacher_adapter_name
 from aligncap_core.model.batching import pad_examples
 from aligncap_core.model.losses import align_caption_logits
 from aligncap_core.train import data
@@ -62,7 +62,7 @@ def value_token_map(tok) -> dict[str, dict[int, str]]:
                        ("volume", lx.VOLUME), ("gender", lx.GENDER)):
         seen: dict[int, set[str]] = defaultdict(set)
         for value, words in table.items():
-            for w in lx._words(words):
+            for w in lx.phrase_list(words):
                 if " " in w or "*" in w:
                     continue
                 for form in (" " + w, " " + w.capitalize()):
@@ -134,12 +134,12 @@ def main() -> None:
             cap = Captioner.load(ckpt, device="cpu")
             model, tok = cap.model, cap.tokenizer
             model.eval()
-            adapter = _teacher_adapter(cap.meta)
+            adapter = teacher_adapter_name(cap.meta)
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             pairs = data.student_examples(tok, data_dir, split_rows, instruction=cap.speech.instruction,
                                           keep_q=cap.speech.keep_q, max_len=cap.max_len,
                                           acoustic_prompt=True, with_teacher=True)
-            captions = [c for r in split_rows for c in data._captions(r)]
+            captions = [c for r in split_rows for c in data.row_captions(r)]
             assert len(captions) == len(pairs), (len(captions), len(pairs))
             for b in range(0, len(pairs), args.batch_size):
                 chunk = pairs[b:b + args.batch_size]

@@ -10,7 +10,7 @@ from aligncap_core.model.batching import CaptionExample, pad_examples
 from aligncap_core.model.caption_head import accepts_logits_to_keep, caption_logits, caption_targets
 from aligncap_core.model.losses import align_caption_logits, caption_ce_loss, kd_loss
 from aligncap_core.train.stages import forward_caption, teacher_caption_logits
-from tests.core.model_helpers import perturbed_student
+from tests.helpers.models import perturbed_student
 
 
 def _batch(tok, side: str = "right", seed: int = 0) -> dict[str, torch.Tensor]:

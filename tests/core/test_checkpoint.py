@@ -21,7 +21,7 @@ from aligncap_core.model.checkpoint import (
 )
 from aligncap_core.model.config import LoraSettings
 from aligncap_core.model.lora import make_student
-from tests.core.model_helpers import micro_base_dir, micro_model_with_audio
+from tests.helpers.models import micro_base_dir, micro_model_with_audio
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 

@@ -26,10 +26,10 @@ from aligncap_core.errors import ConfigError
 from aligncap_core.train import stages
 from aligncap_core.train.config import StudentConfig, from_dict
 from aligncap_core.train.launch import launch_command, run_stage
-from tests.core import test_train
+from tests.helpers import training
 
 # the training tests' module fixtures: the toy corpus and a micro teacher trained on it
-corpus, teacher = test_train.corpus, test_train.teacher
+corpus, teacher = training.corpus, training.teacher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_student_two_processes_match_one_and_resume_after_kill(corpus, teacher, 
 @pytest.fixture(scope="module")
 def round0(tmp_path_factory):
     from aligncap_core.prefs.pairs import read_pairs, write_pairs
-    from tests.core.test_dpo import make_round0
+    from tests.helpers.dpo import make_round0
 
     root = tmp_path_factory.mktemp("dpo")
     ckpt, pairs = make_round0(root)
@@ -163,7 +163,7 @@ def _dpo_cfg(grad_accum: int) -> dict:
 
 
 def test_dpo_two_processes_match_one_and_resume_after_kill(round0, tmp_path):
-    from tests.core.test_reliability_resume import _dpo_weights
+    from tests.helpers.dpo import dpo_weights
 
     policy, pairs = round0
     one = tmp_path / "one" / "policy"
@@ -193,7 +193,7 @@ def test_dpo_two_processes_match_one_and_resume_after_kill(round0, tmp_path):
     for key in ("dpo/rewards/margins", "dpo/kd_loss"):
         ka, kb = _by_step(tmp_path / "one.jsonl", key), _by_step(tmp_path / "two.jsonl", key)
         assert all(kb[s] == pytest.approx(ka[s], abs=1e-5) for s in ka), key
-    worst = _assert_same_weights(_dpo_weights(one), _dpo_weights(two))
+    worst = _assert_same_weights(dpo_weights(one), dpo_weights(two))
     meta = json.loads((two / "meta.json").read_text())
     assert (meta["stage"], meta["step"], meta["round"]) == ("dpo", 8, 1)
     print(f"dpo: losses {[round(a[s], 6) for s in sorted(a)]}; killed after checkpoint "

@@ -9,46 +9,14 @@ import pytest
 import torch
 
 from aligncap_core.errors import ConfigError
-from aligncap_core.model.checkpoint import load_checkpoint, save_checkpoint
+from aligncap_core.model.checkpoint import load_checkpoint
 from aligncap_core.prefs import dpo as dpo_mod
-from aligncap_core.prefs.candidates import sample_candidates, student_prompt_text
+from aligncap_core.prefs.candidates import sample_candidates
 from aligncap_core.prefs.dpo import DPORoundConfig, build_dpo_trainer, run_dpo_round
 from aligncap_core.prefs.dpo_data import TEACHER_COLUMN, TeacherInfo, encode_pair
-from aligncap_core.prefs.pairs import read_pairs, write_pairs
-from tests.core.model_helpers import (
-    audio_vocab,
-    micro_base_dir,
-    micro_model_with_audio,
-    perturbed_student,
-)
-
-INSTRUCTION = "Describe how the speaker sounds."
-CAPTIONS = [("A man speaks slowly in a low, heavy voice, sounding sad.",
-             "A loud, angry male voice shouts fast."),
-            ("A woman speaks quickly in a high, trembling voice, sounding excited.",
-             "The speaker sounds calm and talks at a normal pace."),
-            ("She whispers softly, sounding fearful.", "A loud, angry male voice shouts fast."),
-            ("The speaker sounds calm and talks at a normal pace.",
-             "She whispers softly, sounding fearful.")]
-TEACHER = "Kids are talking by the door. Emotional clues: pitch low. Describe how the speaker sounds."
-
-
-def _prompt(i: int) -> str:
-    return student_prompt_text(INSTRUCTION, audio_vocab()[2 + 3 * i: 10 + 3 * i])
-
-
-def make_round0(root):
-    """A round-0 policy checkpoint whose adapter is *not* zero (so policy != base) and a pairs
-    file sampled 'from' it: (checkpoint, pairs path)."""
-    student, tok = perturbed_student()
-    ckpt = save_checkpoint(root / "round-0", student, tok, stage="distill", step=10,
-                           base_model=str(micro_base_dir()))
-    rows = [{"id": f"clip-{i}", "prompt": _prompt(i), "chosen": c, "rejected": r,
-             "chosen_score": 9.0, "rejected_score": 3.0, "margin": 6.0, "teacher_text": TEACHER,
-             "provenance": {"round": 1, "policy": str(ckpt), "judge": "rubric",
-                            "strategy": "golden_vs_sample"}}
-            for i, (c, r) in enumerate(CAPTIONS)]
-    return ckpt, write_pairs(root / "pairs.jsonl", rows)
+from aligncap_core.prefs.pairs import read_pairs
+from tests.helpers.dpo import TEACHER, make_round0, toy_prompt
+from tests.helpers.models import audio_vocab, micro_model_with_audio
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +48,7 @@ def _policy_logps(model, ds) -> torch.Tensor:
 
 def test_sample_candidates_seeded_and_deduped():
     model, tok, ids = micro_model_with_audio()
-    prompts = [{"id": "a", "prompt": _prompt(0)}, {"id": "b", "prompt_ids": [1, 5, 9, *ids[:4]]}]
+    prompts = [{"id": "a", "prompt": toy_prompt(0)}, {"id": "b", "prompt_ids": [1, 5, 9, *ids[:4]]}]
     state = torch.get_rng_state()
     kw = dict(n=4, max_new_tokens=6, batch_size=3, top_p=0.9)
     one = sample_candidates(model, tok, prompts, seed=7, **kw)

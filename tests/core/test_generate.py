@@ -13,7 +13,7 @@ from aligncap_core.model.generate import (
     generate_token_ids,
     left_pad,
 )
-from tests.core.model_helpers import micro_model_with_audio
+from tests.helpers.models import micro_model_with_audio
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_shared_prefix_greedy_equals_generate(mtk):
 
 def test_shared_prefix_peft_student_equals_generate():
     """The LoRA student (a PeftModel with trainable audio rows) is called the same way."""
-    from tests.core.model_helpers import perturbed_student
+    from tests.helpers.models import perturbed_student
 
     student, tok = perturbed_student(seed=1, scale=0.5)
     prompts = [student_prompt_ids(tok, "Describe.", ["<a0_1>", "<a1_5>"] * 6),

@@ -18,8 +18,7 @@ datasets = pytest.importorskip("datasets")
 from aligncap_core.data.prepare import prepare_dataset  # noqa: E402
 from aligncap_core.errors import DataError  # noqa: E402
 from aligncap_core.utils import read_jsonl  # noqa: E402
-
-from .datahelpers import peak_hz, tone, write_wav  # noqa: E402
+from tests.helpers.data import peak_hz, tone, write_wav  # noqa: E402
 
 
 def _wav(x, rate) -> bytes:

@@ -20,7 +20,7 @@ from aligncap_core.train.identity import (
     identity_config,
     keyed_run_dir,
 )
-from tests.core.test_train import make_corpus, quick
+from tests.helpers.training import make_corpus, quick
 
 
 def _teacher_cfg(**train) -> TeacherConfig:

@@ -30,8 +30,8 @@ from aligncap_core.improve import rounds as rounds_mod
 from aligncap_core.model.checkpoint import save_checkpoint
 from aligncap_core.prefs.pairs import read_pairs
 from aligncap_core.utils import read_jsonl
-from tests.core.model_helpers import micro_base_dir, perturbed_student
-from tests.core.test_train import make_corpus
+from tests.helpers.models import micro_base_dir, perturbed_student
+from tests.helpers.training import make_corpus
 
 INSTRUCTION = "Listen to the speech and describe how the speaker sounds."
 CFG = {"rounds": 2, "patience": 0, "n": 3, "max_new_tokens": 12, "clips_per_round": 8,

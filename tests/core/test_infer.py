@@ -1,9 +1,8 @@
 """Inference: self-contained student checkpoints, captioning raw audio, evaluation + KL gap.
 
-A 24-clip corpus of real WAVs (tones whose pitch/speed follow the emotion) is tokenized with a
-tiny calibrated EnCodec (16-entry codebooks, 4 filters: the micro LM's audio vocabulary is
-2 x 16), then the real teacher and student stages train on it, so `train_student` attaches
-that codec to the checkpoint exactly as in a real run.
+The tone corpus of tests/helpers/audio_corpus.py (real WAVs tokenized with a tiny calibrated
+EnCodec), on which the real teacher and student stages train, so `train_student` attaches that
+codec to the checkpoint exactly as in a real run.
 """
 
 from __future__ import annotations
@@ -22,57 +21,15 @@ from aligncap_core.inference.evaluate import evaluate_checkpoint
 from aligncap_core.model.generate import GenerationSettings
 from aligncap_core.train import stages
 from aligncap_core.train.config import StudentConfig, TeacherConfig
-from aligncap_core.utils import read_jsonl, write_jsonl
-from tests.core.test_train import EMOTIONS, clip_row, quick, toy_p_act
+from aligncap_core.utils import read_jsonl
+from tests.helpers import audio_corpus
+from tests.helpers.audio_corpus import SR, raw_corpus, tone
+from tests.helpers.training import EMOTIONS, quick
 
-SR = 24000
-TINY_CODEC = {"codebook_size": 16, "num_filters": 4, "hidden_size": 16}
+corpus = audio_corpus.corpus  # module-scoped fixture
+
 REPORT_KEYS = ("n", "bleu1", "bleu4", "meteor", "rouge_l", "cider", "clue_precision", "clue_recall",
                "clue_f1", "hallucination_rate", "generic_rate", "distinct2", "acc_emotion", "kl_gap")
-
-
-def tone(emotion: str, rng: np.random.Generator, sr: int = SR) -> np.ndarray:
-    pitch, speed = EMOTIONS[emotion]
-    f0 = {"low": 120, "normal": 200, "high": 320}[pitch] * rng.uniform(0.95, 1.05)
-    dur = {"slow": 0.55, "fast": 0.35}[speed] * rng.uniform(0.95, 1.05)  # >= prepare's 0.3 s
-    t = np.arange(int(sr * dur)) / sr
-    return (0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.3 * np.sin(2 * np.pi * 5 * t))).astype(np.float32)
-
-
-def raw_corpus(root: Path, n: int = 24, n_valid: int = 8) -> Path:
-    """Manifest + audio/ as a user would hand it in: no codes, no clues."""
-    rng = np.random.default_rng(0)
-    (root / "audio").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        row = clip_row(i, n, n_valid)
-        sf.write(root / row["audio"], tone(row["attributes"]["emotion"], rng), SR)
-        rows.append(row)
-    write_jsonl(root / "manifest.jsonl", rows)
-    return root
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return coded_corpus(tmp_path_factory.mktemp("infer") / "data")
-
-
-def coded_corpus(root: Path) -> Path:
-    """A prepared, clue-annotated data dir tokenized with the tiny codec saved in DATA_DIR/codec."""
-    from aligncap_core.codec import calibrate_encodec, read_audio, tokenize_dataset
-
-    root = raw_corpus(root)
-    rows = read_jsonl(root / "manifest.jsonl")
-    wavs = [read_audio(root / r["audio"], SR) for r in rows if r["split"] == "train"]
-    codec = calibrate_encodec(lambda i: wavs[i], [len(w) for w in wavs], n_q=2, iters=5,
-                              config_overrides=TINY_CODEC)
-    codec.save(root / "codec")
-    tokenize_dataset(root, codec=str(root / "codec"), n_q=2, progress=False)
-    rows = read_jsonl(root / "manifest.jsonl")
-    for r in rows:  # what `data clues` writes, without loading spaCy for the whole corpus
-        r["p_act"] = toy_p_act(r["attributes"])
-    write_jsonl(root / "manifest.jsonl", rows)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from aligncap_core.model.batching import (
     speech_windows,
 )
 from aligncap_core.train import data
-from tests.core.model_helpers import micro_model_with_audio
-from tests.core.test_train import make_corpus
+from tests.helpers.models import micro_model_with_audio
+from tests.helpers.training import make_corpus
 
 
 def _audio(frames: int, n_q: int = 2) -> list[str]:
@@ -121,7 +121,7 @@ def test_training_data_splits_long_clips_and_says_so(tmp_path, caplog):
 def test_student_trains_on_windows(tmp_path):
     from aligncap_core.train import stages
     from aligncap_core.train.config import StudentConfig, TeacherConfig
-    from tests.core.test_train import quick
+    from tests.helpers.training import quick
 
     corpus = make_corpus(tmp_path / "corpus")
     teacher = stages.train_teacher(corpus, tmp_path / "t", TeacherConfig(
@@ -141,8 +141,8 @@ def test_captioner_reads_a_long_clip_window_by_window(tmp_path):
     from aligncap_core.model.generate import GenerationSettings
     from aligncap_core.train import stages
     from aligncap_core.train.config import StudentConfig, TeacherConfig
-    from tests.core.test_infer import coded_corpus
-    from tests.core.test_train import quick
+    from tests.helpers.audio_corpus import coded_corpus
+    from tests.helpers.training import quick
 
     corpus = coded_corpus(tmp_path / "data")
     teacher = stages.train_teacher(corpus, tmp_path / "t", TeacherConfig(

@@ -17,7 +17,7 @@ from aligncap_core.model.batching import (
 from aligncap_core.model.config import LoraSettings, ModelPreset, get_preset
 from aligncap_core.model.lora import make_student, teacher_pass, trainable_parameter_names
 from aligncap_core.model.losses import align_caption_logits, caption_ce_loss, kd_loss
-from tests.core.model_helpers import audio_vocab, micro_base_dir, micro_model_with_audio
+from tests.helpers.models import audio_vocab, micro_base_dir, micro_model_with_audio
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 

@@ -17,8 +17,7 @@ from aligncap_core.data.manifest import REASONS
 from aligncap_core.data.prepare import prepare_dataset, safe_name
 from aligncap_core.errors import ConfigError, DataError
 from aligncap_core.utils import read_jsonl, sha256_file
-
-from .datahelpers import peak_hz, row, tone, write_manifest, write_wav
+from tests.helpers.data import peak_hz, row, tone, write_manifest, write_wav
 
 # ---------------------------------------------------------------- audio pipeline (unit level)
 

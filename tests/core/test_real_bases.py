@@ -25,7 +25,7 @@ from aligncap_core.model.config import LoraSettings
 from aligncap_core.train import stages
 from aligncap_core.train.config import DEFAULT_INSTRUCTION, StudentConfig, TeacherConfig
 from aligncap_core.utils import read_jsonl
-from tests.core.test_train import quick
+from tests.helpers.training import quick
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 
@@ -33,7 +33,7 @@ LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """The inference tests' prepared corpus: tones tokenized by a tiny calibrated codec."""
-    from tests.core.test_infer import coded_corpus
+    from tests.helpers.audio_corpus import coded_corpus
 
     return coded_corpus(tmp_path_factory.mktemp("real-bases") / "data")
 

@@ -22,8 +22,7 @@ from aligncap_core.data.prepare import prepare_dataset
 from aligncap_core.errors import AlignCapError, ConfigError
 from aligncap_core.utils import read_jsonl
 from aligncap_core.vocab import ATTRIBUTES, SPLITS
-
-from .datahelpers import row, tone, write_manifest, write_wav
+from tests.helpers.data import row, tone, write_manifest, write_wav
 
 REPO = Path(__file__).resolve().parents[2]
 

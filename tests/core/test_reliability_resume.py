@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.core.test_train import make_corpus
+from tests.helpers.training import make_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -268,20 +268,15 @@ def test_leftover_temp_and_half_deleted_checkpoints_are_ignored(corpus, teacher_
 # ---- DPO ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dpo_round0(tmp_path_factory):
-    from tests.core.test_dpo import make_round0
+    from tests.helpers.dpo import make_round0
 
     root = tmp_path_factory.mktemp("dpo-kill")
     return (root, *make_round0(root))
 
 
-def _dpo_weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    from aligncap_core.model.checkpoint import load_checkpoint
-
-    model, _, meta = load_checkpoint(ckpt, dtype=torch.float32)
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k or "trainable_tokens" in k}
-
-
 def test_dpo_round_kill9_resumes_to_the_same_weights(dpo_round0):
+    from tests.helpers.dpo import dpo_weights
+
     root, policy, pairs = dpo_round0
     cfg = {"max_steps": 8, "batch_size": 2, "learning_rate": 5e-3, "logging_steps": 1,
            "lambda_kd": 0.5, "max_length": 128, "save_steps": 2}
@@ -300,7 +295,7 @@ def test_dpo_round_kill9_resumes_to_the_same_weights(dpo_round0):
     assert not work.exists()
     a, b = json.loads((full / "meta.json").read_text()), json.loads((killed / "meta.json").read_text())
     assert a["step"] == b["step"] == 8 and a["round"] == b["round"] == 1
-    _assert_same(_dpo_weights(full), _dpo_weights(killed))
+    _assert_same(dpo_weights(full), dpo_weights(killed))
 
 
 def test_dpo_work_folder_of_other_inputs_is_not_resumed(dpo_round0, tmp_path, caplog):

@@ -29,9 +29,8 @@ from aligncap_core.prefs.judges import JudgeItem
 from aligncap_core.prefs.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 from aligncap_core.prefs.pairs import build_preference_pairs, judge_clips
 from aligncap_core.utils import read_jsonl
-
-from .datahelpers import row, tone
-from .test_train import make_corpus, quick
+from tests.helpers.data import row, tone
+from tests.helpers.training import make_corpus, quick
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from aligncap_core.train import stages
 from aligncap_core.train.config import StudentConfig, TeacherConfig, TrainConfig
 from aligncap_core.train.launch import ENV_PROCESSES, launch_command, resolve_processes
 from aligncap_core.train.runtime import Runtime, resolve_weights_dtype
-from tests.core.test_train import make_corpus, quick
+from tests.helpers.training import make_corpus, quick
 
 
 def test_weights_dtype_follows_autocast():

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,57 +13,13 @@ from aligncap_core.data import storage
 from aligncap_core.data.prepare import prepare_dataset
 from aligncap_core.errors import StorageError
 from aligncap_core.utils import read_jsonl
-
-from .datahelpers import row, tone
+from tests.helpers import s3 as s3_server
+from tests.helpers.data import row, tone
+from tests.helpers.s3 import SECRET, free_port
 
 pytestmark = pytest.mark.integration
 
-SECRET = "fake-secret-key-do-not-print"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        pytest.skip(f"moto_server not installed next to {sys.executable}")
-    port = _free_port()
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on port {port}")
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@pytest.fixture()
-def s3_env(moto_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+moto_endpoint, s3_env = s3_server.moto_endpoint, s3_server.s3_env  # fixtures (one server here)
 
 
 def _wav_bytes(x: np.ndarray, rate: int) -> bytes:
@@ -134,7 +85,7 @@ def test_storage_roundtrip_and_listing(s3_env, moto_endpoint):
 
 
 def test_endpoint_down_is_a_clear_error(s3_env, monkeypatch):
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     t0 = time.monotonic()
     with pytest.raises(StorageError) as e:

@@ -1,17 +1,14 @@
 """Using a trained model: a relocated champion, batch captioning, the pyfunc model, the service.
 
-One micro teacher + student are trained into a run folder (the real stages, on the tone corpus
-of test_infer); the student checkpoint is copied to another path and the run folder deleted, so
-every test below uses a champion that can only load from what it carries itself.
+Every test below uses the relocated champion of tests/helpers/serving.py: a micro student whose
+run folder was deleted, so it can only load from what it carries itself.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,45 +16,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from aligncap_core import procs
 from aligncap_core.inference.captioner import Captioner
 from aligncap_core.model.generate import GenerationSettings
-from aligncap_core.train import stages
-from aligncap_core.train.config import StudentConfig, TeacherConfig
 from aligncap_core.utils import read_jsonl
-from tests.core.test_infer import SR, corpus, tone  # noqa: F401 - corpus is a fixture
-from tests.core.test_train import EMOTIONS, quick
+from aligncap_ops import procs
+from tests.helpers import serving
+from tests.helpers.audio_corpus import corpus  # noqa: F401 - a fixture (relocated needs it)
+from tests.helpers.serving import GEN, wav_bytes
+from tests.helpers.training import EMOTIONS
 
-GEN = {"max_new_tokens": 8}
-
-
-def _wav_bytes(emotion: str, seed: int, fmt: str = "WAV", sr: int = SR, seconds: float | None = None) -> bytes:
-    x = tone(emotion, np.random.default_rng(seed), sr)
-    if seconds is not None:
-        x = np.resize(x, int(seconds * sr))
-    buf = io.BytesIO()
-    sf.write(buf, x, sr, format=fmt)
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def relocated(corpus, tmp_path_factory) -> dict:  # noqa: F811
-    """{"ckpt": the champion copied elsewhere after its run folder was deleted, "clip": a wav,
-    "caption": its caption from the original checkpoint}."""
-    root = tmp_path_factory.mktemp("relocate")
-    run = root / "run"
-    teacher = stages.train_teacher(corpus, run / "teacher",
-                                   TeacherConfig(preset="micro", train=quick(max_steps=20)),
-                                   show_progress=False)
-    student = stages.train_student(corpus, teacher, run / "student",
-                                   StudentConfig(train=quick(max_steps=6, eval_every=0)),
-                                   show_progress=False)
-    clip = root / "clip.wav"
-    clip.write_bytes(_wav_bytes("sad", 3))
-    before = Captioner.load(student, device="cpu").caption_files([clip], GenerationSettings(**GEN))[0]
-    dest = shutil.copytree(student, root / "elsewhere" / "champion")
-    shutil.rmtree(run)  # the teacher, the from-scratch base and the codec source are gone
-    return {"ckpt": dest, "clip": clip, "caption": before}
+relocated = serving.relocated  # module-scoped fixture (needs corpus)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +68,7 @@ def test_batch_caption_folder_manifest_with_bad_files(relocated, tmp_path):
     good = {"a.wav": ("sad", "WAV", 16000), "b.flac": ("happy", "FLAC", 24000),
             "sub/c.ogg": ("angry", "OGG", 44100), "sub/d.wav": ("happy", "WAV", 22050)}
     for i, (name, (emo, fmt, sr)) in enumerate(good.items()):
-        (clips / name).write_bytes(_wav_bytes(emo, i, fmt, sr))
+        (clips / name).write_bytes(wav_bytes(emo, i, fmt, sr))
     (clips / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     (clips / "notes.txt").write_text("not audio")
     manifest = tmp_path / "m.jsonl"
@@ -142,7 +110,7 @@ def test_engine_inputs_and_limits(engine, relocated):
     assert r["caption"] == relocated["caption"]
     assert r["attributes"] == engine.parser.parse(r["caption"]).attributes
     with pytest.raises(DataError, match="longer than"):
-        engine.waveform(_wav_bytes("sad", 0, seconds=engine.max_seconds + 1), "long.wav")
+        engine.waveform(wav_bytes("sad", 0, seconds=engine.max_seconds + 1), "long.wav")
     with pytest.raises(DataError, match="sample_rate"):
         engine.from_samples(x, 0)
     with pytest.raises(DataError, match="NaN"):
@@ -198,11 +166,11 @@ def test_service_under_64_concurrent_requests(service):
     uploads: list[tuple[str, bytes, int]] = []
     for i in range(54):
         fmt = ("WAV", "FLAC", "OGG")[i % 3]
-        uploads.append((f"ok{i}.{fmt.lower()}", _wav_bytes(list(EMOTIONS)[i % 3], i, fmt), 200))
+        uploads.append((f"ok{i}.{fmt.lower()}", wav_bytes(list(EMOTIONS)[i % 3], i, fmt), 200))
     uploads += [(f"bad{i}.wav", b"RIFF\x00\x00not audio" * (i + 1), 400) for i in range(4)]
     uploads += [("empty.wav", b"", 400)]
-    uploads += [(f"long{i}.wav", _wav_bytes("sad", i, seconds=4.0), 413) for i in range(3)]
-    uploads += [(f"huge{i}.wav", _wav_bytes("sad", i, sr=48000, seconds=12.0), 413) for i in range(2)]
+    uploads += [(f"long{i}.wav", wav_bytes("sad", i, seconds=4.0), 413) for i in range(3)]
+    uploads += [(f"huge{i}.wav", wav_bytes("sad", i, sr=48000, seconds=12.0), 413) for i in range(2)]
     assert len(uploads) == 64
 
     def post(item):

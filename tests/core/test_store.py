@@ -19,7 +19,7 @@ from aligncap_core import store as S
 from aligncap_core.data import storage
 from aligncap_core.data.storage import StorageError
 from aligncap_core.locks import LockHeldError, hold
-from tests.core.test_s3 import moto_endpoint, s3_env  # noqa: F401 - fixtures
+from tests.helpers.s3 import moto_endpoint, s3_env  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from tests.helpers.flows import MICRO_TRAIN
+
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "prefect.yaml"
 GPU_FLOWS = {"train-teacher", "distill", "self-improve", "ablation"}  # training and generation
@@ -63,6 +65,26 @@ def test_params_reject_typos_with_the_library_message():
     with pytest.raises(ValidationError):
         StudentParams(max_stepz=3)
     assert TeacherParams(preset="micro", max_steps=5).resolved() == {"preset": "micro", "train": {"max_steps": 5}}
+
+
+def test_improve_eval_settings_conflicting_with_the_evaluation_are_an_error():
+    """The rounds are evaluated like the final evaluation: an improve.config eval_limit /
+    eval_splits that differs from the evaluation's is refused with both names, not overwritten."""
+    from aligncap_core.errors import ConfigError
+    from flows.params import EvalParams, ImproveParams
+
+    evaluation = EvalParams(splits=["valid"], limit=20)
+    with pytest.raises(ConfigError, match=r"improve.config.eval_limit = 5 conflicts with evaluation.limit = 20"):
+        ImproveParams(config={"eval_limit": 5}).resolved(evaluation)
+    with pytest.raises(ConfigError, match=r"improve.config.eval_splits = \['zeroshot'\] conflicts with "
+                                          r"evaluation.splits = \['valid'\]"):
+        ImproveParams(config={"eval_splits": ["zeroshot"], "select_split": "zeroshot"}).resolved(evaluation)
+    # the same values, or none, are fine; the evaluation's are what the rounds get
+    for config in ({}, {"eval_limit": 20, "eval_splits": ["valid"]}):
+        got = ImproveParams(config=config).resolved(evaluation)
+        assert (got["eval_limit"], got["eval_splits"]) == (20, ["valid"])
+    # without an evaluation (a library-shaped call), the config's own value stands
+    assert ImproveParams(config={"eval_limit": 5}).resolved()["eval_limit"] == 5
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
@@ -127,10 +149,6 @@ def test_prepare_data_runs_then_reuses_its_keyed_output(tmp_path):
     assert Path(aug.result()) not in (data_dir, Path(third.result()))
     with pytest.raises(ValueError, match="copie"):  # a bad augment setting is refused up front
         DataParams(augment={"copies": -1})
-
-
-MICRO_TRAIN = {"lr": 3e-3, "warmup_steps": 2, "batch_size": 8, "eval_every": 10, "eval_batches": 2,
-               "checkpoint_every": 0, "num_threads": 1, "log_every": 5}
 
 
 def test_pipeline_end_to_end_micro(tmp_path):
@@ -222,7 +240,7 @@ def test_teacher_flow_changed_setting_trains_anew_same_setting_trains_once(tmp_p
     resume) the old model; the same settings twice must not train twice."""
     from flows.params import TeacherParams, TrackingParams
     from flows.train import train_teacher
-    from tests.core.test_train import make_corpus
+    from tests.helpers.training import make_corpus
 
     data = make_corpus(tmp_path / "data")
     off = TrackingParams(enabled=False)

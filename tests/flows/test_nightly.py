@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.test_flows import MICRO_TRAIN
+from tests.helpers.flows import MICRO_TRAIN
 
 # CIDEr: defined for any caption, so every night compares real numbers
 IMPROVE = {"select_metric": "cider", "patience": 0, "n": 2, "max_new_tokens": 12, "clips_per_round": 8, "min_margin": 0.0,

@@ -12,7 +12,7 @@ import time
 
 from aligncap_core import tracking as T
 from aligncap_core.train import loop
-from tests.core.test_train import make_corpus
+from tests.helpers.training import make_corpus
 
 SECRET = "sk-retry-test-3f9c1e7d2b8a4c6e"
 TEACHER = {"preset": "micro", "train": {

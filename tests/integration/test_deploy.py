@@ -25,8 +25,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.integration import browser
-from tests.integration.stackhelpers import clean_env, running_stack
+from tests.helpers import browser
+from tests.helpers.stack import clean_env, running_stack
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from aligncap_core import procs
-from tests.core.test_infer import corpus  # noqa: F401 - fixture
-from tests.core.test_serving import relocated  # noqa: F401 - fixture
+from aligncap_ops import procs
+from tests.helpers.audio_corpus import corpus  # noqa: F401 - fixture
+from tests.helpers.serving import relocated  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 

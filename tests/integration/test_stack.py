@@ -8,9 +8,9 @@ import urllib.request
 import boto3
 import pytest
 
-from aligncap_core import procs
 from aligncap_core import tracking as T
-from tests.integration.stackhelpers import cli, running_stack
+from aligncap_ops import procs
+from tests.helpers.stack import cli, running_stack
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aligncap_core import procs
+from aligncap_ops import procs
 
 REPO = Path(__file__).resolve().parents[2]
 ALIGNCAP = [sys.executable, "-m", "aligncap_core.cli"]

@@ -31,9 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-from aligncap_core import procs
 from aligncap_core.errors import ConfigError
 from aligncap_core.utils import atomic_write
+from aligncap_ops import procs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POOLS = ("cpu", "gpu")
