@@ -24,7 +24,7 @@ from aligncap_core.model.batching import (
 from aligncap_core.model.losses import kd_loss
 from aligncap_core.train.runtime import resolve_autocast, resolve_weights_dtype
 from aligncap_core.train.stages import forward_caption, teacher_caption_logits
-from tests.core.model_helpers import audio_vocab, perturbed_student
+from tests.helpers.models import audio_vocab, perturbed_student
 
 CPU = torch.device("cpu")
 
@@ -147,7 +147,7 @@ def test_bf16_and_fp32_losses_and_gradients_agree_on_a_tiny_model():
 
 
 def test_teacher_loss_with_fp32_master_weights_agrees_under_bf16_autocast():
-    from tests.core.model_helpers import micro_model_with_audio
+    from tests.helpers.models import micro_model_with_audio
 
     model, tok, _ = micro_model_with_audio()
     model.eval()
@@ -189,7 +189,7 @@ def test_student_stage_on_auto_trains_in_bf16_where_the_probe_says_so(tmp_path, 
     the run logs what it chose (params.json, as MLflow params) and the loss goes down."""
     from aligncap_core.train import stages
     from aligncap_core.train.config import StudentConfig, TeacherConfig
-    from tests.core.test_train import make_corpus, quick
+    from tests.helpers.training import make_corpus, quick
 
     corpus = make_corpus(tmp_path / "corpus")
     teacher = stages.train_teacher(corpus, tmp_path / "t", TeacherConfig(
@@ -222,7 +222,7 @@ def test_dpo_round_in_bf16_agrees_with_fp32(tmp_path):
     from aligncap_core.prefs.dpo import DPORoundConfig, run_dpo_round
     from aligncap_core.prefs.dpo_data import TeacherInfo
     from aligncap_core.train.loggers import JsonlLogger
-    from tests.core.test_dpo import TEACHER, make_round0
+    from tests.helpers.dpo import TEACHER, make_round0
 
     ckpt, pairs = make_round0(tmp_path)
     losses = {}
