@@ -34,7 +34,7 @@ import torch
 from aligncap_core.errors import ConfigError
 
 ENV_OVERRIDE = "ALIGNCAP_CPU_BF16"  # "0": never bf16 on a CPU, "1": always, unset/"auto": measure
-ENV_CACHE = "ALIGNCAP_CACHE_DIR"
+ENV_CACHE = "ALIGNCAP_CACHE"  # the one cache folder of aligncap (store.cache_root)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of the bf16 matrix / dot units
 # A whole training step of the tiny model gains far less than its matmuls do (most of a step is
 # elementwise work and attention, docs/PERFORMANCE.md): with AMX the matmul is 6-8x faster and
@@ -138,12 +138,11 @@ def decide(units: list[str], fp32_gflops: float | None, bf16_gflops: float | Non
 
 
 def cache_path() -> Path:
-    """Where the verdict is kept: $ALIGNCAP_CACHE_DIR, else $XDG_CACHE_HOME/aligncap, else
-    ~/.cache/aligncap; file cpu_bf16.json."""
-    root = os.environ.get(ENV_CACHE)
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aligncap"
-    return Path(root) / "cpu_bf16.json"
+    """Where the verdict is kept: cpu_bf16.json in aligncap's cache folder ($ALIGNCAP_CACHE,
+    else ~/.cache/aligncap; `store.cache_root`)."""
+    from aligncap_core.store import cache_root
+
+    return cache_root() / "cpu_bf16.json"
 
 
 _MEMO: dict[str, CpuBf16] = {}
