@@ -42,10 +42,10 @@ from aligncap_core.prefs.judge_types import (
     RubricWeights,
     clamp,
 )
+from aligncap_core.store import cache_root
 from aligncap_core.utils import sha256_bytes, stable_json
 
 log = logging.getLogger(__name__)
-_CACHE_DIR = Path(os.environ.get("ALIGNCAP_CACHE", Path.home() / ".cache" / "aligncap"))
 
 SYSTEM_PROMPT = """You are an expert annotator of speech emotion captions. A caption must \
 describe HOW the speaker sounds (emotion, pitch, speaking rate, volume, tone, voice quality), \
@@ -236,7 +236,7 @@ class OpenAIJudge:
             client = openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout,
                                    max_retries=0)
         self._client = client
-        path = cfg.cache_path if cfg.cache_path is not None else _CACHE_DIR / "judge-cache.sqlite"
+        path = cfg.cache_path if cfg.cache_path is not None else cache_root() / "judge-cache.sqlite"
         self.cache = JudgmentCache(path) if path != "" else None
         self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "skipped": 0}
         self._stats_lock = threading.Lock()

@@ -48,11 +48,11 @@ def checkpoint_in(folder: str | os.PathLike, label: str | None = None) -> Path:
 
 
 def _cache_root(tracking_uri: str) -> Path:
+    from aligncap_core.store import cache_root
     from aligncap_core.utils import fingerprint
 
     # one folder per tracking server: two servers may both have an "aligncap-sec" version 1
-    root = Path(os.environ.get("ALIGNCAP_CACHE", Path.home() / ".cache" / "aligncap"))
-    return root / "mlflow" / fingerprint(tracking_uri)[:12]
+    return cache_root() / "mlflow" / fingerprint(tracking_uri)[:12]
 
 
 def _download(artifact_uri: str, dest: Path, tracking_uri: str) -> Path:

@@ -98,8 +98,9 @@ def data_dir() -> Path:
     src = Path(espeakng_loader.get_data_path())
     files = generated_files(src / "voices" / "!v")
     digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
-    cache_root = Path(os.environ.get("ALIGNCAP_CACHE", Path.home() / ".cache" / "aligncap"))
-    dest = cache_root / f"espeak-{digest}"
+    from aligncap_core.store import cache_root
+
+    dest = cache_root() / f"espeak-{digest}"
     probe = dest / "espeak-ng-data" / "voices" / "!v" / next(iter(files))
     if probe.is_file():
         return dest / "espeak-ng-data"
