@@ -206,3 +206,23 @@ def test_bad_voice_and_config_errors():
         Espeak.get().synth("Hello.", "en-us+nosuchvoice")
     with pytest.raises(ConfigError):
         SynthConfig(n=0)
+
+
+def test_voice_bank_is_built_in_an_empty_cache_folder(tmp_path, monkeypatch):
+    """A worker on a fresh machine has no cache: the voice bank is built in $ALIGNCAP_CACHE, once,
+    and a second build in the same folder reuses it."""
+    from aligncap_core.data.synth import voicebank
+
+    monkeypatch.setenv("ALIGNCAP_CACHE", str(tmp_path / "fresh-cache"))
+    voicebank.data_dir.cache_clear()
+    try:
+        data = voicebank.data_dir()
+        assert data.is_relative_to(tmp_path / "fresh-cache"), data
+        written = sorted(p.name for p in (data / "voices" / "!v").iterdir() if not p.is_symlink())
+        assert written and set(written) == set(voicebank.generated_files(data / "voices" / "!v"))
+        built = data.parent
+        voicebank.data_dir.cache_clear()
+        assert voicebank.data_dir() == data and data.parent == built
+        assert [p.name for p in (tmp_path / "fresh-cache").iterdir()] == [built.name]  # no temp folders left
+    finally:
+        voicebank.data_dir.cache_clear()

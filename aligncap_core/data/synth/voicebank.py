@@ -100,12 +100,13 @@ def data_dir() -> Path:
     digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
     from aligncap_core.store import cache_root
 
-    dest = cache_root() / f"espeak-{digest}"
+    root = cache_root()
+    dest = root / f"espeak-{digest}"
     probe = dest / "espeak-ng-data" / "voices" / "!v" / next(iter(files))
     if probe.is_file():
         return dest / "espeak-ng-data"
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".espeak-", dir=cache_root))
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".espeak-", dir=root))
     try:
         data = tmp / "espeak-ng-data"
         data.mkdir()
