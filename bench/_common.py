@@ -9,11 +9,14 @@ median of its repetitions: a burst of load from a neighbour hits both sides alik
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +27,13 @@ import torch
 # the demo's vocabulary: ~4096 BPE text tokens + <audio>, </audio> + 2 x 1024 audio tokens
 TEXT_VOCAB = 4096
 AUDIO_VOCAB = 2 + 2 * 1024
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary work folder removed when the script exits (a bench leaves nothing in /tmp)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:

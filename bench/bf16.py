@@ -49,6 +49,7 @@ from bench._common import (  # noqa: E402
     interleaved,
     log,
     parser,
+    scratch_dir,
     setup_threads,
     tiny_model,
 )
@@ -253,7 +254,7 @@ def caption_batches(args, reps: int) -> dict:
     from aligncap_core.inference.consistent import DecodingSettings
     from bench.serving import _fix_caption_length, _speechlike, build_checkpoint
 
-    work = Path(tempfile.mkdtemp(prefix="bench-bf16-caption-"))
+    work = scratch_dir("bench-bf16-caption-")
     ckpt = build_checkpoint(work, args.preset, args.smoke)
     _fix_caption_length(ckpt, args.caption_tokens)
     caps = {dt: Captioner.load(ckpt, device="cpu", dtype=dt) for dt in ("fp32", "bf16")}

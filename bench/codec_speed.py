@@ -20,7 +20,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import emit, interleaved, log, matmul_peak, parser, setup_threads  # noqa: E402
+from bench._common import emit, interleaved, log, matmul_peak, parser, scratch_dir, setup_threads  # noqa: E402
 
 
 def _random_codec():
@@ -50,7 +49,7 @@ def _wavs(data_dir: Path | None, n: int, sr: int) -> list[np.ndarray]:
     if data_dir is None:
         from aligncap_core.data.synth.corpus import synthesize_corpus
 
-        data_dir = Path(tempfile.mkdtemp(prefix="bench-codec-"))
+        data_dir = scratch_dir("bench-codec-")
         synthesize_corpus(n=n, seed=0, out_dir=data_dir, workers=1, show_progress=False)
     rows = read_jsonl(data_dir / "manifest.jsonl")[:n]
     return [read_audio(data_dir / r["audio"], sr) for r in rows]

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench._common import AUDIO_VOCAB, TEXT_VOCAB, emit, log, parser, setup_threads  # noqa: E402
+from bench._common import AUDIO_VOCAB, TEXT_VOCAB, emit, log, parser, scratch_dir, setup_threads  # noqa: E402
 
 CAPTIONS = ["A man speaks slowly in a low, heavy voice, sounding sad.",
             "A woman speaks quickly in a high, trembling voice, sounding excited.",
@@ -46,7 +46,7 @@ def _student(preset: str):
     from aligncap_core.model.lora import make_student
 
     base = build_tiny_base(preset, (CAPTIONS + [TEACHER, INSTRUCTION]) * 8,
-                           Path(tempfile.mkdtemp(prefix="bench-dpo-")) / "base")
+                           scratch_dir("bench-dpo-") / "base")
     model, tok = load_base(base, dtype=torch.float32)
     ids = add_audio_tokens(model, tok, audio_token_vocab(2))
     model.resize_token_embeddings(max(len(tok), TEXT_VOCAB + AUDIO_VOCAB))  # the demo's lm_head width

@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import emit, log, parser, setup_threads  # noqa: E402
+from bench._common import emit, log, parser, scratch_dir, setup_threads  # noqa: E402
 
 # ~0.2B parameters: big enough that bf16 weights, fused AdamW and DDP matter, small enough
 # that building it, three stages and a second (multi-process) pass fit in 5 minutes.
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     if gpus == 0:  # CPU: one thread per process under load (train.threads)
         setup_threads(args.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    work = args.keep or Path(tempfile.mkdtemp(prefix="aligncap-gpu-smoke-"))
+    work = args.keep or scratch_dir("aligncap-gpu-smoke-")
     t0 = time.perf_counter()
     prep = prepare(work, smoke)
     log(f"gpu_smoke: {gpus} GPU(s); {'micro fp32 CPU path' if smoke else 'smoke-qwen2 bf16'}; "

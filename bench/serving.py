@@ -29,7 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import emit, log, parser, setup_threads  # noqa: E402
+from bench._common import emit, log, parser, scratch_dir, setup_threads  # noqa: E402
 
 SR = 24000
 
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     from aligncap_core.serving.batch import caption_to_jsonl
     from aligncap_core.serving.engine import CaptionEngine
 
-    work = Path(args.keep or tempfile.mkdtemp(prefix="bench-serving-"))
+    work = Path(args.keep) if args.keep else scratch_dir("bench-serving-")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "student" if (work / "student" / "codec").is_dir() else build_checkpoint(work, args.preset, args.smoke)
     _fix_caption_length(ckpt, args.caption_tokens)

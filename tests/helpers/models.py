@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,7 +30,9 @@ def audio_vocab(n_q: int = 2, codebook_size: int = 16) -> list[str]:
 def micro_base_dir() -> Path:
     from aligncap_core.model.base import build_tiny_base
 
-    out = Path(tempfile.mkdtemp(prefix="aligncap-micro-")) / "base"
+    root = Path(tempfile.mkdtemp(prefix="aligncap-micro-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # no folder left per test process
+    out = root / "base"
     return build_tiny_base("micro", CORPUS, out, seed=0)
 
 
