@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed
 DEVSTAMP:= $(VENV)/.installed-dev
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint install install-dev clean bench bench-full
+.PHONY: demo test test-fast lint install install-dev clean bench bench-full
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ demo: $(STAMP)
 
 test: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q -ra
+
+# The fast lane for development: no servers, no browser, nothing slow (a few minutes).
+# CI runs `make test`, i.e. everything.
+test-fast: $(DEVSTAMP)
+	$(BIN)/python -m pytest -q -ra -m "not integration and not slow"
 
 lint: $(DEVSTAMP)
 	$(BIN)/ruff check aligncap_core aligncap_ops tasks flows tests bench docs/experiments

@@ -14,6 +14,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from aligncap_core.defaults import EVAL, SYNTH_N
+from aligncap_core.inference.consistent import DecodingSettings
+
 app = typer.Typer(help="aligncap: speech emotion captioning (AlignCap) pipeline.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: synthesize, prepare (ingest), augment, clues, tokenize.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -29,7 +32,7 @@ stdout = Console()  # machine-readable summaries (JSON), so `> summary.json` wor
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option("--out", help="Output folder (manifest.jsonl + audio/).")],
-    n: Annotated[int, typer.Option("--n", help="Number of clips.")] = 2000,
+    n: Annotated[int, typer.Option("--n", help="Number of clips.")] = SYNTH_N,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same corpus).")] = 0,
     workers: Annotated[int, typer.Option("--workers", help="Parallel synthesis processes (0 = all cores).")] = 0,
 ) -> None:
@@ -378,14 +381,14 @@ def evaluate_cmd(
     no_kl: Annotated[bool, typer.Option("--no-kl", help="Skip the speech-text KL gap.")] = False,
     teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher checkpoint for the KL gap (default: the student's own base).")] = None,
     beams: Annotated[int, typer.Option("--beams", help="Beam search width (1 = greedy).")] = 1,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest caption, tokens.")] = 64,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per generation / KL batch.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest caption, tokens.")] = EVAL.max_new_tokens,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per generation / KL batch.")] = EVAL.batch_size,
     codec_dir: Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec for checkpoints without one.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     dtype: DtypeOpt = "auto",
-    decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = "consistent",
-    samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = 8,
-    risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = 3.0,
+    decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = DecodingSettings.strategy,
+    samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = DecodingSettings.samples,
+    risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = DecodingSettings.risk,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
@@ -436,34 +439,26 @@ def ablation_cmd(
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated training seeds, e.g. 0,1,2.")] = None,
     synth_n: Annotated[int | None, typer.Option("--synth-n", min=20, help="Built-in corpus size.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Use this prepared + tokenized data dir instead of the built-in corpus.")] = None,
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI: a parent run with a child per variant and seed.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI: a parent run with a child per variant and seed (default: sqlite in OUT).")] = None,
+    store: Annotated[str | None, typer.Option("--store", help="Artifact store (default: $ALIGNCAP_STORE, else OUT).")] = None,
 ) -> None:
     """Train every ablation variant per seed (SFT, KD without/with P_act, KD + PO rounds, PO
     without KD), evaluate on valid, zeroshot and real data; write OUT/results.json,
-    OUT/RESULTS-tables.md and OUT/ablation.png, and print the tables."""
-    from aligncap_core.experiments import (
-        AblationConfig,
-        plot_variants,
-        results_markdown,
-        run_ablation,
-    )
-    from aligncap_core.utils import read_yaml_mapping, set_dotted
+    OUT/RESULTS-tables.md and OUT/ablation.png, and print the tables. Runs the Prefect flow
+    `ablation` (flows/experiment.py) in Prefect's embedded mode, in a child process."""
+    import os
+    import subprocess
 
-    d = read_yaml_mapping(config, "ablation config") if config else {}
-    seed_list = None
-    if seeds is not None:
-        try:
-            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-        except ValueError:
-            raise typer.BadParameter(f"--seeds {seeds!r}: give integers separated by commas") from None
-    set_dotted(d, {"seeds": seed_list, "synth_n": synth_n, "data_dir": str(data) if data else None})
-    results = run_ablation(out, AblationConfig.from_dict(d), tracking_uri=tracking_uri)
-    md = results_markdown(results)
-    (out / "RESULTS-tables.md").write_text(md)
-    plot_variants(results, out / "ablation.png")
-    console.print(md)
-    stdout.print_json(json.dumps({"results": str(out / "results.json"), "tables": str(out / "RESULTS-tables.md"),
-                                  "plot": str(out / "ablation.png"), "seconds": results["seconds"]}))
+    args = [sys.executable, "-m", "flows.experiment", "--out", str(out)]
+    for flag, value in (("--config", config), ("--seeds", seeds), ("--synth-n", synth_n),
+                        ("--data", data), ("--tracking-uri", tracking_uri), ("--store", store)):
+        if value is not None:
+            args += [flag, str(value)]
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300", **os.environ}
+    rc = subprocess.call(args, env=env)
+    if rc:
+        raise typer.Exit(rc)
 
 
 def main() -> None:

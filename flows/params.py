@@ -16,6 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from aligncap_core.defaults import EVAL, MODEL_NAME, SYNTH_N
+from aligncap_core.inference.consistent import DecodingSettings
+
 REALDATA_DEFAULT = "../shared/realdata/manifest.jsonl"
 
 
@@ -48,7 +51,7 @@ class DataParams(_Params):
     source: str | None = Field(None, description="Manifest (.jsonl file, folder with manifest.jsonl, "
                                "s3://bucket/key) or a Hugging Face save_to_disk folder. Empty: synthesize "
                                "the built-in espeak-ng emotional speech corpus.")
-    synth_n: int = Field(1200, ge=8, description="Built-in corpus: number of clips.")
+    synth_n: int = Field(SYNTH_N, ge=8, description="Built-in corpus: number of clips.")
     synth_seed: int = Field(0, ge=0, description="Built-in corpus: seed (same seed, same corpus).")
     synth_workers: int = Field(0, ge=0, description="Built-in corpus: synthesis processes (0 = all cores).")
     prepare: dict[str, Any] = Field(default_factory=dict, description="Extra prepare_dataset settings: "
@@ -114,25 +117,25 @@ class StudentParams(_Params):
 class EvalParams(_Params):
     """How checkpoints are evaluated (after every preference round and at the end)."""
 
-    splits: list[str] = Field(default_factory=lambda: ["valid", "zeroshot"],
+    splits: list[str] = Field(default_factory=lambda: list(EVAL.splits),
                               description="Splits of the prepared data to evaluate.")
-    limit: int | None = Field(200, ge=1, description="At most this many clips per split (empty: all).")
+    limit: int | None = Field(EVAL.limit, ge=1, description="At most this many clips per split (empty: all).")
     realdata: str | None = Field(REALDATA_DEFAULT, description="Extra held-out manifest evaluated as "
                                  "'realdata' when the file exists (relative to the working directory).")
     realdata_limit: int | None = Field(None, ge=1, description="At most this many real clips (empty: `limit`).")
     realdata_group_by: str | None = Field("corpus", description="Also report the real data per value of "
                                           "this row field ('corpus': the row's corpus, else its id prefix), "
                                           "as splits realdata/<value>. Empty: the whole set only.")
-    max_new_tokens: int = Field(64, ge=1, description="Longest generated caption, tokens.")
-    meteor: bool = Field(True, description="Compute METEOR (starts a JVM, ~5 s).")
-    kl_gap: bool = Field(True, description="Measure the speech-text KL gap (teacher vs student).")
-    batch_size: int = Field(16, ge=1, description="Clips per generation batch.")
-    decoding: str = Field("consistent", description="greedy, or consistent: sample several "
+    max_new_tokens: int = Field(EVAL.max_new_tokens, ge=1, description="Longest generated caption, tokens.")
+    meteor: bool = Field(EVAL.meteor, description="Compute METEOR (starts a JVM, ~5 s).")
+    kl_gap: bool = Field(EVAL.kl_gap, description="Measure the speech-text KL gap (teacher vs student).")
+    batch_size: int = Field(EVAL.batch_size, ge=1, description="Clips per generation batch.")
+    decoding: str = Field(DecodingSettings.strategy, description="greedy, or consistent: sample several "
                           "captions and keep the one that agrees with the per-attribute majority, "
                           "leaving out attributes the samples disagree on.")
-    decoding_samples: int = Field(8, ge=1, description="Consistent decoding: sampled captions per clip "
+    decoding_samples: int = Field(DecodingSettings.samples, ge=1, description="Consistent decoding: sampled captions per clip "
                                   "(besides the greedy one).")
-    decoding_risk: float = Field(3.0, ge=0, description="Consistent decoding: cost of a false "
+    decoding_risk: float = Field(DecodingSettings.risk, ge=0, description="Consistent decoding: cost of a false "
                                  "statement relative to a true one (an attribute is stated when more "
                                  "than risk/(1+risk) of the candidates agree).")
 
@@ -200,7 +203,7 @@ class TrackingParams(_Params):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (empty: $MLFLOW_TRACKING_URI, "
                                      "else sqlite:///OUT/mlflow.db).")
     experiment: str = Field("aligncap", min_length=1, description="MLflow experiment name.")
-    model_name: str = Field("aligncap-sec", min_length=1, description="Registered model name.")
+    model_name: str = Field(MODEL_NAME, min_length=1, description="Registered model name.")
     register_champion: bool = Field(True, description="Register the best checkpoint with the alias 'champion'.")
 
     def uri(self, out_dir: str | os.PathLike) -> str:

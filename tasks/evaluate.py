@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from aligncap_core.defaults import EVAL
 from tasks.caching import checkpoint_fingerprint, make_key_fn, manifest_sha, path_key, store_key
 from tasks.data import IO_RETRIES, PERSIST, RELEASE
 from tasks.tracking import run_name, stage_run
@@ -84,7 +85,7 @@ def evaluate(ckpt: str, data: str, out_dir: str, splits: list[str] | None = None
             log.info("evaluate %s on %s: reused %s", ckpt, data, st.uri(rel))
             return done["result"]["metrics"]
         claim_run_dir(st.local(rel), ident)  # run.json: what made this report
-        gen = GenerationSettings(max_new_tokens=settings.pop("max_new_tokens", 64))
+        gen = GenerationSettings(max_new_tokens=settings.pop("max_new_tokens", EVAL.max_new_tokens))
         decoding = DecodingSettings(**settings.pop("decoding", {}))
         out_json = st.local(rel) / "report.json"
         report = evaluate_checkpoint(ckpt, str(local), str(out_json), splits=splits, limit=limit,

@@ -20,6 +20,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ALIGNCAP_CPU_BF16", "0")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The fast lane (`make test-fast`: -m "not integration and not slow") leaves out what starts
+    servers: every test under tests/integration and tests/flows (the Prefect test server) is
+    marked `integration` here, besides the modules that mark themselves."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO).parts
+        if parts[:2] in (("tests", "integration"), ("tests", "flows")):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def realdata_dir() -> Path:
     if not (REALDATA / "manifest.jsonl").exists():

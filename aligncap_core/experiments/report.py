@@ -1,16 +1,18 @@
-"""Markdown tables and a plot from an ablation's results.json (`run_ablation`).
+"""The ablation's report, one writer: results.json, the markdown tables and the plot.
 
-    md = results_markdown(results)            # one table per split, mean ± std over seeds
-    plot_variants(results, "docs/ablation.png")
+    paths = write_report(results, "runs/ablation")   # results.json, RESULTS-tables.md, ablation.png
+    md = results_markdown(results)                   # one table per split, mean ± std over seeds
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from aligncap_core.experiments.ablation import REALDATA, SPLITS, TABLE_METRICS
+from aligncap_core.utils import atomic_write
 from aligncap_core.vocab import ATTRIBUTES
 
 # a caption that names a uniformly random value of the attribute (acc_* is recall-like: a caption
@@ -91,3 +93,17 @@ def plot_variants(results: dict, out_png: str | os.PathLike,
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write OUT/results.json, OUT/RESULTS-tables.md and OUT/ablation.png; returns their paths
+    ({"results", "tables", "plot"}). The only place an ablation report is written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"results": out / "results.json", "tables": out / "RESULTS-tables.md", "plot": out / "ablation.png"}
+    with atomic_write(paths["results"]) as f:
+        f.write(json.dumps(results, indent=1))
+    with atomic_write(paths["tables"]) as f:
+        f.write(results_markdown(results))
+    plot_variants(results, paths["plot"])
+    return {k: str(v) for k, v in paths.items()}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligncap_core.defaults import EVAL
 from aligncap_core.errors import ConfigError
 from aligncap_core.prefs.dpo import DPORoundConfig
 from aligncap_core.prefs.pairs import STRATEGIES
@@ -34,7 +35,7 @@ def _default_judge() -> dict[str, Any]:
 
 
 def _default_eval_splits() -> list[str]:
-    return ["valid", "zeroshot"]
+    return list(EVAL.splits)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class ImproveConfig:
     n: int = 4
     temperature: float = 1.0
     top_p: float = 0.9
-    max_new_tokens: int = 64
+    max_new_tokens: int = EVAL.max_new_tokens
     sample_batch_size: int = 16
     clips_per_round: int | None = 256
     judge: dict[str, Any] = field(default_factory=_default_judge)
@@ -87,7 +88,7 @@ class ImproveConfig:
     max_pairs_per_clip: int = 2
     dpo: dict[str, Any] = field(default_factory=dict)
     eval_splits: list[str] = field(default_factory=_default_eval_splits)
-    eval_limit: int | None = 200
+    eval_limit: int | None = EVAL.limit
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from aligncap_core.defaults import EVAL
 from aligncap_core.errors import ConfigError, DataError
 from aligncap_core.inference.captioner import Captioner
 from aligncap_core.inference.consistent import DecodingSettings
@@ -199,10 +200,10 @@ def _check_same_captions(pairs: list[dict]) -> None:
 # ---- the evaluation ----------------------------------------------------------------------------
 def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str | os.PathLike,
                         out_json: str | os.PathLike, *, splits: Sequence[str] | None = None,
-                        settings: GenerationSettings | None = None, batch_size: int = 16,
-                        kl_gap: bool = True, teacher_ckpt: str | os.PathLike | None = None,
+                        settings: GenerationSettings | None = None, batch_size: int = EVAL.batch_size,
+                        kl_gap: bool = EVAL.kl_gap, teacher_ckpt: str | os.PathLike | None = None,
                         limit: int | None = None, codec_dir: str | os.PathLike | None = None,
-                        device: str = "auto", dtype: str = "auto", meteor: bool = True,
+                        device: str = "auto", dtype: str = "auto", meteor: bool = EVAL.meteor,
                         codes_cache: str | os.PathLike | None = None,
                         decoding: DecodingSettings | None = None,
                         group_by: str | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aligncap_core.defaults import EVAL
 from aligncap_core.errors import ConfigError
 
 
@@ -35,7 +36,7 @@ class GenerationSettings:
         prompt is prefilled once and its n continuations are decoded from copies of its cache.
     """
 
-    max_new_tokens: int = 64
+    max_new_tokens: int = EVAL.max_new_tokens
     num_beams: int = 1
     do_sample: bool = False
     temperature: float = 1.0

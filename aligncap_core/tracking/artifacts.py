@@ -14,10 +14,11 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from aligncap_core.defaults import MODEL_NAME
 from aligncap_core.errors import ConfigError
 from aligncap_core.tracking.runs import client
 
-DEFAULT_MODEL_NAME = "aligncap-sec"
+DEFAULT_MODEL_NAME = MODEL_NAME  # aligncap_core.defaults
 CHAMPION_ALIAS = "champion"
 
 

@@ -32,6 +32,7 @@ def _run_inprocess(name: str, capsys) -> dict:
     return res
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,keys", [
     ("kd_step", ["kd_over_sft", "mfu", "peak_gflops"]),
     ("generate_speed", ["batched_over_per_caption_loop", "captions_per_s"]),
@@ -74,6 +75,7 @@ def test_bf16_bench_on_a_cpu_without_bf16_units_times_nothing_in_bf16(capsys, mo
     assert "kd_step" not in res and "caption_batch" not in res and "encodec" not in res
 
 
+@pytest.mark.slow
 def test_pipeline_bench_smoke(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "pipeline.py"), "--smoke",
                            "--threads", "1", "--keep", str(tmp_path / "work")],
@@ -85,6 +87,7 @@ def test_pipeline_bench_smoke(tmp_path):
     assert set(res["scaling"]["by_size"]) == {"6", "12"}
 
 
+@pytest.mark.slow
 def test_gpu_smoke_script_cpu_fallback(tmp_path):
     """bench/gpu_smoke.sh on a machine without a GPU: the micro fp32 CPU path of the same
     stages, with every figure it prints on a GPU (peak memory is GPU-only: null here)."""

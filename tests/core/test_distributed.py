@@ -28,6 +28,8 @@ from aligncap_core.train.config import StudentConfig, from_dict
 from aligncap_core.train.launch import launch_command, run_stage
 from tests.helpers import training
 
+pytestmark = pytest.mark.slow  # real multi-process training runs (10-25 s each)
+
 # the training tests' module fixtures: the toy corpus and a micro teacher trained on it
 corpus, teacher = training.corpus, training.teacher
 

@@ -35,6 +35,7 @@ def metrics(preds, refs=None, attrs=None, parser=None):
     return compute_metrics(preds, refs, attrs, parser=parser, meteor=False)
 
 
+@pytest.mark.slow
 def test_identical_captions_score_perfectly_with_meteor(parser):
     preds = [CAPTION, "A man speaks slowly and softly, sounding sad."]
     m = compute_metrics(preds, [[p] for p in preds], parser=parser, meteor=True)
@@ -160,6 +161,7 @@ def _fake_java(tmp_path, body: str) -> str:
     return str(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="needs a Java runtime")
 def test_a_shared_meteor_scorer_is_reused_and_left_running(parser):
     preds = [CAPTION, "A man speaks slowly and softly, sounding sad."]

@@ -35,6 +35,8 @@ ENTRY = r"""
 import json, sys, time
 from pathlib import Path
 import torch
+
+pytestmark = pytest.mark.slow  # real multi-process training runs (10-25 s each)
 torch.set_num_threads(1)
 kind, out, slow, spec = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
 

@@ -160,6 +160,7 @@ def service(relocated, tmp_path_factory):
         procs.stop([rec])
 
 
+@pytest.mark.slow
 def test_service_under_64_concurrent_requests(service):
     import httpx
 

@@ -58,6 +58,7 @@ def test_tracking_uri_defaults_and_env(tmp_path, monkeypatch):
     assert T.tracking_uri({"tracking_uri": "sqlite:///x.db"}) == "sqlite:///x.db"
 
 
+@pytest.mark.slow
 def test_child_runs_across_processes_and_resume(uri, parent, store, tmp_path):
     ids = [subprocess.run([sys.executable, "-c", CHILD_SCRIPT, parent, uri], capture_output=True,
                           text=True, check=True, cwd=tmp_path).stdout.strip().splitlines()[-1]

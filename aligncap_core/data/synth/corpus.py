@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from aligncap_core.defaults import SYNTH_N
 from aligncap_core.errors import ConfigError
 from aligncap_core.utils import atomic_write, progress, sha256_bytes, write_jsonl
 from aligncap_core.vocab import SPLITS
@@ -250,7 +251,7 @@ def _summarise(cfg: SynthConfig, rows: list[dict], stats: list[dict]) -> dict:
     }
 
 
-def synthesize_corpus(n: int = 2000, seed: int = 0, out_dir: str | os.PathLike = "synth",
+def synthesize_corpus(n: int = SYNTH_N, seed: int = 0, out_dir: str | os.PathLike = "synth",
                       workers: int = 0, captions_per_clip: int = 4,
                       show_progress: bool = True) -> dict:
     """Synthesize `n` clips into `out_dir` (audio/, manifest.jsonl, corpus.json).

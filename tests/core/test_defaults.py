@@ -1,0 +1,123 @@
+"""Every default is defined once: a flow parameter, a CLI option and the library function it
+ends up in agree, because the surfaces read the library's value (`aligncap_core.defaults`,
+`DecodingSettings`, the library signatures) instead of carrying their own copy. A literal that
+drifts from the library fails here."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aligncap_core.defaults import EVAL, MODEL_NAME, SYNTH_N
+from aligncap_core.inference.consistent import DecodingSettings
+
+
+def _default(fn, name: str) -> Any:
+    return inspect.signature(fn).parameters[name].default
+
+
+def _flow_defaults(model) -> dict[str, Any]:
+    return {name: f.get_default(call_default_factory=True) for name, f in model.model_fields.items()}
+
+
+def _library() -> dict[str, dict[str, Any]]:
+    """{flow params class: {field: the library's default it must equal}}."""
+    from aligncap_core.clues.annotate import add_clues
+    from aligncap_core.codec.dataset import tokenize_dataset
+    from aligncap_core.data.synth.corpus import synthesize_corpus
+    from aligncap_core.improve import ImproveConfig
+    from aligncap_core.inference.evaluate import evaluate_checkpoint
+    from aligncap_core.tracking import DEFAULT_MODEL_NAME
+
+    improve = ImproveConfig()
+    return {
+        "DataParams": {
+            "synth_n": _default(synthesize_corpus, "n"),
+            "synth_seed": _default(synthesize_corpus, "seed"),
+            "synth_workers": _default(synthesize_corpus, "workers"),
+            "clue_backend": _default(add_clues, "backend"),
+            "codec": _default(tokenize_dataset, "codec"),
+            "n_q": _default(tokenize_dataset, "n_q"),
+            "seed": _default(tokenize_dataset, "seed"),
+        },
+        "EvalParams": {
+            # the pipeline's final evaluation and its rounds score the same clips
+            "splits": list(improve.eval_splits),
+            "limit": improve.eval_limit,
+            "max_new_tokens": improve.max_new_tokens,
+            "meteor": _default(evaluate_checkpoint, "meteor"),
+            "kl_gap": _default(evaluate_checkpoint, "kl_gap"),
+            "batch_size": _default(evaluate_checkpoint, "batch_size"),
+            "decoding": DecodingSettings().strategy,
+            "decoding_samples": DecodingSettings().samples,
+            "decoding_risk": DecodingSettings().risk,
+        },
+        "TrackingParams": {"model_name": DEFAULT_MODEL_NAME},
+    }
+
+
+# flow-only knobs with no library counterpart (where runs go, what a run is called, optional inputs)
+FLOW_ONLY = {
+    "DataParams": {"source", "prepare", "augment"},
+    "EvalParams": {"realdata", "realdata_limit", "realdata_group_by"},
+    "TrackingParams": {"enabled", "tracking_uri", "experiment", "register_champion"},
+}
+
+
+@pytest.mark.parametrize("name", ["DataParams", "TeacherParams", "StudentParams", "EvalParams",
+                                  "ImproveParams", "TrackingParams"])
+def test_flow_param_defaults_are_the_library_defaults(name):
+    import flows.params as fp
+
+    flow = _flow_defaults(getattr(fp, name))
+    lib = _library().get(name, {})
+    for field, value in flow.items():
+        if field in lib:
+            assert value == lib[field], f"{name}.{field}: flow default {value!r} != library {lib[field]!r}"
+        elif field not in FLOW_ONLY.get(name, set()):
+            # a stage knob with no library counterpart here must leave the choice to the library
+            assert value in (None, {}), (f"{name}.{field} has its own default {value!r}: read the "
+                                         f"library's, or map it in tests/core/test_defaults.py")
+
+
+def test_stage_params_left_empty_resolve_to_the_library_configs():
+    """Empty flow params give exactly the library's configs (the typed knobs default to None)."""
+    from aligncap_core.improve import ImproveConfig
+    from aligncap_core.train.config import StudentConfig, TeacherConfig, from_dict
+    from flows.params import EvalParams, ImproveParams, StudentParams, TeacherParams
+
+    assert from_dict(TeacherConfig, TeacherParams().resolved()) == TeacherConfig()
+    assert from_dict(StudentConfig, StudentParams().resolved()) == StudentConfig()
+    assert ImproveParams().resolved(EvalParams()) == ImproveConfig().to_dict()
+
+
+def test_cli_options_default_to_the_library():
+    from aligncap_core import cli
+    from aligncap_core.data.synth.corpus import synthesize_corpus
+    from aligncap_core.inference.evaluate import evaluate_checkpoint
+    from aligncap_core.model.generate import GenerationSettings
+
+    ev = cli.evaluate_cmd
+    assert _default(ev, "batch_size") == _default(evaluate_checkpoint, "batch_size") == EVAL.batch_size
+    assert _default(ev, "max_new_tokens") == GenerationSettings().max_new_tokens == EVAL.max_new_tokens
+    assert (_default(ev, "decoding"), _default(ev, "samples"), _default(ev, "risk")) == \
+        (DecodingSettings().strategy, DecodingSettings().samples, DecodingSettings().risk)
+    assert _default(ev, "limit") is None  # the CLI scores every clip unless told otherwise
+    assert _default(cli.data_synth, "n") == _default(synthesize_corpus, "n") == SYNTH_N
+    assert _default(cli.data_synth, "seed") == _default(synthesize_corpus, "seed")
+
+
+def test_the_defaults_module_stays_light():
+    """The CLI and the flow parameter models import it at module level: no torch, no mlflow."""
+    import subprocess
+    import sys
+
+    code = ("import sys, aligncap_core.defaults, flows.params, aligncap_core.inference.consistent; "
+            "print(sorted(m for m in ('torch', 'mlflow', 'prefect') if m in sys.modules))")
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    assert out.stdout.strip() == "[]", out.stdout
+    assert MODEL_NAME == "aligncap-sec"  # the registered name README and deployments use
