@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aligncap_core.errors import DataError
+from aligncap_core.errors import ConfigError, DataError
 from aligncap_core.eval import clue_metrics as cm
 from aligncap_core.eval import text_metrics as tm
 from aligncap_core.eval.meteor import MeteorScorer
@@ -16,6 +16,31 @@ REFERENCE_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "coco_bleu1", "coco_ble
 
 # per-attribute metric prefixes (`clue_metrics.attribute_accuracy`), in report order
 ATTRIBUTE_METRICS = ("acc", "mention", "acc_stated", "contradiction", "majority", "chance")
+
+
+# what `inference.evaluate_checkpoint` adds to each split's `compute_metrics` keys
+EVALUATION_METRICS = ("kl_gap", "kl_tokens")
+
+
+def report_keys() -> list[str]:
+    """The metric registry: every metric of one split of an evaluation report, in order. What
+    names a metric (the rounds' `select_metric`, the pipeline's and the ablation's tables, the
+    plots) names one of these; `check_metric_names` fails on any other name."""
+    return metric_keys() + list(EVALUATION_METRICS)
+
+
+def check_metric_names(names: Sequence[str], what: str) -> None:
+    """ConfigError naming `what` when a name is not an evaluation metric (with the closest ones):
+    a typo would otherwise select, table or plot nothing, silently."""
+    import difflib
+
+    known = report_keys()
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            raise ConfigError(f"{what}: {name!r} is not an evaluation metric"
+                              + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+                              + "; the metrics are listed by aligncap_core.eval.metrics.report_keys()")
 
 
 def metric_keys() -> list[str]:

@@ -183,6 +183,9 @@ def parse_select_metric(expr: str) -> list[tuple[float, str]]:
         sign = -1.0 if m.group(1) == "-" else 1.0
         terms.append((sign * float(m.group(2) or 1.0), m.group(3)))
         pos = m.end()
+    from aligncap_core.eval.metrics import check_metric_names
+
+    check_metric_names([name for _, name in terms], f"improve.select_metric {expr!r}")
     return terms
 
 

@@ -121,3 +121,26 @@ def test_the_defaults_module_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "[]", out.stdout
     assert MODEL_NAME == "aligncap-sec"  # the registered name README and deployments use
+
+
+def test_every_metric_name_is_in_the_metric_registry():
+    """The tables, plots and the selection metric name metrics of `report_keys()` (one registry);
+    a typo in select_metric is an error when the config is read, with the closest names."""
+    from aligncap_core.errors import ConfigError
+    from aligncap_core.eval.metrics import check_metric_names, report_keys
+    from aligncap_core.experiments.ablation import TABLE_METRICS as ABLATION
+    from aligncap_core.experiments.report import plot_variants
+    from aligncap_core.improve import ImproveConfig
+    from aligncap_core.vocab import ATTRIBUTES
+    from flows.pipeline import PLOT_METRICS, TABLE_ATTRIBUTES, TABLE_METRICS
+
+    for names in (ABLATION, TABLE_METRICS, PLOT_METRICS, _default(plot_variants, "metrics")):
+        check_metric_names(names, "table")
+    assert set(TABLE_ATTRIBUTES) <= set(ATTRIBUTES)
+    assert len(report_keys()) == len(set(report_keys()))
+    check_metric_names(["clue_f1"], "x")
+    with pytest.raises(ConfigError, match="'clue_f'.*did you mean 'clue_f1'"):
+        ImproveConfig(select_metric="clue_f - hallucination_rate")
+    with pytest.raises(ConfigError, match="hallucination"):
+        ImproveConfig(select_metric="clue_f1 - halucination_rate")
+    assert ImproveConfig(select_metric="clue_f1 - 0.5 * kl_gap").select_metric
