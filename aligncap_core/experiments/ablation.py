@@ -104,12 +104,9 @@ class AblationConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> AblationConfig:
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"ablation config: unknown keys {unknown} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+        from aligncap_core.config import from_dict
+
+        return from_dict(cls, dict(d or {}), "ablation.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -117,7 +117,7 @@ class ImproveConfig:
             raise ConfigError(f"improve.dpo must be a mapping of DPORoundConfig fields, got {self.dpo!r}")
         if "round" in self.dpo:
             raise ConfigError("improve.dpo.round is set by each round; remove it")
-        DPORoundConfig.from_dict(self.dpo)  # unknown or invalid DPO keys fail now, not in round 1
+        DPORoundConfig.from_dict(self.dpo, "improve.dpo.")  # bad DPO keys fail now, not in round 1
         if not self.eval_splits or not all(isinstance(s, str) for s in self.eval_splits):
             raise ConfigError(f"improve.eval_splits must be a list of split names, got {self.eval_splits!r}")
         self.eval_splits = list(self.eval_splits)
@@ -128,15 +128,13 @@ class ImproveConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | ImproveConfig | None) -> ImproveConfig:
-        """From a plain dict; unknown keys are an error naming them and the known ones."""
+        """From a plain dict with the one config loader (`aligncap_core.config`): unknown keys
+        and values of the wrong type are ConfigErrors naming `improve.<key>`."""
+        from aligncap_core.config import from_dict
+
         if isinstance(d, ImproveConfig):
             return d
-        d = dict(d or {})
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(f"improve config: unknown keys {unknown} (known: {', '.join(known)})")
-        return cls(**d)
+        return from_dict(cls, dict(d or {}), "improve.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -108,8 +109,12 @@ class DPORoundConfig:
     fused_adamw: bool | None = None
 
     def __post_init__(self) -> None:
-        self._check_types()
         from aligncap_core.train.config import DTYPES, WEIGHT_DTYPES
+
+        for f in fields(self):  # .nan / .inf from YAML would pass every range check below
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"dpo.{f.name} must be a finite number, got {v!r}")
 
         if self.dtype not in DTYPES or self.weights_dtype not in WEIGHT_DTYPES:
             raise ConfigError(f"dpo.dtype must be one of {', '.join(DTYPES)} and dpo.weights_dtype "
@@ -130,33 +135,13 @@ class DPORoundConfig:
         if self.save_steps < 0:
             raise ConfigError(f"dpo.save_steps must be >= 0, got {self.save_steps}")
 
-    def _check_types(self) -> None:
-        """ConfigError naming the key for a value of the wrong type (YAML/JSON give strings,
-        nulls and floats where numbers are expected); ints are accepted for float keys."""
-        for f in fields(self):
-            v = getattr(self, f.name)
-            want = {"float": float, "int": int, "bool": bool, "str": str}.get(
-                str(f.type).split(" | ")[0])
-            optional = "None" in str(f.type)
-            if v is None and optional:
-                continue
-            ok = (isinstance(v, bool) if want is bool else
-                  isinstance(v, int | float) and not isinstance(v, bool) and v == v
-                  if want is float else
-                  isinstance(v, int) and not isinstance(v, bool) if want is int else
-                  isinstance(v, want) if want else True)
-            if not ok:
-                raise ConfigError(f"dpo.{f.name} must be {f.type}, got {v!r}")
-            if want is float:
-                setattr(self, f.name, float(v))
-
     @classmethod
-    def from_dict(cls, d: dict | None) -> DPORoundConfig:
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"dpo config: unknown keys {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict | None, path: str = "dpo.") -> DPORoundConfig:
+        """From a (YAML) mapping with the one config loader (`aligncap_core.config`): unknown
+        keys and values of the wrong type are ConfigErrors naming `<path><key>`."""
+        from aligncap_core.config import from_dict
+
+        return from_dict(cls, dict(d or {}), path)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

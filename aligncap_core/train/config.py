@@ -1,7 +1,8 @@
 """Typed configs of the two training stages, loaded from / dumped to YAML.
 
-Every field is documented where it is declared. `from_dict` rejects unknown keys at any depth
-(`train.lrr` -> ConfigError naming `train.lrr`), so a typo never silently trains with a default.
+Every field is documented where it is declared. `from_dict` (the one loader,
+`aligncap_core.config`, re-exported here) rejects unknown keys at any depth (`train.lrr` ->
+ConfigError naming `train.lrr`), so a typo never silently trains with a default.
 
 Defaults target the offline default: the `tiny` preset (hidden 256, 4 layers, ~5M parameters)
 on a 2-core CPU, where ENVIRONMENT.md measured ~3k tokens/s forward+backward and ~1 s per KD
@@ -11,16 +12,14 @@ audio tokens per second of speech, so the budgets below are a few minutes per st
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
-
+from aligncap_core.config import dump_config as dump_config  # the one loader, re-exported
+from aligncap_core.config import from_dict as from_dict
+from aligncap_core.config import load_config as load_config
+from aligncap_core.config import to_dict as to_dict
 from aligncap_core.errors import ConfigError
 from aligncap_core.model.config import LoraSettings
 
@@ -190,101 +189,3 @@ class StudentConfig:
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-# ---- dict / YAML round trip ------------------------------------------------------------------
-C = TypeVar("C")
-
-
-def from_dict(cls: type[C], data: dict[str, Any] | None, path: str = "") -> C:
-    """Build dataclass `cls` from a (YAML) dict; nested dataclasses from nested dicts.
-
-    Unknown keys raise ConfigError naming the dotted key and the known ones; a value of the
-    wrong type raises ConfigError naming the key. Missing keys take the field default; in a
-    nested section, the default of *that field* (TeacherConfig's `train` keeps its teacher
-    defaults when only `train.max_steps` is given).
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown config key {path + str(unknown[0])!r} "
-                          f"(known: {', '.join(known)})")
-    kwargs = {}
-    for k, v in data.items():
-        factory = known[k].default_factory
-        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) and factory is not dataclasses.MISSING:
-            # a nested section keeps its field's own defaults (the teacher's `train` section
-            # defaults differ from a bare TrainConfig's); the given keys go on top
-            v = _deep_merge(to_dict(factory()), v)
-        kwargs[k] = _coerce(hints[k], v, f"{path}{k}")
-    return cls(**kwargs)
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, name + ".")
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, name)
-    if origin is tuple:  # tuple[T, ...]: any length; tuple[T1, T2]: exactly that many
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        elems = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-        if len(elems) != len(value):
-            raise ConfigError(f"{name} must be a list of {len(elems)} values, got {value!r}")
-        return tuple(_coerce(t, v, name) for t, v in zip(elems, value, strict=True))
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}[tp]
-    if not ok(value):
-        raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}")
-    return float(value) if tp is float else value
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain dict (tuples as lists) that `yaml.safe_dump` writes and `from_dict` reads back."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple | list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
-
-
-def load_config(cls: type[C], path: str | Path | None, **overrides: Any) -> C:
-    """`cls` from a YAML file (None: defaults) with `overrides` applied on top.
-
-    overrides: dotted keys (`"train.max_steps": 10`) or top-level names; None values are skipped
-    (CLI options the user did not give).
-    """
-    from aligncap_core.utils import read_yaml_mapping, set_dotted
-
-    data = read_yaml_mapping(path) if path is not None else {}
-    set_dotted(data, overrides)
-    return from_dict(cls, data)
-
-
-def dump_config(cfg: Any, path: str | Path) -> Path:
-    from aligncap_core.utils import atomic_write
-
-    with atomic_write(path) as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    return Path(path)

@@ -58,11 +58,11 @@ def test_summarize_and_config_errors():
     md = results_markdown({"summary": s})
     assert "| a | 2.000 ± 1.414 |" not in md  # x is not a table metric
     assert "*chance (uniform guess)* | 0.111" in md  # real-data table shows chance beside acc
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown config key 'ablation.seedz'"):
         AblationConfig.from_dict({"seedz": [0]})
     with pytest.raises(ConfigError, match="distinct"):
         AblationConfig(seeds=[1, 1])
-    with pytest.raises(ConfigError, match="dpo config: unknown keys"):
+    with pytest.raises(ConfigError, match="unknown config key 'improve.dpo.betta'"):
         AblationConfig(improve={"dpo": {"betta": 1}})
     with pytest.raises(ConfigError, match="presett"):
         AblationConfig(teacher={"presett": "micro"})

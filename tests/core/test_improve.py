@@ -85,9 +85,9 @@ def run(tmp_path_factory):
 
 
 def test_config_validates_and_rejects_unknown_keys(tmp_path):
-    with pytest.raises(ConfigError, match="unknown keys.*'roundz'"):
+    with pytest.raises(ConfigError, match="unknown config key 'improve.roundz'"):
         ImproveConfig.from_dict({"roundz": 2})
-    with pytest.raises(ConfigError, match="dpo config: unknown keys"):
+    with pytest.raises(ConfigError, match="unknown config key 'improve.dpo.betta'"):
         ImproveConfig.from_dict({"dpo": {"betta": 0.1}})
     with pytest.raises(ConfigError, match="pair_strategy"):
         ImproveConfig(pair_strategy="random")

@@ -272,7 +272,7 @@ def test_train_config_errors_name_the_key(tmp_path, text, match):
 
 
 @pytest.mark.parametrize("cfg,match", [
-    ({"betta": 0.1}, "unknown keys"), ({"beta": "high"}, "dpo.beta must be float"),
+    ({"betta": 0.1}, "unknown config key 'dpo.betta'"), ({"beta": "high"}, "dpo.beta must be float"),
     ({"batch_size": "2"}, "dpo.batch_size must be int"), ({"max_steps": 2.5}, "dpo.max_steps must be int"),
     ({"lambda_kd": None}, "dpo.lambda_kd must be float"), ({"learning_rate": float("nan")}, "learning_rate"),
     ({"save_steps": -1}, "save_steps"),

@@ -328,7 +328,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> AugmentConfig:
         """Build from a (YAML) mapping; unknown keys at any depth raise ConfigError naming them."""
-        from aligncap_core.train.config import from_dict
+        from aligncap_core.config import from_dict
 
         return from_dict(cls, d)
 
