@@ -144,3 +144,17 @@ def test_every_metric_name_is_in_the_metric_registry():
     with pytest.raises(ConfigError, match="hallucination"):
         ImproveConfig(select_metric="clue_f1 - halucination_rate")
     assert ImproveConfig(select_metric="clue_f1 - 0.5 * kl_gap").select_metric
+
+
+@pytest.mark.parametrize("command,options", [
+    ("train_teacher_cmd", ["config", "max_steps"]),
+    ("train_student_cmd", ["config", "max_steps", "lambda_kd"]),
+    ("improve_cmd", ["config", "rounds", "judge", "judge_base_url", "judge_model"]),
+])
+def test_cli_stage_options_leave_the_defaults_to_the_library_loader(command, options):
+    """The training CLI's options are overrides on top of the config file, read by the one
+    loader (aligncap_core.config): left out, they are None and the library's default stands."""
+    from aligncap_core import cli
+
+    fn = getattr(cli, command)
+    assert {o: _default(fn, o) for o in options} == dict.fromkeys(options)
