@@ -27,6 +27,8 @@ import torch
 
 from tests.helpers.training import make_corpus
 
+pytestmark = pytest.mark.slow  # real multi-process training runs (10-25 s each)
+
 REPO = Path(__file__).resolve().parents[2]
 
 # One child process = one stage run: `ENTRY kind out slow spec_json`. Prints the step of the
@@ -36,7 +38,6 @@ import json, sys, time
 from pathlib import Path
 import torch
 
-pytestmark = pytest.mark.slow  # real multi-process training runs (10-25 s each)
 torch.set_num_threads(1)
 kind, out, slow, spec = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
 
