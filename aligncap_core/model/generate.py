@@ -9,6 +9,7 @@ HF `generate(num_return_sequences=n)` would expand the prompts before the prefil
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -206,6 +207,17 @@ def _decode_shared_prefix(model: Any, ids: torch.Tensor, attn: torch.Tensor, n: 
     return new
 
 
+def _in_weights_dtype(model: Any, device: torch.device) -> contextlib.AbstractContextManager:
+    """Generation runs in the dtype of the weights. Under bf16 autocast an fp32 model's attention
+    gets fp32 keys (RoPE's fp32 cos/sin promote them) but bf16 values, and a static KV cache
+    holds one dtype (`index_copy_(): ... Float and BFloat16`): so autocast is switched off for
+    fp32 weights (the teacher's copy-rate captions inside a bf16 training run), and a bf16
+    model runs in bf16 either way."""
+    if torch.is_autocast_enabled(device.type) and next(model.parameters()).dtype == torch.float32:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
                        settings: GenerationSettings | None = None,
@@ -223,6 +235,14 @@ def generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[in
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ConfigError("generate: every prompt needs at least one token")
     device = next(model.parameters()).device
+    with _in_weights_dtype(model, device):
+        return _generate_token_ids(model, tokenizer, prompts, s, suppress_token_ids, generator_seed,
+                                   device)
+
+
+def _generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
+                        s: GenerationSettings, suppress_token_ids: Sequence[int],
+                        generator_seed: int | None, device: torch.device) -> list[list[int]]:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
     if s.num_return_sequences > 1:

@@ -213,3 +213,18 @@ def test_bf16_generation_keeps_the_last_logits_by_index_and_decodes_alike(mtk):
     assert ref == [generate_token_ids(m16, tok, [p], s, suppress_token_ids=audio_ids)[0] for p in prompts]
     assert generate_token_ids(m16, tok, prompts, _shared(2, max_new_tokens=10),
                               suppress_token_ids=audio_ids) == [r for r in ref for _ in range(2)]
+
+
+def test_fp32_model_generates_inside_a_bf16_autocast_region(mtk):
+    """The teacher's copy-rate captions are generated inside its bf16 training run (autocast on,
+    weights fp32). RoPE makes the keys fp32 and the values stay bf16, which a static KV cache
+    cannot hold: `make demo` on an AMX CPU failed in the teacher's first validation. Generation
+    runs in the weights' dtype instead, so the captions are the fp32 ones, in every path."""
+    model, tok, audio_ids, prompts = mtk
+    greedy = GenerationSettings(max_new_tokens=10, batch_size=8)
+    for s in (greedy, _shared(2, max_new_tokens=10)):
+        ref = generate_token_ids(model, tok, prompts, s, suppress_token_ids=audio_ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = generate_token_ids(model, tok, prompts, s, suppress_token_ids=audio_ids)
+            assert torch.is_autocast_enabled("cpu")  # the caller's region is left as it was
+        assert got == ref

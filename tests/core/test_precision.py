@@ -237,3 +237,25 @@ def test_dpo_round_in_bf16_agrees_with_fp32(tmp_path):
         assert run_config["precision"]["precision.autocast"] == dt
         assert json.loads((tmp_path / "params.json").read_text())["precision.autocast"] == dt
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=1e-2)
+
+
+def test_teacher_stage_in_bf16_measures_its_copy_rate(tmp_path, monkeypatch):
+    """The teacher trained in bf16 autocast (fp32 master weights) generates its validation
+    captions for the copy rate at every evaluation: this is where `make demo` broke on AMX."""
+    from aligncap_core.train import stages
+    from aligncap_core.train.config import TeacherConfig
+    from aligncap_core.utils import read_jsonl, write_jsonl
+    from tests.helpers.training import make_corpus, quick
+
+    corpus = make_corpus(tmp_path / "corpus")
+    # what `data clues` adds: the attributes the prompt states, which the copy rate scores
+    rows = read_jsonl(corpus / "manifest.jsonl")
+    write_jsonl(corpus / "manifest.jsonl", [{**r, "clue_attributes": r["attributes"]} for r in rows])
+    monkeypatch.setenv(precision.ENV_OVERRIDE, "1")
+    stages.train_teacher(corpus, tmp_path / "t", TeacherConfig(
+        preset="micro", train=quick(max_steps=4, eval_every=2)), show_progress=False)
+    params = json.loads((tmp_path / "t" / "params.json").read_text())
+    assert params["precision.autocast"] == "bf16"
+    rows = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["valid/copy_rate"] for r in rows if "valid/copy_rate" in r]
+    assert len(rates) == 2 and all(0.0 <= r <= 1.0 for r in rates), rows
