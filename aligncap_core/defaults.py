@@ -2,8 +2,8 @@
 
 Evaluation: `evaluate_checkpoint`, `aligncap evaluate`, the pipeline's `EvalParams`, the evaluate task and
 the preference rounds' evaluation (`ImproveConfig.eval_*`) read their defaults from `EVAL`, and
-the decoder's from `DecodingSettings` (`inference.consistent`); The built-in corpus size: `synthesize_corpus`, `aligncap data synth` and the pipeline's
-`DataParams.synth_n`. `tests/core/test_defaults.py` fails if any of them carries its own copy.
+the decoder's from `DecodingSettings` (`inference.consistent`). The built-in corpus size:
+`synthesize_corpus`, `aligncap data synth` and the pipeline's `DataParams.synth_n`. `tests/core/test_defaults.py` fails if any of them carries its own copy.
 Nothing heavy is imported here: the CLI and the flow parameter models import it.
 """
 

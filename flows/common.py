@@ -5,6 +5,7 @@ in-process or through their deployments.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,14 @@ def parent_run(tracking: TrackingParams, out_dir: str, name: str, parent_run_id:
         end_run(run_id, "FAILED", uri=uri)
         raise
     end_run(run_id, "FINISHED", uri=uri)
+
+
+def embedded_prefect_env() -> None:
+    """Settings of an embedded run (`python -m flows.pipeline`, `python -m flows.experiment`)
+    that the user did not set: no analytics, and 180 s for the ephemeral API server to start
+    (its 20 s default is too short on a busy 2-core machine)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def open_store(store: str | None, out_dir: str) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field, model_validator
 
-from flows.common import open_store, parent_run
+from flows.common import embedded_prefect_env, open_store, parent_run
 from flows.evaluate import evaluate
 from flows.improve import self_improve
 from flows.params import (
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: give integers separated by commas")
+    embedded_prefect_env()
     params = AblationParams(seeds=seeds, synth_n=args.synth_n, data_dir=args.data, config=config)
     tracking = TrackingParams(experiment="aligncap-ablation", tracking_uri=args.tracking_uri)
     out = ablation(args.out, params, tracking, args.store)

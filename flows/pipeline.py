@@ -27,7 +27,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import call_stage, deployments_enabled, open_store, parent_run
+from flows.common import (
+    call_stage,
+    deployments_enabled,
+    embedded_prefect_env,
+    open_store,
+    parent_run,
+)
 from flows.evaluate import evaluate
 from flows.improve import self_improve
 from flows.params import (
@@ -188,7 +194,6 @@ def results_table(results: dict[str, Any]) -> Any:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`python -m flows.pipeline --out runs/demo [--params params.yaml]`: the embedded pipeline."""
-    import os
 
     import yaml
 
@@ -200,9 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, help="built-in corpus size (data.synth_n)")
     ap.add_argument("--rounds", type=int, help="preference rounds (improve.rounds)")
     args = ap.parse_args(argv)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # the embedded API server can take well over the 20 s default to start on a busy 2-core box
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    embedded_prefect_env()
     params: dict[str, Any] = yaml.safe_load(Path(args.params).read_text()) if args.params else {}
     params["out_dir"] = args.out
     if args.n is not None:
