@@ -92,16 +92,16 @@ def one_seed(cfg: Any, seed: int, data_dir: str, out_dir: str, evaluation: EvalP
 
     for step in A.plan(cfg):
         if step["kind"] == "teacher":
-            params = TeacherParams(config=A.teacher_config(cfg, seed, acoustic=step["acoustic"]))
+            params = TeacherParams.model_validate(A.teacher_config(cfg, seed, acoustic=step["acoustic"]))
             ckpts[step["name"]] = stage(step["name"], train_teacher, teacher=params)
         elif step["kind"] == "student":
-            params = StudentParams(config=A.student_config(cfg, seed, step["lambda_kd"],
+            params = StudentParams.model_validate(A.student_config(cfg, seed, step["lambda_kd"],
                                                            acoustic=step["acoustic"]))
             ckpts[step["variant"]] = stage(step["variant"], distill, student=params,
                                            teacher_ckpt=ckpts[step["teacher"]])
             variants.append(step["variant"])
         else:
-            params = ImproveParams(config=A.improve_config(cfg, seed, step["judge"], kd_on=step["kd_on"]))
+            params = ImproveParams.model_validate(A.improve_config(cfg, seed, step["judge"], kd_on=step["kd_on"]))
             done = stage(step["prefix"], self_improve, start_checkpoint=ckpts["kd"], start_stage="kd",
                          improve=params, evaluation=evaluation)
             names = list(done["rounds"])  # round-1, round-2, ... in order

@@ -1,23 +1,32 @@
 """Flow parameters as pydantic models: the Prefect UI renders each as a form with these
 descriptions, and a deployment's YAML defaults are validated against them.
 
-Stage configs are the library's dataclasses (TeacherConfig, StudentConfig, ImproveConfig): the
-common knobs are typed fields here (None = the library's default, so defaults live in one
-place), anything else goes into `config` with the library's YAML keys, and validation calls the
-library's own `from_dict`, so a typo (`train.lrr`) fails when the run is submitted, not after an
-hour of data preparation.
+The stage sections (teacher, student, improve, evaluation.decoding) are *generated* from the
+library's config dataclasses (TeacherConfig, StudentConfig, ImproveConfig with its DPORoundConfig,
+DecodingSettings) by `config_params`: the same keys, nesting and types as the library's YAML (one
+shape: `teacher: {train: {max_steps: 400}}` here is `train.max_steps` of a teacher YAML for
+`aligncap train teacher --config`), the library's comments as the UI's descriptions, and no
+default copied (a key left out is the library's default, and only given keys are serialized).
+Validation then calls the library's own `from_dict`, so a typo (`train.lrr`) or a bad value fails
+when the run is submitted, not after an hour of data preparation. Defaults the flow sections
+share with the CLI live in `aligncap_core.defaults`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer, model_validator
 
 from aligncap_core.defaults import EVAL, MODEL_NAME, SYNTH_N
+from aligncap_core.improve.config import ImproveConfig
 from aligncap_core.inference.consistent import DecodingSettings
+from aligncap_core.prefs.dpo import DPORoundConfig
+from aligncap_core.train.config import StudentConfig, TeacherConfig
 
 REALDATA_DEFAULT = "../shared/realdata/manifest.jsonl"
 
@@ -37,12 +46,100 @@ def _validate(build: Any, *args: Any) -> None:
         raise ValueError(str(e)) from e
 
 
-def _merge(config: dict[str, Any], **typed: Any) -> dict[str, Any]:
-    """`config` with the typed knobs that were given (dotted keys) set on top."""
-    from aligncap_core.utils import set_dotted
+def _field_docs(cls: type) -> dict[str, str]:
+    """What the library says of each field of dataclass `cls`: its comment in the source (on the
+    field's line or the comment lines just above it), else its `name: text` entry in the class
+    docstring. These become the Prefect UI's field descriptions."""
+    import ast
+    import inspect
+    import re
+    import textwrap
 
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
-    return set_dotted(out, typed)
+    docs: dict[str, str] = {}
+    entry: list[str] = []
+    for line in (cls.__doc__ or "").splitlines():  # "    name[ / name2]: text" + indented continuation
+        m = re.match(r"\s*(\w+(?:\s*/\s*\w+)*):\s+(.*)", line)
+        if m and (len(line) - len(line.lstrip())) <= 4:
+            entry = [m.group(2)]
+            for name in re.split(r"\s*/\s*", m.group(1)):
+                docs[name] = entry  # type: ignore[assignment]
+        elif entry and line.strip():
+            entry.append(line.strip())
+        else:
+            entry = []
+    docs = {k: " ".join(v) for k, v in docs.items()}  # type: ignore[misc]
+    try:
+        lines = textwrap.dedent(inspect.getsource(cls)).splitlines()
+    except (OSError, TypeError):
+        return docs
+    for node in ast.parse("\n".join(lines)).body[0].body:  # type: ignore[attr-defined]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            i = node.lineno - 1
+            comment = [lines[i].split("  # ", 1)[1]] if "  # " in lines[i] else []
+            j = i - 1
+            while j >= 0 and lines[j].strip().startswith("#"):
+                comment.insert(0, lines[j].strip().lstrip("#").strip())
+                j -= 1
+            if comment:
+                docs[node.target.id] = " ".join(comment)
+    return docs
+
+
+class _Given(_Params):
+    """A section of library config keys where only what was given counts: a field left out is
+    the library's default, so it is neither stored nor serialized (the Prefect API, a
+    deployment's YAML and `resolved()` all see the given keys only; an explicit null stays)."""
+
+    @model_serializer(mode="wrap")
+    def _only_given(self, handler: Any) -> Any:
+        out = handler(self)
+        return {k: v for k, v in out.items() if k in self.model_fields_set}
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return f" (default: {f.default!r})"
+    return ""
+
+
+def config_params(cls: type, name: str, *, base: type[_Given] = _Given, doc: str | None = None,
+                  nested: dict[str, tuple[type, tuple[str, ...]]] | None = None,
+                  exclude: tuple[str, ...] = ()) -> Any:
+    """A pydantic model generated from library dataclass `cls`: one optional field per config
+    key, typed by its annotation, described by the library's own comment, nested dataclasses
+    (and the dict fields named in `nested`) as nested models. Its YAML shape is the library's
+    (`teacher: {train: {max_steps: 5}}` is TeacherConfig's `train.max_steps`); defaults stay in
+    the dataclass, never copied here. nested: {field: (dataclass, excluded keys)} for a dict
+    field the library reads as a dataclass (ImproveConfig.dpo); exclude: keys not offered."""
+    hints = typing.get_type_hints(cls)
+    docs = _field_docs(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in exclude:
+            continue
+        sub, sub_exclude = (nested or {}).get(f.name) or (hints[f.name], ())
+        tp = (config_params(sub, f"{name}_{f.name}", exclude=sub_exclude) if dataclasses.is_dataclass(sub)
+              else hints[f.name])
+        fields[f.name] = (tp | None if tp is not Any else Any,
+                          Field(None, description=(docs.get(f.name, "") + _default_text(f)).strip() or None))
+    return create_model(name, __base__=base, __doc__=doc or cls.__doc__, **fields)
+
+
+class _Stage(_Given):
+    """A pipeline stage's section: the library config's keys, validated by the library."""
+
+    library: ClassVar[Any]
+
+    def resolved(self) -> dict[str, Any]:
+        """The library config dict the task receives: the keys that were given."""
+        return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _check(self) -> _Stage:
+        from aligncap_core.config import from_dict
+
+        _validate(from_dict, self.library, self.resolved())
+        return self
 
 
 class DataParams(_Params):
@@ -74,44 +171,25 @@ class DataParams(_Params):
         return self
 
 
-class TeacherParams(_Params):
-    """Stage 1, the text teacher (aligncap_core.train.config.TeacherConfig)."""
+class TeacherParams(config_params(TeacherConfig, "TeacherFields", base=_Stage)):
+    """Stage 1, the text teacher: TeacherConfig's keys (aligncap_core.train.config), e.g.
+    {"preset": "micro", "train": {"max_steps": 400, "lr": 0.001}}; a key left out keeps the
+    library default."""
 
-    base: str | None = Field(None, description="'tiny' (from-scratch Llama) or a Hugging Face model id/path.")
-    preset: str | None = Field(None, description="From-scratch architecture: tiny (default) or micro (tests).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (empty: the library default).")
-    config: dict[str, Any] = Field(default_factory=dict, description="Any other TeacherConfig keys, as in its "
-                                   "YAML (e.g. {\"train\": {\"lr\": 0.001, \"batch_size\": 8}}).")
-
-    def resolved(self) -> dict[str, Any]:
-        """The TeacherConfig dict the task receives."""
-        return _merge(self.config, base=self.base, preset=self.preset, **{"train.max_steps": self.max_steps})
-
-    @model_validator(mode="after")
-    def _check(self) -> TeacherParams:
-        from aligncap_core.train.config import TeacherConfig, from_dict
-
-        _validate(from_dict, TeacherConfig, self.resolved())
-        return self
+    library: ClassVar[Any] = TeacherConfig
 
 
-class StudentParams(_Params):
-    """Stage 2, the KD speech student (aligncap_core.train.config.StudentConfig)."""
+class StudentParams(config_params(StudentConfig, "StudentFields", base=_Stage)):
+    """Stage 2, the KD speech student: StudentConfig's keys (aligncap_core.train.config), e.g.
+    {"lambda_kd": 1.0, "prosody": true, "train": {"max_steps": 300}}."""
 
-    lambda_kd: float | None = Field(None, ge=0, description="Weight of KL(teacher || student); 0 = SFT only.")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (empty: the library default).")
-    config: dict[str, Any] = Field(default_factory=dict, description="Any other StudentConfig keys, as in its YAML.")
+    library: ClassVar[Any] = StudentConfig
 
-    def resolved(self) -> dict[str, Any]:
-        """The StudentConfig dict the task receives."""
-        return _merge(self.config, lambda_kd=self.lambda_kd, **{"train.max_steps": self.max_steps})
 
-    @model_validator(mode="after")
-    def _check(self) -> StudentParams:
-        from aligncap_core.train.config import StudentConfig, from_dict
+class DecodingParams(config_params(DecodingSettings, "DecodingFields", base=_Stage)):
+    """The decoder (aligncap_core.inference.consistent.DecodingSettings)."""
 
-        _validate(from_dict, StudentConfig, self.resolved())
-        return self
+    library: ClassVar[Any] = DecodingSettings
 
 
 class EvalParams(_Params):
@@ -130,28 +208,16 @@ class EvalParams(_Params):
     meteor: bool = Field(EVAL.meteor, description="Compute METEOR (starts a JVM, ~5 s).")
     kl_gap: bool = Field(EVAL.kl_gap, description="Measure the speech-text KL gap (teacher vs student).")
     batch_size: int = Field(EVAL.batch_size, ge=1, description="Clips per generation batch.")
-    decoding: str = Field(DecodingSettings.strategy, description="greedy, or consistent: sample several "
-                          "captions and keep the one that agrees with the per-attribute majority, "
-                          "leaving out attributes the samples disagree on.")
-    decoding_samples: int = Field(DecodingSettings.samples, ge=1, description="Consistent decoding: sampled captions per clip "
-                                  "(besides the greedy one).")
-    decoding_risk: float = Field(DecodingSettings.risk, ge=0, description="Consistent decoding: cost of a false "
-                                 "statement relative to a true one (an attribute is stated when more "
-                                 "than risk/(1+risk) of the candidates agree).")
+    decoding: DecodingParams = Field(default_factory=lambda: DecodingParams(),
+                                     description="How captions are chosen: DecodingSettings' keys "
+                                     "(strategy greedy | consistent, samples, risk, temperature, "
+                                     "top_p, seed); a key left out keeps the library default.")
 
     def settings(self) -> dict[str, Any]:
         """Keyword settings of the evaluate task (part of its cache key)."""
         return {"max_new_tokens": self.max_new_tokens, "meteor": self.meteor,
                 "kl_gap": self.kl_gap, "batch_size": self.batch_size,
-                "decoding": {"strategy": self.decoding, "samples": self.decoding_samples,
-                             "risk": self.decoding_risk}}
-
-    @model_validator(mode="after")
-    def _check(self) -> EvalParams:
-        from aligncap_core.inference.consistent import DecodingSettings
-
-        _validate(lambda: DecodingSettings(**self.settings()["decoding"]))
-        return self
+                "decoding": self.decoding.model_dump(mode="json")}
 
     def realdata_manifest(self) -> str | None:
         """The real-data manifest when it exists here, else None (it is optional)."""
@@ -160,33 +226,34 @@ class EvalParams(_Params):
         return None
 
 
-class ImproveParams(_Params):
-    """SpeechAlign-style preference rounds (aligncap_core.improve.ImproveConfig)."""
+class ImproveParams(config_params(ImproveConfig, "ImproveFields", base=_Stage,
+                                   nested={"dpo": (DPORoundConfig, ("round",))})):
+    """SpeechAlign-style preference rounds: ImproveConfig's keys (aligncap_core.improve), e.g.
+    {"rounds": 2, "n": 4, "dpo": {"max_steps": 30}}. eval_splits / eval_limit come from the
+    evaluation section (`resolved`)."""
 
-    rounds: int | None = Field(None, ge=0, description="Preference rounds (empty: the library default).")
-    config: dict[str, Any] = Field(default_factory=dict, description="Any other ImproveConfig keys: n, judge, "
-                                   "pair_strategy, dpo ({max_steps, beta, ...}), select_metric, patience, ...")
+    library: ClassVar[Any] = ImproveConfig
 
     def resolved(self, evaluation: EvalParams | None = None) -> dict[str, Any]:
         """The ImproveConfig dict the tasks receive. Rounds are evaluated like everything else:
         `evaluation` sets eval_splits / eval_limit, so the final evaluation re-uses them.
 
-        An `eval_splits` / `eval_limit` in `config` that differs from `evaluation`'s is a
+        An `eval_splits` / `eval_limit` given here that differs from `evaluation`'s is a
         ConfigError rather than overwritten: the rounds would be selected on other clips than the
         final evaluation scores. The same value is accepted."""
         from aligncap_core.errors import ConfigError
         from aligncap_core.improve import ImproveConfig
 
-        d = _merge(self.config, rounds=self.rounds)
+        d = self.model_dump(mode="json")
         if evaluation is not None:
             for key, name, value in (("eval_splits", "evaluation.splits", list(evaluation.splits)),
                                      ("eval_limit", "evaluation.limit", evaluation.limit)):
                 given = d.get(key, value)
                 if (list(given) if isinstance(given, tuple) else given) != value:
                     raise ConfigError(
-                        f"improve.config.{key} = {given!r} conflicts with {name} = {value!r}: "
+                        f"improve.{key} = {given!r} conflicts with {name} = {value!r}: "
                         f"the preference rounds are evaluated on the same clips as the final "
-                        f"evaluation; set {name} and drop improve.config.{key}")
+                        f"evaluation; set {name} and drop improve.{key}")
                 d[key] = value
         return ImproveConfig.from_dict(d).to_dict()
 

@@ -3,6 +3,7 @@ whole pipeline runs end to end on micro settings with nested MLflow runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from pathlib import Path
@@ -59,32 +60,72 @@ def test_params_reject_typos_with_the_library_message():
     from flows.params import ImproveParams, StudentParams, TeacherParams
 
     with pytest.raises(ValidationError, match="train.lrr"):
-        TeacherParams(config={"train": {"lrr": 0.1}})
+        TeacherParams(train={"lrr": 0.1})
     with pytest.raises(ValidationError, match="betta"):
-        ImproveParams(config={"dpo": {"betta": 0.1}})
+        ImproveParams(dpo={"betta": 0.1})
     with pytest.raises(ValidationError):
         StudentParams(max_stepz=3)
-    assert TeacherParams(preset="micro", max_steps=5).resolved() == {"preset": "micro", "train": {"max_steps": 5}}
+    with pytest.raises(ValidationError, match="train.lr must be a finite number > 0"):  # the library's range check
+        TeacherParams(train={"lr": -1})
+    with pytest.raises(ValidationError, match="dpo.round"):  # set by each round, not offered
+        ImproveParams(dpo={"round": 1})
+    assert TeacherParams(preset="micro", train={"max_steps": 5}).resolved() == {"preset": "micro", "train": {"max_steps": 5}}
+
+
+def test_stage_params_are_the_library_config_shape():
+    """A stage section is the library's YAML (same keys and nesting as TeacherConfig etc.), its
+    fields generated from the dataclass with no default copied: only the given keys are
+    resolved and serialized (an explicit null stays), and a JSON round trip (what the Prefect API
+    does to a parameter) gives the same section."""
+    import json
+
+    from aligncap_core.config import from_dict
+    from aligncap_core.improve import ImproveConfig
+    from aligncap_core.train.config import StudentConfig, TeacherConfig, TrainConfig
+    from flows.params import EvalParams, ImproveParams, StudentParams, TeacherParams
+
+    section = {"preset": "micro", "train": {"max_steps": 5, "stop_at": None}}
+    t = TeacherParams(**section)
+    assert t.resolved() == section
+    assert TeacherParams.model_validate(json.loads(t.model_dump_json())).resolved() == section
+    assert from_dict(TeacherConfig, t.resolved()).train.stop_at is None
+    assert TeacherParams().resolved() == {} and StudentParams().resolved() == {}
+    # every library key is offered, nested sections included, described by the library's comment
+    assert set(TeacherParams.model_fields) == {f.name for f in dataclasses.fields(TeacherConfig)}
+    assert set(StudentParams.model_fields) == {f.name for f in dataclasses.fields(StudentConfig)}
+    assert set(ImproveParams.model_fields) == {f.name for f in dataclasses.fields(ImproveConfig)}
+    train_model = TeacherParams.model_fields["train"].annotation.__args__[0]
+    assert set(train_model.model_fields) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert "peak AdamW lr" in train_model.model_fields["lr"].description
+    assert all(f.default is None for f in train_model.model_fields.values())  # no copied default
+    # the demo's sections are library YAMLs as they stand (what `aligncap train teacher --config` reads)
+    demo = yaml.safe_load((REPO / "flows/demo.yaml").read_text())
+    assert from_dict(TeacherConfig, demo["teacher"]).train.max_steps == demo["teacher"]["train"]["max_steps"]
+    assert from_dict(StudentConfig, demo["student"]).prosody is True
+    assert ImproveConfig.from_dict(demo["improve"]).dpo == demo["improve"]["dpo"]
+    # the decoder section is DecodingSettings' shape too
+    assert EvalParams(decoding={"strategy": "greedy"}).settings()["decoding"] == {"strategy": "greedy"}
+
 
 
 def test_improve_eval_settings_conflicting_with_the_evaluation_are_an_error():
-    """The rounds are evaluated like the final evaluation: an improve.config eval_limit /
+    """The rounds are evaluated like the final evaluation: an improve eval_limit /
     eval_splits that differs from the evaluation's is refused with both names, not overwritten."""
     from aligncap_core.errors import ConfigError
     from flows.params import EvalParams, ImproveParams
 
     evaluation = EvalParams(splits=["valid"], limit=20)
-    with pytest.raises(ConfigError, match=r"improve.config.eval_limit = 5 conflicts with evaluation.limit = 20"):
-        ImproveParams(config={"eval_limit": 5}).resolved(evaluation)
-    with pytest.raises(ConfigError, match=r"improve.config.eval_splits = \['zeroshot'\] conflicts with "
+    with pytest.raises(ConfigError, match=r"improve.eval_limit = 5 conflicts with evaluation.limit = 20"):
+        ImproveParams(eval_limit=5).resolved(evaluation)
+    with pytest.raises(ConfigError, match=r"improve.eval_splits = \['zeroshot'\] conflicts with "
                                           r"evaluation.splits = \['valid'\]"):
-        ImproveParams(config={"eval_splits": ["zeroshot"], "select_split": "zeroshot"}).resolved(evaluation)
+        ImproveParams(eval_splits=["zeroshot"], select_split="zeroshot").resolved(evaluation)
     # the same values, or none, are fine; the evaluation's are what the rounds get
     for config in ({}, {"eval_limit": 20, "eval_splits": ["valid"]}):
-        got = ImproveParams(config=config).resolved(evaluation)
+        got = ImproveParams(**config).resolved(evaluation)
         assert (got["eval_limit"], got["eval_splits"]) == (20, ["valid"])
     # without an evaluation (a library-shaped call), the config's own value stands
-    assert ImproveParams(config={"eval_limit": 5}).resolved()["eval_limit"] == 5
+    assert ImproveParams(eval_limit=5).resolved()["eval_limit"] == 5
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
@@ -169,11 +210,11 @@ def test_pipeline_end_to_end_micro(tmp_path):
     state = aligncap_pipeline(
         out_dir=str(out),
         data=DataParams(synth_n=40, synth_workers=1, n_q=1),
-        teacher=TeacherParams(preset="micro", max_steps=20, config={"train": MICRO_TRAIN}),
-        student=StudentParams(max_steps=6, config={"train": {**MICRO_TRAIN, "eval_every": 0}}),
-        improve=ImproveParams(rounds=1, config={
-            "patience": 0, "n": 2, "max_new_tokens": 12, "clips_per_round": 8, "min_margin": 0.0,
-            "dpo": {"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3, "max_length": 256}}),
+        teacher=TeacherParams(preset="micro", train={**MICRO_TRAIN, "max_steps": 20}),
+        student=StudentParams(train={**MICRO_TRAIN, "eval_every": 0, "max_steps": 6}),
+        improve=ImproveParams(
+            rounds=1, patience=0, n=2, max_new_tokens=12, clips_per_round=8, min_margin=0.0,
+            dpo={"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3, "max_length": 256}),
         evaluation=EvalParams(limit=3, realdata_limit=3, max_new_tokens=12, meteor=False,
                               kl_gap=False, realdata=str(REPO.parent / "shared/realdata/manifest.jsonl")),
         tracking=TrackingParams(tracking_uri=uri, experiment="flows-test"),
@@ -247,7 +288,7 @@ def test_teacher_flow_changed_setting_trains_anew_same_setting_trains_once(tmp_p
     train = {**MICRO_TRAIN, "eval_every": 0, "checkpoint_every": 0}
 
     def run(lr: float):
-        params = TeacherParams(preset="micro", max_steps=4, config={"train": {**train, "lr": lr}})
+        params = TeacherParams(preset="micro", train={**train, "lr": lr, "max_steps": 4})
         state = train_teacher(str(data), str(tmp_path / "out"), params, off, return_state=True)
         return state.result(), _task_states(state.state_details.flow_run_id)["train_teacher"]
 

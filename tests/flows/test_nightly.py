@@ -58,9 +58,9 @@ def first_champion(tmp_path_factory):
     evaluation = EvalParams(limit=3, max_new_tokens=12, meteor=False, kl_gap=False, realdata=None)
     results = aligncap_pipeline(
         out_dir=str(root / "pipeline"), data=DataParams(synth_n=32, synth_workers=1, n_q=1),
-        teacher=TeacherParams(preset="micro", max_steps=12, config={"train": {**MICRO_TRAIN, "eval_every": 0}}),
-        student=StudentParams(max_steps=4, config={"train": {**MICRO_TRAIN, "eval_every": 0}}),
-        improve=ImproveParams(rounds=0, config=IMPROVE), evaluation=evaluation, tracking=tracking)
+        teacher=TeacherParams(preset="micro", train={**MICRO_TRAIN, "eval_every": 0, "max_steps": 12}),
+        student=StudentParams(train={**MICRO_TRAIN, "eval_every": 0, "max_steps": 4}),
+        improve=ImproveParams(rounds=0, **IMPROVE), evaluation=evaluation, tracking=tracking)
     return root, results, tracking, evaluation
 
 
@@ -75,7 +75,7 @@ def test_nightly_rounds_never_clobber_a_registered_champion(first_champion):
     root, results, tracking, evaluation = first_champion
     client = MlflowClient(tracking_uri=tracking.tracking_uri, registry_uri=tracking.tracking_uri)
     name = tracking.model_name
-    improve = ImproveParams(rounds=1, config=IMPROVE)
+    improve = ImproveParams(rounds=1, **IMPROVE)
     nightly = str(root / "nightly")
 
     def night() -> dict:

@@ -49,10 +49,9 @@ def _api(api: str, path: str, body: dict | None = None):
 # CIDEr: defined for any caption (the micro models' captions may assert no attribute at all,
 # which leaves the default metric's hallucination rate undefined), so the nightly runs compare
 # real numbers
-IMPROVE = {"rounds": 1, "config": {
-    "select_metric": "cider",
-    "patience": 0, "n": 2, "max_new_tokens": 12, "clips_per_round": 6, "min_margin": 0.0,
-    "dpo": {"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3, "max_length": 256}}}
+IMPROVE = {"rounds": 1, "select_metric": "cider",
+           "patience": 0, "n": 2, "max_new_tokens": 12, "clips_per_round": 6, "min_margin": 0.0,
+           "dpo": {"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3, "max_length": 256}}
 EVALUATION = {"limit": 3, "realdata": None, "max_new_tokens": 12, "meteor": False, "kl_gap": False,
               "batch_size": 4}
 
@@ -62,8 +61,8 @@ def _params() -> dict:
     default, relative: each flow run works in the empty folder its worker gives it."""
     return {
         "data": {"synth_n": 24, "synth_workers": 1, "n_q": 1},
-        "teacher": {"preset": "micro", "max_steps": 8, "config": {"train": MICRO_TRAIN}},
-        "student": {"max_steps": 6, "config": {"train": MICRO_TRAIN}},
+        "teacher": {"preset": "micro", "train": {**MICRO_TRAIN, "max_steps": 8}},
+        "student": {"train": {**MICRO_TRAIN, "max_steps": 6}},
         "improve": IMPROVE,
         "evaluation": EVALUATION,
         "tracking": {"experiment": EXPERIMENT},
@@ -298,8 +297,7 @@ def test_nightly_self_improve_twice_moves_the_champion_only_on_improvement(pipel
     first_files = _version_files(state, first)
     decisions = []
     for night, metric, min_delta in ((1, "kl_gap", 0.0), (2, "-kl_gap", 0.0), (3, "kl_gap", 1e6)):
-        config = {**IMPROVE["config"], "select_metric": metric, "min_delta": min_delta}
-        params = {"improve": {**IMPROVE, "config": config},
+        params = {"improve": {**IMPROVE, "select_metric": metric, "min_delta": min_delta},
                   "evaluation": {**EVALUATION, "kl_gap": True}, "tracking": {"experiment": EXPERIMENT}}
         before = {str(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
         alias = str(client.get_model_version_by_alias(name, "champion").version)
