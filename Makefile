@@ -37,7 +37,7 @@ install-dev: $(DEVSTAMP)
 # Prefect server gets 300 s to start (its 20 s default is too short on a busy 2-core machine).
 demo: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-300} \
-		$(BIN)/python -m flows.pipeline --out $(DEMO_OUT) --params flows/demo.yaml
+		$(BIN)/aligncap run --out $(DEMO_OUT) --params flows/demo.yaml
 
 test: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from aligncap_core.defaults import EVAL, SYNTH_N
+from aligncap_core.defaults import EVAL, RESULTS_BLOCK, RESULTS_PREFIX, SYNTH_N
+from aligncap_core.errors import ConfigError
 from aligncap_core.inference.consistent import DecodingSettings
 
 app = typer.Typer(help="aligncap: speech emotion captioning (AlignCap) pipeline.", no_args_is_help=True)
@@ -432,6 +433,61 @@ def improve_cmd(
                                    "summary": str(out / "improve.json")}))
 
 
+def child_options(argv: list[str] | None, command: str) -> dict[str, Any]:
+    """The options of `aligncap <command>`, as the Prefect-side module it starts receives them.
+
+    There is one command line, this typer CLI. A command that runs Prefect code (`run`,
+    `experiment ablation`, `results-storage`) validates its options here and starts the module
+    in a child process with them as one JSON argument, so that the core never imports Prefect;
+    the module reads them back with this function."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) != 1 or not args[0].lstrip().startswith("{"):
+        msg = (f"this module is started by `aligncap {command}` (see `aligncap {command} --help`), "
+               f"not with command-line options; got {args}")
+        if argv is None:  # run as `python -m ...`: one line, no traceback
+            console.print(f"[red]error:[/red] {msg}", soft_wrap=True, markup=True, highlight=False)
+            sys.exit(2)
+        raise ConfigError(msg)
+    return json.loads(args[0])
+
+
+def _run_prefect_child(module: str, options: dict[str, Any]) -> None:
+    """`python -m module '<options JSON>'` (read with `child_options`); its exit status is ours."""
+    import subprocess
+
+    rc = subprocess.call([sys.executable, "-m", module, json.dumps(options)])
+    if rc:
+        raise typer.Exit(rc)
+
+
+@app.command("run")
+def run_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (a re-run reuses the finished stages).")] = Path("runs/demo"),
+    params: Annotated[Path | None, typer.Option("--params", exists=True, dir_okay=False, help="YAML/JSON file of flow parameters (data, teacher, student, improve, evaluation, tracking; flows/demo.yaml is the demo's).")] = None,
+    n: Annotated[int | None, typer.Option("--n", min=8, help="Built-in corpus size (data.synth_n).")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", min=0, help="Preference rounds (improve.rounds).")] = None,
+) -> None:
+    """Run the whole pipeline on this machine (the `aligncap-pipeline` flow in Prefect's embedded
+    mode, MLflow in OUT/mlflow.db) and print its table: what `make demo` runs."""
+    _run_prefect_child("flows.pipeline", {"out": str(out), "params": str(params) if params else None,
+                                          "n": n, "rounds": rounds})
+
+
+@app.command("results-storage")
+def results_storage_cmd(
+    bucket: Annotated[str, typer.Option("--bucket", help="S3 bucket (must exist).")],
+    folder: Annotated[str, typer.Option("--folder", help="Key prefix in the bucket.")] = RESULTS_PREFIX,
+    name: Annotated[str, typer.Option("--name", help="Block name.")] = RESULTS_BLOCK,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint saved in the block (default: none, each worker's AWS_ENDPOINT_URL or AWS itself).")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="AWS region saved in the block (default: the worker's).")] = None,
+) -> None:
+    """Save a prefect-aws S3Bucket block for Prefect result storage on the Prefect API in
+    PREFECT_API_URL (no credentials in it); prints the PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
+    value to export on every worker."""
+    _run_prefect_child("tasks.storage", {"bucket": bucket, "folder": folder, "name": name,
+                                         "endpoint_url": endpoint_url, "region": region})
+
+
 @experiment_app.command("ablation")
 def ablation_cmd(
     out: Annotated[Path, typer.Option("--out", help="Experiment folder (an existing one is resumed).")] = Path("runs/ablation"),
@@ -446,19 +502,16 @@ def ablation_cmd(
     without KD), evaluate on valid, zeroshot and real data; write OUT/results.json,
     OUT/RESULTS-tables.md and OUT/ablation.png, and print the tables. Runs the Prefect flow
     `ablation` (flows/experiment.py) in Prefect's embedded mode, in a child process."""
-    import os
-    import subprocess
+    from aligncap_core.utils import read_yaml_mapping
 
-    args = [sys.executable, "-m", "flows.experiment", "--out", str(out)]
-    for flag, value in (("--config", config), ("--seeds", seeds), ("--synth-n", synth_n),
-                        ("--data", data), ("--tracking-uri", tracking_uri), ("--store", store)):
-        if value is not None:
-            args += [flag, str(value)]
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300", **os.environ}
-    rc = subprocess.call(args, env=env)
-    if rc:
-        raise typer.Exit(rc)
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
+    _run_prefect_child("flows.experiment", {
+        "out": str(out), "config": read_yaml_mapping(config, "ablation config") if config else {},
+        "seeds": seed_list, "synth_n": synth_n, "data": str(data) if data else None,
+        "tracking_uri": tracking_uri, "store": store})
 
 
 def main() -> None:

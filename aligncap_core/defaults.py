@@ -35,3 +35,8 @@ SYNTH_N = 1200
 
 # the registered model name of the champion (`aligncap-sec@champion`)
 MODEL_NAME = "aligncap-sec"
+
+# Prefect result storage on S3 (`aligncap results-storage`, tasks/storage.py, `aligncap up --s3`):
+# the block's name and the key prefix of the results in the bucket
+RESULTS_BLOCK = "aligncap-results"
+RESULTS_PREFIX = "prefect-results"

@@ -9,15 +9,15 @@
   with `--s3`, to `s3://<bucket>/mlflow` on a moto S3 server it also starts),
 - Prefect result storage: a local folder (`home/prefect/results`) or, with `--s3`, the prefect-aws
   S3Bucket block `s3-bucket/aligncap-results` on `s3://<bucket>/prefect-results` (saved by
-  `python -m tasks.storage`, named by PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK),
+  `aligncap results-storage`, named by PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK),
 - the artifact store every stage publishes to and reads from (ALIGNCAP_STORE): with `--s3`,
   `s3://<bucket>/store`; without, the folder `home/store` (one machine),
 - `prefect --no-prompt deploy --all` when the repository has a `prefect.yaml`,
 and records what it started in `home/stack.json` and the client settings in `home/env.sh`
 (`source` it). `down` stops exactly those processes (workers first) and is idempotent.
 
-This module calls the `prefect`, `mlflow` and `moto_server` executables (and `python -m
-tasks.storage` for the S3 results block); it never imports prefect.
+This module calls the `prefect`, `mlflow` and `moto_server` executables (and `aligncap
+results-storage` for the S3 results block); it never imports prefect.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from aligncap_core.defaults import RESULTS_BLOCK, RESULTS_PREFIX
 from aligncap_core.errors import ConfigError
 from aligncap_core.utils import atomic_write
 from aligncap_ops import procs
@@ -42,8 +43,6 @@ ORDER = ("s3", "prefect", "mlflow", "worker-cpu", "worker-gpu")
 # moto accepts any credentials; these exist only so boto3 signs requests to the local server.
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "aligncap-local", "AWS_SECRET_ACCESS_KEY": "aligncap-local",
                     "AWS_DEFAULT_REGION": "us-east-1"}
-RESULTS_BLOCK = "aligncap-results"  # tasks.storage.DEFAULT_NAME
-RESULTS_PREFIX = "prefect-results"
 STORE_PREFIX = "store"  # the artifact store's prefix in the bucket (ALIGNCAP_STORE)
 
 
@@ -156,8 +155,8 @@ def _ensure_pools(env: dict[str, str], api: str, logs: Path, results_bucket: str
                                  logs / f"pool-{p}.log", f"{api}/work_pools/{p}") for p in missing}
     if results_bucket:
         jobs["S3 result storage block"] = (
-            [sys.executable, "-m", "tasks.storage", "--bucket", results_bucket, "--folder", RESULTS_PREFIX,
-             "--name", RESULTS_BLOCK], logs / "results-block.log", None)
+            [sys.executable, "-m", "aligncap_core.cli", "results-storage", "--bucket", results_bucket,
+             "--folder", RESULTS_PREFIX, "--name", RESULTS_BLOCK], logs / "results-block.log", None)
     runs = []
     for what, (cmd, log_path, _) in jobs.items():
         log = open(log_path, "ab")  # noqa: SIM115 - closed below

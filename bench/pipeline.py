@@ -13,7 +13,7 @@ scaling: the same four stages called as library functions (no Prefect) on fresh 
          falls with size; linear growth means the marginal cost stays flat.
          The issue asks for 500, 1000, 2000 clips: `--sizes 500,1000,2000` (~10 min on 2 idle
          cores, so `make bench` uses 100,200,400 and `make bench-full` the issue's sizes).
-demo:    `python -m flows.pipeline --out DIR --params flows/demo.yaml` in a child process (a fresh
+demo:    `aligncap run --out DIR --params flows/demo.yaml` in a child process (a fresh
          DIR: a cold run), its process tree's summed RSS sampled every 0.5 s (psutil). ~15 min,
          so only with --demo (`make bench-full`).
 Prints one JSON object.
@@ -130,7 +130,7 @@ def demo_run(root: Path, params: str = "flows/demo.yaml", extra: list[str] | Non
     import psutil
 
     out = root / "demo"
-    cmd = [sys.executable, "-m", "flows.pipeline", "--out", str(out), "--params", params, *(extra or [])]
+    cmd = [sys.executable, "-m", "aligncap_core.cli", "run", "--out", str(out), "--params", params, *(extra or [])]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(root / "demo.log", "w"))

@@ -65,7 +65,7 @@ def parent_run(tracking: TrackingParams, out_dir: str, name: str, parent_run_id:
 
 
 def embedded_prefect_env() -> None:
-    """Settings of an embedded run (`python -m flows.pipeline`, `python -m flows.experiment`)
+    """Settings of an embedded run (`aligncap run`, `aligncap experiment ablation`)
     that the user did not set: no analytics, and 180 s for the ephemeral API server to start
     (its 20 s default is too short on a busy 2-core machine)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -165,32 +165,20 @@ def ablation(out_dir: str = "runs/ablation", ablation: AblationParams = Ablation
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m flows.experiment` (and `aligncap experiment ablation`): the flow in Prefect's
-    embedded mode; prints the tables and then the returned paths as JSON."""
-    import argparse
+    """What `aligncap experiment ablation` starts in a child process: the flow in Prefect's
+    embedded mode; prints the tables and then the returned paths as JSON. Options (validated
+    there): `aligncap_core.cli.ablation_cmd`."""
     import json
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(description="Run the ablation flow in Prefect's embedded mode.")
-    ap.add_argument("--out", default="runs/ablation", help="experiment folder (a re-run resumes)")
-    ap.add_argument("--config", default=None, help="AblationConfig YAML (unknown keys are an error)")
-    ap.add_argument("--seeds", default=None, help="comma-separated training seeds, e.g. 0,1,2")
-    ap.add_argument("--synth-n", type=int, default=None, help="built-in corpus size")
-    ap.add_argument("--data", default=None, help="a prepared + tokenized data dir instead of the corpus")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite in OUT)")
-    ap.add_argument("--store", default=None, help="artifact store (default $ALIGNCAP_STORE, else OUT)")
-    args = ap.parse_args(argv)
-    from aligncap_core.utils import read_yaml_mapping
+    from aligncap_core.cli import child_options
 
-    config = read_yaml_mapping(args.config, "ablation config") if args.config else {}
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
-    except ValueError:
-        ap.error(f"--seeds {args.seeds!r}: give integers separated by commas")
+    opts = child_options(argv, "experiment ablation")
     embedded_prefect_env()
-    params = AblationParams(seeds=seeds, synth_n=args.synth_n, data_dir=args.data, config=config)
-    tracking = TrackingParams(experiment="aligncap-ablation", tracking_uri=args.tracking_uri)
-    out = ablation(args.out, params, tracking, args.store)
+    params = AblationParams(seeds=opts.get("seeds"), synth_n=opts.get("synth_n"), data_dir=opts.get("data"),
+                            config=opts.get("config") or {})
+    tracking = TrackingParams(experiment="aligncap-ablation", tracking_uri=opts.get("tracking_uri"))
+    out = ablation(opts["out"], params, tracking, opts.get("store"))
     print(Path(out["tables"]).read_text())
     print(json.dumps(out, indent=1))
 

@@ -12,14 +12,13 @@ setting makes new outputs beside the old ones and the same settings reuse them. 
 `store`, else $ALIGNCAP_STORE (s3://bucket/prefix for workers on several machines), else OUT
 itself (embedded runs: nothing is copied).
 
-Embedded (no server): `python -m flows.pipeline --out runs/demo` runs everything in this process
+Embedded (no server): `aligncap run --out runs/demo` runs everything in one process
 on Prefect's ephemeral API. Under a server with deployments, the GPU flows are started with
 `run_deployment(..., as_subflow=True)` on pool `gpu` (see `use_deployments`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -193,25 +192,20 @@ def results_table(results: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`python -m flows.pipeline --out runs/demo [--params params.yaml]`: the embedded pipeline."""
-
+    """What `aligncap run` (and `make demo`) starts in a child process: the pipeline in Prefect's
+    embedded mode, then its table. Options: `aligncap_core.cli.run_cmd`."""
     import yaml
 
-    ap = argparse.ArgumentParser(description="Run the aligncap pipeline in this process "
-                                 "(Prefect ephemeral API, MLflow in OUT/mlflow.db).")
-    ap.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    ap.add_argument("--params", help="YAML/JSON file of flow parameters (data, teacher, student, "
-                    "improve, evaluation, tracking), as in prefect.yaml")
-    ap.add_argument("--n", type=int, help="built-in corpus size (data.synth_n)")
-    ap.add_argument("--rounds", type=int, help="preference rounds (improve.rounds)")
-    args = ap.parse_args(argv)
+    from aligncap_core.cli import child_options
+
+    opts = child_options(argv, "run")
     embedded_prefect_env()
-    params: dict[str, Any] = yaml.safe_load(Path(args.params).read_text()) if args.params else {}
-    params["out_dir"] = args.out
-    if args.n is not None:
-        params.setdefault("data", {})["synth_n"] = args.n
-    if args.rounds is not None:
-        params.setdefault("improve", {})["rounds"] = args.rounds
+    params: dict[str, Any] = yaml.safe_load(Path(opts["params"]).read_text()) if opts.get("params") else {}
+    params["out_dir"] = opts["out"]
+    if opts.get("n") is not None:
+        params.setdefault("data", {})["synth_n"] = opts["n"]
+    if opts.get("rounds") is not None:
+        params.setdefault("improve", {})["rounds"] = opts["rounds"]
     results = aligncap_pipeline(**params)
     from rich.console import Console
 

@@ -146,7 +146,7 @@ def result_storage() -> str | Path | None:
         from aligncap_core.errors import ConfigError
 
         raise ConfigError(f"ALIGNCAP_RESULTS_URI={uri}: Prefect stores results only in a saved block. For "
-                          "S3 run `python -m tasks.storage --bucket BUCKET` once, then set "
+                          "S3 run `aligncap results-storage --bucket BUCKET` once, then set "
                           "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/aligncap-results instead")
     if uri.startswith(("/", ".", "~")):
         return Path(uri).expanduser().resolve()

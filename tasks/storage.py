@@ -7,25 +7,26 @@ the default) or a saved storage block named by `PREFECT_RESULTS_DEFAULT_STORAGE_
 on different machines only share results through the latter. Create the block once per Prefect
 server, then export the setting on every worker:
 
-    python -m tasks.storage --bucket my-bucket --folder prefect-results
+    aligncap results-storage --bucket my-bucket --folder prefect-results
     export PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/aligncap-results
 
 The block stores no credentials: each process signs with its own environment (AWS_ACCESS_KEY_ID
 / AWS_SECRET_ACCESS_KEY, a profile or an instance role, the usual boto3 chain), and reaches the
 endpoint in AWS_ENDPOINT_URL (MinIO, moto, ...) unless `--endpoint-url` is saved in the block.
+`aligncap results-storage` runs `main` here in a child process (the core CLI never imports Prefect).
 `aligncap up --s3` runs this against its moto server.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from aligncap_core.defaults import RESULTS_BLOCK, RESULTS_PREFIX
+
 BLOCK_TYPE = "s3-bucket"
-DEFAULT_NAME = "aligncap-results"
 
 
-def save_s3_result_storage(bucket: str, folder: str = "prefect-results", name: str = DEFAULT_NAME,
+def save_s3_result_storage(bucket: str, folder: str = RESULTS_PREFIX, name: str = RESULTS_BLOCK,
                            endpoint_url: str | None = None, region: str | None = None) -> str:
     """Save (or overwrite) the S3Bucket block `name` on the current Prefect API; returns the value
     for PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK (`s3-bucket/NAME`)."""
@@ -39,18 +40,12 @@ def save_s3_result_storage(bucket: str, folder: str = "prefect-results", name: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tasks.storage", description=(
-        "Save a prefect-aws S3Bucket block for Prefect result storage on the Prefect API in "
-        "PREFECT_API_URL; prints the PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK value to export."))
-    ap.add_argument("--bucket", required=True, help="S3 bucket (must exist)")
-    ap.add_argument("--folder", default="prefect-results", help="key prefix in the bucket (default prefect-results)")
-    ap.add_argument("--name", default=DEFAULT_NAME, help=f"block name (default {DEFAULT_NAME})")
-    ap.add_argument("--endpoint-url", help="S3-compatible endpoint saved in the block "
-                    "(default: none, each worker's AWS_ENDPOINT_URL or AWS itself)")
-    ap.add_argument("--region", help="AWS region saved in the block (default: the worker's)")
-    args = ap.parse_args(argv)
-    slug = save_s3_result_storage(args.bucket, args.folder, args.name, args.endpoint_url, args.region)
-    print(slug)
+    """What `aligncap results-storage` starts in a child process (options: its --help)."""
+    from aligncap_core.cli import child_options
+
+    o = child_options(argv, "results-storage")
+    print(save_s3_result_storage(o["bucket"], o.get("folder") or RESULTS_PREFIX, o.get("name") or RESULTS_BLOCK,
+                                 o.get("endpoint_url"), o.get("region")))
     return 0
 
 

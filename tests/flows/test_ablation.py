@@ -115,7 +115,7 @@ def test_report_files_summary_and_rerun_reuses_everything(ablation):
 
 
 def test_cli_runs_the_flow_and_reports_bad_arguments(tmp_path):
-    """`aligncap experiment ablation` is the flow (python -m flows.experiment): a bad --seeds
+    """`aligncap experiment ablation` runs the flow (flows/experiment.py, in a child process): a bad --seeds
     stops before anything runs, with the reason."""
     r = subprocess.run([sys.executable, "-m", "aligncap_core.cli", "experiment", "ablation",
                         "--out", str(tmp_path / "x"), "--seeds", "0,one"],

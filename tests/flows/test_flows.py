@@ -303,3 +303,20 @@ def test_teacher_flow_changed_setting_trains_anew_same_setting_trains_once(tmp_p
 
     again, again_state = run(3e-3)
     assert again == a and again_state == "Cached"  # same settings: trained once
+
+
+def test_the_pipeline_module_points_to_the_one_command_line(tmp_path):
+    """`aligncap run` is the pipeline's command line; the module it starts, run by hand with
+    options, exits 2 naming the command instead of guessing, and `aligncap run` checks its
+    options before anything starts."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "flows.pipeline", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "aligncap run" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "aligncap_core.cli", "run", "--out", str(tmp_path / "y"),
+                        "--params", str(tmp_path / "missing.yaml")],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "missing.yaml" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,4 +1,4 @@
-"""Result storage configuration: the S3Bucket block `python -m tasks.storage` saves, and the
+"""Result storage configuration: the S3Bucket block `aligncap results-storage` saves, and the
 ALIGNCAP_RESULTS_URI forms. (The round trip through a real S3 endpoint, with workers on two
 pools, is tests/integration/test_deploy.py.)"""
 
@@ -11,11 +11,17 @@ from tasks.caching import result_storage
 from tasks.storage import main
 
 
+def _options(**kw) -> list[str]:
+    import json
+
+    return [json.dumps(kw)]  # what `aligncap results-storage` hands the module
+
+
 def test_saved_block_names_bucket_and_folder_but_holds_no_keys(capsys, monkeypatch):
     from prefect_aws import S3Bucket
 
-    assert main(["--bucket", "results-bucket", "--folder", "/prefect-results/", "--name", "unit-results",
-                 "--endpoint-url", "http://127.0.0.1:9"]) == 0
+    assert main(_options(bucket="results-bucket", folder="/prefect-results/", name="unit-results",
+                         endpoint_url="http://127.0.0.1:9")) == 0
     assert capsys.readouterr().out.strip() == "s3-bucket/unit-results"
     block = S3Bucket.load("unit-results")
     assert block.bucket_name == "results-bucket" and block.bucket_folder == "prefect-results"
@@ -24,9 +30,16 @@ def test_saved_block_names_bucket_and_folder_but_holds_no_keys(capsys, monkeypat
     assert creds.aws_access_key_id is None and creds.aws_secret_access_key is None
     assert creds.aws_client_parameters.endpoint_url == "http://127.0.0.1:9"
     # saving again overwrites (up runs it on every start against the same server)
-    assert main(["--bucket", "other", "--name", "unit-results"]) == 0
+    assert main(_options(bucket="other", name="unit-results")) == 0
     block = S3Bucket.load("unit-results")
     assert block.bucket_name == "other" and block.credentials.aws_client_parameters.endpoint_url is None
+
+
+def test_the_module_is_started_by_the_cli_only():
+    """One command line: the module's own argv is the CLI's JSON, and options given to it
+    directly get the command to use instead."""
+    with pytest.raises(ConfigError, match="aligncap results-storage"):
+        main(["--bucket", "b"])
 
 
 def test_results_uri_forms(monkeypatch, tmp_path):
