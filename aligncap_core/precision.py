@@ -34,7 +34,6 @@ import torch
 from aligncap_core.errors import ConfigError
 
 ENV_OVERRIDE = "ALIGNCAP_CPU_BF16"  # "0": never bf16 on a CPU, "1": always, unset/"auto": measure
-ENV_CACHE = "ALIGNCAP_CACHE"  # the one cache folder of aligncap (store.cache_root)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of the bf16 matrix / dot units
 # A whole training step of the tiny model gains far less than its matmuls do (most of a step is
 # elementwise work and attention, docs/PERFORMANCE.md): with AMX the matmul is 6-8x faster and

@@ -55,9 +55,12 @@ LOCKS = ".locks"
 FORMAT = 1
 
 
+ENV_CACHE = "ALIGNCAP_CACHE"  # the one cache folder of aligncap
+
+
 def cache_root() -> Path:
     """Where materialized artifacts are kept: $ALIGNCAP_CACHE, else ~/.cache/aligncap."""
-    return Path(os.environ.get("ALIGNCAP_CACHE") or Path.home() / ".cache" / "aligncap")
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "aligncap")
 
 
 def is_remote(uri: str | os.PathLike) -> bool:

@@ -19,11 +19,12 @@ teachers (`teacher/seed-0`) and round series (`kd_po/seed-0`) get a child of the
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from prefect import flow, get_run_logger
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
+from aligncap_core.experiments import AblationConfig
 from flows.common import embedded_prefect_env, open_store, parent_run
 from flows.evaluate import evaluate
 from flows.improve import self_improve
@@ -34,8 +35,9 @@ from flows.params import (
     StudentParams,
     TeacherParams,
     TrackingParams,
-    _Params,
+    _Stage,
     _validate,
+    config_params,
 )
 from flows.prepare import prepare_data
 from flows.train import distill, train_teacher
@@ -45,25 +47,15 @@ from tasks.tracking import stage_run
 EVERY_CLIP = 10**9  # realdata_limit None in AblationConfig: every real clip, not eval_limit of them
 
 
-class AblationParams(_Params):
-    """Sizes of the ablation (aligncap_core.experiments.AblationConfig); None = the library's
-    small default (about an hour on 2 CPU cores)."""
+class AblationParams(config_params(AblationConfig, "AblationFields", base=_Stage)):
+    """Sizes of the ablation: AblationConfig's keys (aligncap_core.experiments), e.g. {"seeds":
+    [0, 1, 2], "synth_n": 600, "teacher": {...}}; a key left out keeps the library's small
+    default (about an hour on 2 CPU cores)."""
 
-    seeds: list[int] | None = Field(None, description="Training seeds (mean and std over them).")
-    synth_n: int | None = Field(None, ge=20, description="Built-in corpus size.")
-    data_dir: str | None = Field(None, description="A prepared + tokenized data dir to use instead.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Other AblationConfig keys "
-                                   "(teacher, student, improve, judges, eval_limit, realdata, ...).")
-
-    def resolved(self) -> dict[str, Any]:
-        extra = {k: v for k, v in {"seeds": self.seeds, "synth_n": self.synth_n,
-                                   "data_dir": self.data_dir}.items() if v is not None}
-        return {**self.config, **extra}
+    library: ClassVar[Any] = AblationConfig
 
     @model_validator(mode="after")
     def _check(self) -> AblationParams:
-        from aligncap_core.experiments import AblationConfig
-
         _validate(AblationConfig.from_dict, self.resolved())
         return self
 
@@ -128,7 +120,7 @@ def ablation(out_dir: str = "runs/ablation", ablation: AblationParams = Ablation
     (STORE/ablation/<settings key>), which outlives a deployment's temporary working folder."""
     import shutil
 
-    from aligncap_core.experiments import AblationConfig, ablation_results, write_report
+    from aligncap_core.experiments import ablation_results, write_report
     from aligncap_core.utils import fingerprint
 
     t0 = time.perf_counter()
@@ -175,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
 
     opts = child_options(argv, "experiment ablation")
     embedded_prefect_env()
-    params = AblationParams(seeds=opts.get("seeds"), synth_n=opts.get("synth_n"), data_dir=opts.get("data"),
-                            config=opts.get("config") or {})
+    given = {"seeds": opts.get("seeds"), "synth_n": opts.get("synth_n"), "data_dir": opts.get("data")}
+    params = AblationParams.model_validate({**(opts.get("config") or {}),
+                                            **{k: v for k, v in given.items() if v is not None}})
     tracking = TrackingParams(experiment="aligncap-ablation", tracking_uri=opts.get("tracking_uri"))
     out = ablation(opts["out"], params, tracking, opts.get("store"))
     print(Path(out["tables"]).read_text())

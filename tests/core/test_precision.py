@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from aligncap_core import precision
+from aligncap_core import precision, store
 from aligncap_core.errors import ConfigError
 from aligncap_core.model.batching import (
     encode_student_example,
@@ -43,7 +43,7 @@ def test_verdict_needs_a_bf16_unit_and_a_measured_gain():
 
 
 def test_probe_measures_once_per_machine_and_obeys_the_override(tmp_path, monkeypatch):
-    monkeypatch.setenv(precision.ENV_CACHE, str(tmp_path))
+    monkeypatch.setenv(store.ENV_CACHE, str(tmp_path))
     monkeypatch.delenv(precision.ENV_OVERRIDE)
     monkeypatch.setattr(precision, "_MEMO", {})
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "amx_bf16", "avx512_bf16"})

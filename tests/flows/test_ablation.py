@@ -32,7 +32,7 @@ def _params(root: Path):
     from flows.params import TrackingParams
 
     # one seed: the per-seed work is the same for every seed (summarize is tested on two)
-    ablation = AblationParams(seeds=[0], synth_n=40, config={**CFG, "realdata": str(root / "real.jsonl")})
+    ablation = AblationParams(seeds=[0], synth_n=40, **{**CFG, "realdata": str(root / "real.jsonl")})
     tracking = TrackingParams(experiment="aligncap-ablation", tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     return ablation, tracking
 
