@@ -8,6 +8,8 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -77,19 +79,8 @@ _COPY_DROP = ("sha256", "source_audio", "source_sha256")
 _CLUE_KEYS = ("clues", "clue_attributes", "p_act")
 
 
-def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    cfg: AugmentConfig | None = None, progress: bool = True) -> dict:
-    """Write `data_dir`'s rows plus augmented copies of its train rows to `out_dir`.
-
-    See the package docstring for the output layout and the labelling rules. Returns {rows_read,
-    train_rows, skipped, produced, kept, rejected, rejects_by_reason, relabeled, label_changes,
-    captions_regenerated, transforms, written, seconds, out_dir}. Raises DataError when data_dir
-    is not a prepared dataset or an audio file is missing, ConfigError for bad settings.
-    """
-    t0 = time.perf_counter()
-    cfg = cfg or AugmentConfig()
-    data = Path(data_dir).resolve()
-    out = Path(out_dir).resolve()
+def _source_rows(data: Path, out: Path, out_dir: str | os.PathLike, cfg: AugmentConfig) -> list[dict]:
+    """The prepared rows of `data`, checked: a manifest, unique ids, no copy id taken already."""
     manifest = data / "manifest.jsonl"
     if not manifest.is_file():
         raise DataError(f"{manifest} not found: augment a prepared dataset (`aligncap data prepare`)")
@@ -104,6 +95,87 @@ def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if clash:
         raise DataError(f"{manifest}: ids {', '.join(clash[:5])} already exist; augment the original "
                         "dataset, not an augmented one")
+    return rows
+
+
+@dataclass
+class _Tally:
+    """What augmenting wrote and rejected, and the counts the summary reports."""
+
+    written: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)
+    applied: Counter = field(default_factory=Counter)
+    changes: Counter = field(default_factory=Counter)
+    relabeled: int = 0
+    regenerated: int = 0
+    produced: int = 0
+
+    @property
+    def kept(self) -> int:
+        return self.produced - len(self.rejects)
+
+    def reject(self, r: dict, new_id: str, res: Outcome, record: dict) -> None:
+        self.reasons[res.reason] += 1
+        self.rejects.append({"id": new_id, "augmented_from": r["id"], "reason": res.reason,
+                             "message": f"{new_id}: {res.message}", "augment": record,
+                             "measured": res.measured, "check": res.check or None,
+                             "attributes": r["attributes"]})
+
+    def keep(self, r: dict, row: dict, res: Outcome, plan: list[dict], record: dict) -> None:
+        self.written.append(row)
+        for t in plan:
+            self.applied[t["name"]] += 1
+        changed = {a: f"{r['attributes'][a]}->{res.attributes[a]}" for a in QUANTITY
+                   if r["attributes"][a] != res.attributes[a]}
+        self.relabeled += bool(changed)
+        self.changes.update(f"{a} {c}" for a, c in changed.items())
+        self.regenerated += record["captions"] == "regenerated"
+
+    def counts(self, rows: list[dict], train: list[dict], skipped: Counter) -> dict:
+        return {
+            "rows_read": len(rows), "train_rows": len(train), "skipped": dict(sorted(skipped.items())),
+            "produced": self.produced, "kept": self.kept, "rejected": len(self.rejects),
+            "rejects_by_reason": dict(sorted(self.reasons.items())), "relabeled": self.relabeled,
+            "label_changes": dict(sorted(self.changes.items())), "captions_regenerated": self.regenerated,
+            "transforms": dict(sorted(self.applied.items())), "written": len(self.written),
+        }
+
+
+def _augment_copies(r: dict, src: Path, out: Path, cfg: AugmentConfig, tally: _Tally,
+                    advance: Callable[[], None]) -> None:
+    """The `cfg.copies` augmented copies of train row `r` (audio at `src`): each kept (row and
+    audio written) or rejected (with its reason)."""
+    x, sr = _read_audio(src)
+    clip = measure(x, sr)
+    for k in range(1, cfg.copies + 1):
+        new_id = f"{r['id']}-aug{k}"
+        plan = plan_copy(r, k, cfg, sr)
+        res = augment_clip(r, x, sr, plan, emotion_consistent=cfg.emotion_consistent,
+                           signal_seed=[cfg.seed, _id_key(r["id"]), k], clip_measurement=clip)
+        tally.produced += 1
+        record = {"copy": k, "seed": cfg.seed, "transforms": plan}
+        if res.reason is not None:
+            tally.reject(r, new_id, res, record)
+        else:
+            tally.keep(r, _copy_row(r, new_id, k, res, record, sr, out, cfg.seed, str(src)), res, plan, record)
+        advance()
+
+
+def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                    cfg: AugmentConfig | None = None, progress: bool = True) -> dict:
+    """Write `data_dir`'s rows plus augmented copies of its train rows to `out_dir`.
+
+    See the package docstring for the output layout and the labelling rules. Returns {rows_read,
+    train_rows, skipped, produced, kept, rejected, rejects_by_reason, relabeled, label_changes,
+    captions_regenerated, transforms, written, seconds, out_dir}. Raises DataError when data_dir
+    is not a prepared dataset or an audio file is missing, ConfigError for bad settings.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or AugmentConfig()
+    data = Path(data_dir).resolve()
+    out = Path(out_dir).resolve()
+    rows = _source_rows(data, out, out_dir, cfg)
     (out / "audio").mkdir(parents=True, exist_ok=True)
 
     train = [r for r in rows if r.get("split") == "train"]
@@ -113,65 +185,32 @@ def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         skipped["no_reference"] = len(train) - len(eligible)
     eligible_ids = {r["id"] for r in eligible}
 
-    written: list[dict] = []
-    rejects: list[dict] = []
-    reasons: Counter = Counter()
-    applied: Counter = Counter()
-    changes: Counter = Counter()
-    n_relabeled = n_regen = produced = 0
+    tally = _Tally()
     show = progress and sys.stderr.isatty()
     with progress_bar(disable=not show) as bar:
         task = bar.add_task("augment", total=len(eligible) * cfg.copies)
-        for r in rows:
+
+        def advance() -> None:
+            rate = tally.produced / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, advance=1, description=f"augment kept {tally.kept} rejected "
+                       f"{len(tally.rejects)} ({rate:.1f} copies/s)")
+
+        for r in rows:  # every row is copied as it is; eligible train rows get their copies
             src = Path(r["audio"]) if os.path.isabs(r["audio"]) else data / r["audio"]
             if not src.is_file():
                 raise DataError(f"{r['id']}: audio file not found: {src}; re-run `aligncap data prepare`")
-            name = safe_name(r["id"])
-            rel = f"audio/{name}.wav"
+            rel = f"audio/{safe_name(r['id'])}.wav"
             sha = _copy_source(src, out / rel, r.get("audio_sha256"))
-            written.append({**{k: v for k, v in r.items() if k not in STALE_KEYS}, "audio": rel,
-                            "audio_sha256": sha})
-            if r["id"] not in eligible_ids:
-                continue
-            x, sr = _read_audio(src)
-            clip = measure(x, sr)
-            for k in range(1, cfg.copies + 1):
-                new_id = f"{r['id']}-aug{k}"
-                plan = plan_copy(r, k, cfg, sr)
-                res = augment_clip(r, x, sr, plan, emotion_consistent=cfg.emotion_consistent,
-                                   signal_seed=[cfg.seed, _id_key(r["id"]), k], clip_measurement=clip)
-                produced += 1
-                record = {"copy": k, "seed": cfg.seed, "transforms": plan}
-                if res.reason is not None:
-                    reasons[res.reason] += 1
-                    rejects.append({"id": new_id, "augmented_from": r["id"], "reason": res.reason,
-                                    "message": f"{new_id}: {res.message}", "augment": record,
-                                    "measured": res.measured, "check": res.check or None,
-                                    "attributes": r["attributes"]})
-                else:
-                    written.append(_copy_row(r, new_id, k, res, record, sr, out, cfg.seed, str(src)))
-                    for t in plan:
-                        applied[t["name"]] += 1
-                    changed = {a: f"{r['attributes'][a]}->{res.attributes[a]}" for a in QUANTITY
-                               if r["attributes"][a] != res.attributes[a]}
-                    n_relabeled += bool(changed)
-                    changes.update(f"{a} {c}" for a, c in changed.items())
-                    n_regen += record["captions"] == "regenerated"
-                kept = produced - len(rejects)
-                rate = produced / max(time.perf_counter() - t0, 1e-9)
-                bar.update(task, advance=1, description=f"augment kept {kept} rejected {len(rejects)} "
-                           f"({rate:.1f} copies/s)")
+            tally.written.append({**{k: v for k, v in r.items() if k not in STALE_KEYS}, "audio": rel,
+                                  "audio_sha256": sha})
+            if r["id"] in eligible_ids:
+                _augment_copies(r, src, out, cfg, tally, advance)
 
-    kept = produced - len(rejects)
-    if kept + len(rejects) != produced or len(written) != len(rows) + kept:  # the contract
-        raise DataError(f"internal error: {produced} copies produced but {kept} kept + {len(rejects)} rejected")
-    counts = {
-        "rows_read": len(rows), "train_rows": len(train), "skipped": dict(sorted(skipped.items())),
-        "produced": produced, "kept": kept, "rejected": len(rejects),
-        "rejects_by_reason": dict(sorted(reasons.items())), "relabeled": n_relabeled,
-        "label_changes": dict(sorted(changes.items())), "captions_regenerated": n_regen,
-        "transforms": dict(sorted(applied.items())), "written": len(written),
-    }
+    kept, rejects, written = tally.kept, tally.rejects, tally.written
+    if kept + len(rejects) != tally.produced or len(written) != len(rows) + kept:  # the contract
+        raise DataError(f"internal error: {tally.produced} copies produced but {kept} kept + "
+                        f"{len(rejects)} rejected")
+    counts = tally.counts(rows, train, skipped)
     settings = {"audio_format": AUDIO_FORMAT, "sample_rate": _rate_of(written), "augment": cfg.to_dict()}
     with atomic_write(out / "augment.json") as f:
         json.dump({"config": cfg.to_dict(), "reject_reasons": REJECT_REASONS, **counts}, f, indent=2, sort_keys=True)
@@ -182,9 +221,9 @@ def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if show:
         from rich.console import Console
 
-        why = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
-        Console(stderr=True).print(f"augment: kept {kept} of {produced} copies, rejected {len(rejects)} "
-                                   f"({why}) in {seconds:.1f} s -> {out}")
+        why = ", ".join(f"{k} {v}" for k, v in tally.reasons.items()) or "none"
+        Console(stderr=True).print(f"augment: kept {kept} of {tally.produced} copies, rejected "
+                                   f"{len(rejects)} ({why}) in {seconds:.1f} s -> {out}")
     return summary
 
 
