@@ -1,7 +1,7 @@
 # The two commands: `make demo` and `make test`. Both create .venv and install what is missing.
-# python3.11 (the version the pins were verified on), else 3.12 or 3.13 (Debian 13 and Ubuntu
-# 24.04 ship those; the pins resolve there too), else python3 if >= 3.11; PY=... overrides
-PY      ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+# The newest python3.X >= 3.11 on PATH (3.13, 3.12, 3.11: Debian 13 and Ubuntu 24.04 ship 3.13 /
+# 3.12; the suite passes on each, see README), else python3 if >= 3.11; PY=... overrides
+PY      ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
              command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
              && echo $$p && break; done)
 ifeq ($(strip $(PY)),)

@@ -130,17 +130,21 @@ def train_steps(args, reps: int) -> dict:
     sides = {}
     # autocast_only: bf16 as it ran before this page's bf16 work (`train.dtype: bf16` on the
     # fp32 base: autocast alone), for the before / after table
-    for dt, weights in (("fp32", torch.float32), ("bf16", BF16), ("autocast_only", torch.float32)):
+    # bf16_compiled (--compile): the bf16 step with the KD loss's forward and backward compiled by
+    # torch.compile (Inductor, CPU): can fusing the elementwise chain and casts lower the floor?
+    kinds = [("fp32", torch.float32), ("bf16", BF16), ("autocast_only", torch.float32)]
+    for dt, weights in kinds + ([("bf16_compiled", BF16)] if args.compile else []):
         def amp(dt=dt):
             return torch.autocast("cpu", dtype=BF16) if dt != "fp32" else contextlib.nullcontext()
 
         student = _student(args.preset, vocab, weights)
-        if dt == "bf16":  # what fit does under autocast (model.lora.set_lora_input_casting)
+        bf16_path = dt in ("bf16", "bf16_compiled")
+        if bf16_path:  # what fit does under autocast (model.lora.set_lora_input_casting)
             set_lora_input_casting(student, False)
         # fit's default: fused AdamW on a CPU training in bf16, the per-parameter loop in fp32
-        opt = torch.optim.AdamW(param_groups(student, 0.0), lr=1e-4, fused=dt == "bf16")
+        opt = torch.optim.AdamW(param_groups(student, 0.0), lr=1e-4, fused=bf16_path)
         teacher = tiny_model(args.preset, vocab).train()
-        topt = torch.optim.AdamW(param_groups(teacher, 0.1), lr=1e-4, fused=dt == "bf16")
+        topt = torch.optim.AdamW(param_groups(teacher, 0.1), lr=1e-4, fused=bf16_path)
 
         def kd_loss_fn(student=student, amp=amp):
             with amp():
@@ -148,7 +152,8 @@ def train_steps(args, reps: int) -> dict:
                 s_cap, mask, ce = forward_caption(student, s)
                 return ce + kd_loss(s_cap, t_cap, mask, 1.0)
 
-        def kd_step(student=student, opt=opt, loss_fn=kd_loss_fn):
+        def kd_step(student=student, opt=opt,
+                    loss_fn=torch.compile(kd_loss_fn) if dt == "bf16_compiled" else kd_loss_fn):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn()
             loss.backward()
@@ -164,14 +169,19 @@ def train_steps(args, reps: int) -> dict:
             topt.step()
 
         sides[dt] = {"kd": kd_step, "teacher": teacher_step, "loss_fn": kd_loss_fn, "model": student}
-    first = {dt: round(sides[dt]["kd"](), 4) for dt in sides}  # same weights and batch: comparable
+    first, first_s = {}, {}
+    for dt in sides:  # same weights and batch: comparable; the compiled side compiles here
+        t0 = time.perf_counter()
+        first[dt] = round(sides[dt]["kd"](), 4)
+        first_s[dt] = round(time.perf_counter() - t0, 2)
     times = interleaved({f"{w}_{dt}": sides[dt][w] for w in ("kd", "teacher") for dt in sides
-                         if w == "kd" or dt != "autocast_only"}, reps)
+                         if w == "kd" or dt in ("fp32", "bf16")}, reps)
     flops = {"kd": count_flops(lambda: sides["fp32"]["loss_fn"]().backward()),
              "teacher": count_flops(lambda: forward_caption(tiny_model(args.preset, vocab), tb)[2].backward())}
     kernels = onednn_kernels(sides["bf16"]["kd"])
     prof = {dt: top_ops(sides[dt]["kd"]) for dt in ("fp32", "bf16")} if not args.smoke else {}
-    return {"times": times, "flops": flops, "first_loss": first, "kernels": kernels, "profile": prof}
+    return {"times": times, "flops": flops, "first_loss": first, "first_step_s": first_s,
+            "kernels": kernels, "profile": prof}
 
 
 MATMUL_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear"}
@@ -343,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--caption-tokens", type=int, default=24)
     ap.add_argument("--encodec-clips", type=int, default=8)
     ap.add_argument("--only", default="", help="comma-separated parts: train,dpo,caption,encodec")
+    ap.add_argument("--compile", action="store_true", help="also time the bf16 KD step with its loss "
+                    "compiled by torch.compile (Inductor; compiling takes minutes on 2 cores)")
     args = ap.parse_args(argv)
     threads = setup_threads(args.threads)
     if args.smoke:
@@ -384,6 +396,12 @@ def main(argv: list[str] | None = None) -> dict:
             "goal_mfu_bf16": 0.25, "loss_at_same_weights": tr["first_loss"],
             "kernels_bf16": tr["kernels"], "floor": floor(tr["profile"]),
             "profile": tr["profile"]}
+        if args.compile:
+            result["kd_step"]["compiled"] = {
+                "s": round(t["kd_bf16_compiled"], 4),
+                "over_bf16_eager": round(t["kd_bf16_compiled"] / t["kd_bf16"], 3),
+                "over_fp32": round(t["kd_bf16_compiled"] / t["kd_fp32"], 3),
+                "compile_s": tr["first_step_s"]["bf16_compiled"]}
         result["teacher_step"] = {
             "s": {dt: round(t[f"teacher_{dt}"], 4) for dt in ("fp32", "bf16")},
             "bf16_over_fp32": round(t["teacher_bf16"] / t["teacher_fp32"], 3),
