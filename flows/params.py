@@ -55,19 +55,19 @@ def _field_docs(cls: type) -> dict[str, str]:
     import re
     import textwrap
 
-    docs: dict[str, str] = {}
+    entries: dict[str, list[str]] = {}
     entry: list[str] = []
     for line in (cls.__doc__ or "").splitlines():  # "    name[ / name2]: text" + indented continuation
         m = re.match(r"\s*(\w+(?:\s*/\s*\w+)*):\s+(.*)", line)
         if m and (len(line) - len(line.lstrip())) <= 4:
             entry = [m.group(2)]
             for name in re.split(r"\s*/\s*", m.group(1)):
-                docs[name] = entry  # type: ignore[assignment]
+                entries[name] = entry
         elif entry and line.strip():
             entry.append(line.strip())
         else:
             entry = []
-    docs = {k: " ".join(v) for k, v in docs.items()}  # type: ignore[misc]
+    docs = {k: " ".join(v) for k, v in entries.items()}
     try:
         lines = textwrap.dedent(inspect.getsource(cls)).splitlines()
     except (OSError, TypeError):
@@ -96,33 +96,45 @@ class _Given(_Params):
         return {k: v for k, v in out.items() if k in self.model_fields_set}
 
 
-def _default_text(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        return f" (default: {f.default!r})"
-    return ""
+def _default_text(value: Any) -> str:
+    return f" (default: {value!r})" if isinstance(value, str | int | float | bool | None | list | tuple) else ""
 
 
-def config_params(cls: type, name: str, *, base: type[_Given] = _Given, doc: str | None = None,
+def config_params(cls: type, name: str, *, base: type[_Given] = _Given,
                   nested: dict[str, tuple[type, tuple[str, ...]]] | None = None,
-                  exclude: tuple[str, ...] = ()) -> Any:
+                  exclude: tuple[str, ...] = (), defaults: Any = None) -> Any:
     """A pydantic model generated from library dataclass `cls`: one optional field per config
-    key, typed by its annotation, described by the library's own comment, nested dataclasses
-    (and the dict fields named in `nested`) as nested models. Its YAML shape is the library's
-    (`teacher: {train: {max_steps: 5}}` is TeacherConfig's `train.max_steps`); defaults stay in
-    the dataclass, never copied here. nested: {field: (dataclass, excluded keys)} for a dict
-    field the library reads as a dataclass (ImproveConfig.dpo); exclude: keys not offered."""
+    key, typed by its annotation, described by the library's own comment and default, nested
+    dataclasses (and the dict fields named in `nested`) as nested models. Its YAML shape is the
+    library's (`teacher: {train: {max_steps: 5}}` is TeacherConfig's `train.max_steps`); the
+    defaults stay in the dataclass (a field left out is not sent), they are only quoted in the
+    descriptions, read from `defaults` (an instance: `cls()`, or for a nested section its
+    parent's, since the teacher's `train` defaults are not a bare TrainConfig's).
+    nested: {field: (dataclass, excluded keys)} for a dict field the library reads as a dataclass
+    (ImproveConfig.dpo); exclude: keys not offered."""
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
+    defaults = cls() if defaults is None else defaults
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if not f.init or f.name in exclude:
             continue
+        value = getattr(defaults, f.name)
         sub, sub_exclude = (nested or {}).get(f.name) or (hints[f.name], ())
-        tp = (config_params(sub, f"{name}_{f.name}", exclude=sub_exclude) if dataclasses.is_dataclass(sub)
-              else hints[f.name])
+        if dataclasses.is_dataclass(sub):
+            sub_defaults = value if dataclasses.is_dataclass(value) else _from(sub, value)
+            tp, text = config_params(sub, f"{name}_{f.name}", exclude=sub_exclude, defaults=sub_defaults), ""
+        else:
+            tp, text = hints[f.name], _default_text(value)
         fields[f.name] = (tp | None if tp is not Any else Any,
-                          Field(None, description=(docs.get(f.name, "") + _default_text(f)).strip() or None))
-    return create_model(name, __base__=base, __doc__=doc or cls.__doc__, **fields)
+                          Field(None, description=(docs.get(f.name, "") + text).strip() or None))
+    return create_model(name, __base__=base, __doc__=cls.__doc__, **fields)
+
+
+def _from(cls: type, data: Any) -> Any:
+    from aligncap_core.config import from_dict
+
+    return from_dict(cls, data)
 
 
 class _Stage(_Given):

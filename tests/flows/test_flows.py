@@ -97,6 +97,9 @@ def test_stage_params_are_the_library_config_shape():
     train_model = TeacherParams.model_fields["train"].annotation.__args__[0]
     assert set(train_model.model_fields) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert "peak AdamW lr" in train_model.model_fields["lr"].description
+    # the defaults quoted are the section's own: the teacher's train section is not a bare TrainConfig
+    assert TeacherConfig().train.max_steps != TrainConfig().max_steps
+    assert f"(default: {TeacherConfig().train.max_steps})" in train_model.model_fields["max_steps"].description
     assert all(f.default is None for f in train_model.model_fields.values())  # no copied default
     # the demo's sections are library YAMLs as they stand (what `aligncap train teacher --config` reads)
     demo = yaml.safe_load((REPO / "flows/demo.yaml").read_text())
