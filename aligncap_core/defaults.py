@@ -33,6 +33,10 @@ EVAL = EvalDefaults()
 # clips of the built-in espeak-ng corpus when none is given (flows/demo.yaml asks for 800)
 SYNTH_N = 1200
 
+# real speech evaluated as the split 'realdata' when the file exists (relative to the working
+# directory): the pipeline's EvalParams.realdata and AblationConfig.realdata
+REALDATA = "../shared/realdata/manifest.jsonl"
+
 # the registered model name of the champion (`aligncap-sec@champion`)
 MODEL_NAME = "aligncap-sec"
 

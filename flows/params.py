@@ -22,13 +22,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer, model_validator
 
-from aligncap_core.defaults import EVAL, MODEL_NAME, SYNTH_N
+from aligncap_core.defaults import EVAL, MODEL_NAME, REALDATA, SYNTH_N
 from aligncap_core.improve.config import ImproveConfig
 from aligncap_core.inference.consistent import DecodingSettings
 from aligncap_core.prefs.dpo import DPORoundConfig
 from aligncap_core.train.config import StudentConfig, TeacherConfig
-
-REALDATA_DEFAULT = "../shared/realdata/manifest.jsonl"
 
 
 class _Params(BaseModel):
@@ -210,7 +208,7 @@ class EvalParams(_Params):
     splits: list[str] = Field(default_factory=lambda: list(EVAL.splits),
                               description="Splits of the prepared data to evaluate.")
     limit: int | None = Field(EVAL.limit, ge=1, description="At most this many clips per split (empty: all).")
-    realdata: str | None = Field(REALDATA_DEFAULT, description="Extra held-out manifest evaluated as "
+    realdata: str | None = Field(REALDATA, description="Extra held-out manifest evaluated as "
                                  "'realdata' when the file exists (relative to the working directory).")
     realdata_limit: int | None = Field(None, ge=1, description="At most this many real clips (empty: `limit`).")
     realdata_group_by: str | None = Field("corpus", description="Also report the real data per value of "

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from aligncap_core.defaults import REALDATA as REALDATA_MANIFEST
 from aligncap_core.errors import ConfigError
 from aligncap_core.utils import set_dotted
 
@@ -84,7 +85,7 @@ class AblationConfig:
     improve: dict[str, Any] = field(default_factory=_small_improve)
     judges: list[dict[str, Any]] = field(default_factory=_default_judges)
     eval_limit: int | None = 40
-    realdata: str | None = "../shared/realdata/manifest.jsonl"
+    realdata: str | None = REALDATA_MANIFEST
     realdata_limit: int | None = None
     meteor: bool = True
 

@@ -28,6 +28,7 @@ def _library() -> dict[str, dict[str, Any]]:
     from aligncap_core.clues.annotate import add_clues
     from aligncap_core.codec.dataset import tokenize_dataset
     from aligncap_core.data.synth.corpus import synthesize_corpus
+    from aligncap_core.experiments import AblationConfig
     from aligncap_core.improve import ImproveConfig
     from aligncap_core.inference.evaluate import evaluate_checkpoint
     from aligncap_core.tracking import DEFAULT_MODEL_NAME
@@ -51,6 +52,8 @@ def _library() -> dict[str, dict[str, Any]]:
             "meteor": _default(evaluate_checkpoint, "meteor"),
             "kl_gap": _default(evaluate_checkpoint, "kl_gap"),
             "batch_size": _default(evaluate_checkpoint, "batch_size"),
+            # the real-speech manifest the ablation evaluates too
+            "realdata": AblationConfig().realdata,
         },
         "TrackingParams": {"model_name": DEFAULT_MODEL_NAME},
     }
@@ -59,7 +62,7 @@ def _library() -> dict[str, dict[str, Any]]:
 # flow-only knobs with no library counterpart (where runs go, what a run is called, optional inputs)
 FLOW_ONLY = {
     "DataParams": {"source", "prepare", "augment"},
-    "EvalParams": {"realdata", "realdata_limit", "realdata_group_by"},
+    "EvalParams": {"realdata_limit", "realdata_group_by"},
     "TrackingParams": {"enabled", "tracking_uri", "experiment", "register_champion"},
 }
 
