@@ -20,6 +20,7 @@ on Prefect's ephemeral API. Under a server with deployments, the GPU flows are s
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         params.setdefault("data", {})["synth_n"] = opts["n"]
     if opts.get("rounds") is not None:
         params.setdefault("improve", {})["rounds"] = opts["rounds"]
+    from prefect.exceptions import ParameterTypeError
+
+    try:  # before the embedded server starts: a typo costs a second, not a traceback
+        aligncap_pipeline.validate_parameters(params)
+    except ParameterTypeError as e:
+        print(f"error: {opts.get('params') or 'the options'}: {e}", file=sys.stderr)
+        sys.exit(2)
     results = aligncap_pipeline(**params)
     from rich.console import Console
 

@@ -311,7 +311,7 @@ def test_teacher_flow_changed_setting_trains_anew_same_setting_trains_once(tmp_p
 def test_the_pipeline_module_points_to_the_one_command_line(tmp_path):
     """`aligncap run` is the pipeline's command line; the module it starts, run by hand with
     options, exits 2 naming the command instead of guessing, and `aligncap run` checks its
-    options before anything starts."""
+    options and its parameters file before anything starts."""
     import subprocess
     import sys
 
@@ -322,4 +322,11 @@ def test_the_pipeline_module_points_to_the_one_command_line(tmp_path):
                         "--params", str(tmp_path / "missing.yaml")],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2 and "missing.yaml" in r.stderr, r.stderr[-2000:]
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # a typo in the parameters file: one line naming the key, before any server or stage starts
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher:\n  train: {max_stepz: 3}\n")
+    r = subprocess.run([sys.executable, "-m", "aligncap_core.cli", "run", "--out", str(tmp_path / "z"),
+                        "--params", str(bad)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "teacher.train.max_stepz" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr[-2000:]
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))
