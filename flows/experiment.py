@@ -22,7 +22,6 @@ import time
 from typing import Any, ClassVar
 
 from prefect import flow, get_run_logger
-from pydantic import model_validator
 
 from aligncap_core.experiments import AblationConfig
 from flows.common import embedded_prefect_env, open_store, parent_run
@@ -36,7 +35,6 @@ from flows.params import (
     TeacherParams,
     TrackingParams,
     _Stage,
-    _validate,
     config_params,
 )
 from flows.prepare import prepare_data
@@ -53,11 +51,6 @@ class AblationParams(config_params(AblationConfig, "AblationFields", base=_Stage
     default (about an hour on 2 CPU cores)."""
 
     library: ClassVar[Any] = AblationConfig
-
-    @model_validator(mode="after")
-    def _check(self) -> AblationParams:
-        _validate(AblationConfig.from_dict, self.resolved())
-        return self
 
 
 def eval_params(cfg: Any) -> EvalParams:

@@ -146,9 +146,14 @@ class _Stage(_Given):
 
     @model_validator(mode="after")
     def _check(self) -> _Stage:
+        """The library's own reader when the config class has one (it names the section in its
+        errors: `ablation.seeds`), else the one loader."""
+        import functools
+
         from aligncap_core.config import from_dict
 
-        _validate(from_dict, self.library, self.resolved())
+        build = getattr(self.library, "from_dict", None) or functools.partial(from_dict, self.library)
+        _validate(build, self.resolved())
         return self
 
 
@@ -218,7 +223,7 @@ class EvalParams(_Params):
     meteor: bool = Field(EVAL.meteor, description="Compute METEOR (starts a JVM, ~5 s).")
     kl_gap: bool = Field(EVAL.kl_gap, description="Measure the speech-text KL gap (teacher vs student).")
     batch_size: int = Field(EVAL.batch_size, ge=1, description="Clips per generation batch.")
-    decoding: DecodingParams = Field(default_factory=lambda: DecodingParams(),
+    decoding: DecodingParams = Field(default_factory=DecodingParams,
                                      description="How captions are chosen: DecodingSettings' keys "
                                      "(strategy greedy | consistent, samples, risk, temperature, "
                                      "top_p, seed); a key left out keeps the library default.")
@@ -227,7 +232,7 @@ class EvalParams(_Params):
         """Keyword settings of the evaluate task (part of its cache key)."""
         return {"max_new_tokens": self.max_new_tokens, "meteor": self.meteor,
                 "kl_gap": self.kl_gap, "batch_size": self.batch_size,
-                "decoding": self.decoding.model_dump(mode="json")}
+                "decoding": self.decoding.resolved()}
 
     def realdata_manifest(self) -> str | None:
         """The real-data manifest when it exists here, else None (it is optional)."""

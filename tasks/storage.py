@@ -43,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     """What `aligncap results-storage` starts in a child process (options: its --help)."""
     from aligncap_core.cli import child_options
 
-    o = child_options(argv, "results-storage")
-    print(save_s3_result_storage(o["bucket"], o.get("folder") or RESULTS_PREFIX, o.get("name") or RESULTS_BLOCK,
-                                 o.get("endpoint_url"), o.get("region")))
+    given = {k: v for k, v in child_options(argv, "results-storage").items() if v is not None}
+    print(save_s3_result_storage(**given))
     return 0
 
 
