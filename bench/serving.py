@@ -7,10 +7,12 @@ The model is demo-sized and built here (no training: speed does not depend on wh
 learned): the `tiny` Llama with a ~4k-token text vocabulary plus 2 x 1024 audio tokens, the
 student's LoRA adapter, and the full EnCodec 24 kHz architecture with 2 codebooks, of which the
 student reads 1 (keep_q=1, as `flows/demo.yaml`). It is saved as a student checkpoint and
-loaded through `CaptionEngine` like any champion. Decoding is the checkpoint's default (greedy)
-except the caption length, fixed at --caption-tokens (min = max new tokens, written into the
-checkpoint's `generation:` defaults so the service process decodes the same way): random
-weights would otherwise run to max_new_tokens, and real captions are ~15-30 tokens.
+loaded through `CaptionEngine` like any champion. Decoding is greedy (--decoding) with the
+caption length fixed at --caption-tokens (min = max new tokens, written into the checkpoint's
+`generation:` defaults so the service process decodes the same way): random weights would
+otherwise run to max_new_tokens, and real captions are ~15-30 tokens. `--model CKPT` times a
+trained student instead (e.g. a demo's `runs/demo/champion`, which reads the prosody stream
+too), whose captions end where the model ends them.
 
 Figures (medians; the machine is shared, so also compare them as ratios from this one run):
   latency    one 3 s clip, bytes in -> caption + attributes out (`CaptionEngine`), warm; with
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,7 +117,7 @@ def _latency(engine, clip: bytes, reps: int) -> dict:
         t1 = time.perf_counter()
         wave = engine.waveform(clip, "clip.wav")
         t2 = time.perf_counter()
-        codes = cap.codec.encode([wave], batch_size=cap.codec_batch_size)
+        codes = cap.encode_waves([wave])  # EnCodec (+ the prosody stream, if the model reads it)
         t3 = time.perf_counter()
         [text] = cap.caption_codes(codes, engine.settings)
         t4 = time.perf_counter()
@@ -129,7 +132,7 @@ def _latency(engine, clip: bytes, reps: int) -> dict:
             "parts_median_s": {k: round(statistics.median(v), 4) for k, v in parts.items()}}
 
 
-def _service(ckpt: Path, clips: list[bytes], concurrency: int, work: Path) -> dict:
+def _service(ckpt: Path, clips: list[bytes], concurrency: int, work: Path, decoding: str) -> dict:
     import concurrent.futures
 
     import httpx
@@ -141,7 +144,7 @@ def _service(ckpt: Path, clips: list[bytes], concurrency: int, work: Path) -> di
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
     rec = procs.start([sys.executable, "-m", "aligncap_core.cli", "serve", "--model", str(ckpt), "--port",
-                       str(port), "--device", "cpu", "--decoding", "greedy"], work / "serve.log", env, cwd=work)
+                       str(port), "--device", "cpu", "--decoding", decoding], work / "serve.log", env, cwd=work)
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_healthy("aligncap serve", f"{url}/health", rec, 300)
@@ -174,6 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--caption-tokens", type=int, default=24, help="caption length, tokens")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--keep", help="build the checkpoint here and keep it (default: a temp folder)")
+    ap.add_argument("--model", help="time this trained student checkpoint instead (copied into the "
+                    "work folder; its captions end where the model ends them)")
+    ap.add_argument("--decoding", default="greedy", choices=("greedy", "consistent"),
+                    help="decoding strategy (the goal is greedy's; consistent samples 8 captions)")
     args = ap.parse_args(argv)
     threads = setup_threads(args.threads)
     if args.smoke:
@@ -184,9 +191,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(args.keep) if args.keep else scratch_dir("bench-serving-")
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "student" if (work / "student" / "codec").is_dir() else build_checkpoint(work, args.preset, args.smoke)
-    _fix_caption_length(ckpt, args.caption_tokens)
-    engine = CaptionEngine.load(ckpt, device="cpu", decoding="greedy")  # the goal's settings
+    if args.model:
+        ckpt = work / "model"
+        if not ckpt.is_dir():
+            shutil.copytree(args.model, ckpt)
+        args.caption_tokens = None
+    else:
+        ckpt = work / "student" if (work / "student" / "codec").is_dir() else build_checkpoint(work, args.preset, args.smoke)
+        _fix_caption_length(ckpt, args.caption_tokens)
+    engine = CaptionEngine.load(ckpt, device="cpu", decoding=args.decoding)
     log(f"serving bench: {args.clips} clips of {args.seconds} s, {threads} threads, decoding {engine.settings}")
     clip = _wav_bytes(_speechlike(args.seconds, 0))
     latency = _latency(engine, clip, reps)
@@ -197,14 +210,15 @@ def main(argv: list[str] | None = None) -> dict:
     folder.mkdir(exist_ok=True)
     for i, data in enumerate(clips):
         (folder / f"c{i:04d}.wav").write_bytes(data)
-    service = _service(ckpt, clips, args.concurrency, work)
+    service = _service(ckpt, clips, args.concurrency, work, args.decoding)
     log(f"service {service}")
     caption_to_jsonl(engine, [folder], work / "warm", show_progress=False)  # warm the batch path
     batch = caption_to_jsonl(engine, [folder], work / "batch", show_progress=False)
     log(f"batch {batch['clips_per_s']} clips/s")
     per_clip = latency["median_s"] * 3.0 / args.seconds
     return emit("serving", {
-        "clip_seconds": args.seconds, "caption_tokens": args.caption_tokens, "preset": args.preset,
+        "clip_seconds": args.seconds, "caption_tokens": args.caption_tokens,
+        "model": args.model or f"built: {args.preset}", "decoding": args.decoding,
         "settings": {k: v for k, v in vars(engine.settings).items()},
         "latency_s_per_3s_clip": round(per_clip, 4), "latency": latency,
         "goal_s_per_3s_clip": 0.3, "meets_goal": per_clip <= 0.3,

@@ -17,11 +17,17 @@ deepest conv (kernel 7 at 75 Hz), which for very short clips would otherwise rea
 Threads (docs/PERFORMANCE.md): every op runs on ONE intra-op thread, and parallelism comes from
 encoding several clips at once on Python threads (torch releases the GIL inside its kernels).
 Two reasons, both measured on the 2-core dev machines:
-  * codes must not depend on the machine: oneDNN's conv results differ in the last bit between
-    1 and 2 intra-op threads (enough to flip a code at a near-tie), so the thread count is fixed;
+  * the codes a corpus is trained on must not depend on the machine: oneDNN's conv results differ
+    in the last bit between 1 and 2 intra-op threads (enough to flip a code at a near-tie), so
+    the data and calibration paths fix the thread count at one;
   * speed on a shared machine: with 2 OpenMP threads and other jobs running, each of the LSTM's
     ~500 small sequential ops waits at a barrier for a descheduled thread: the LSTM ran 20x and
     the conv front 2-6x slower than on one thread. Clip-parallel threads never wait on each other.
+The one exception is `encode` given fewer clips than CPUs (one clip to caption, the serving
+latency): the idle CPUs become intra-op threads while the machine is idle (`parallel_map`'s
+`lend_idle_cpus`), 0.117 s instead of 0.235 s for a 3 s clip (conv front 0.088 vs 0.154, LSTM
+0.029 vs 0.081; 2-core Xeon with AMX). Its latents differ from the one-thread ones by <= 1e-5,
+and the codes did not differ at all on the demo's calibrated codec (docs/PERFORMANCE.md).
 Batching several clips into one call is slower on CPU (a 16 x 32 x 90k conv activation falls out
 of the caches: 26x / 19x / 7x real time at batch 1 / 4 / 16); keep batch_size 1 there and raise
 it on an accelerator.
@@ -45,6 +51,7 @@ import numpy as np
 import torch
 
 from aligncap_core.errors import ConfigError, DataError
+from aligncap_core.train.threads import threads_for_load, usable_cpus
 from aligncap_core.utils import atomic_dir, atomic_write, fingerprint
 
 CODEC_JSON = "codec.json"
@@ -96,11 +103,6 @@ def read_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, not the machine's core count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 @contextmanager
 def torch_threads(n: int | None):
     """Run with `n` intra-op threads (default: the CPUs this process may use), then restore."""
@@ -112,12 +114,16 @@ def torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def parallel_map(fn: Callable, items: Sequence, workers: int | None) -> Iterator:
+def parallel_map(fn: Callable, items: Sequence, workers: int | None, *,
+                 lend_idle_cpus: bool = False) -> Iterator:
     """`fn(item)` for every item on `workers` threads (None/0: the usable CPUs), results in input
-    order as they complete. Every op runs on one intra-op thread meanwhile (module doc). On an
+    order as they complete. Every op runs on one intra-op thread meanwhile (module doc), except
+    with `lend_idle_cpus`: fewer items than CPUs (one clip to caption) then get the CPUs no
+    worker uses as intra-op threads, while the machine is idle (`threads_for_load`). On an
     exception or Ctrl-C the items not yet started are cancelled, not run to the end."""
     workers = max(1, min(workers or usable_cpus(), len(items) or 1))
-    with torch_threads(1):
+    intra = threads_for_load(usable_cpus() // workers) if lend_idle_cpus else 1
+    with torch_threads(intra):
         if workers == 1:
             for it in items:
                 yield fn(it)
@@ -274,11 +280,14 @@ class EncodecTokenizer(SpeechTokenizer):
 
         Clips are bucketed by length (longest first) so batches carry little padding; results come
         back in input order and equal encoding each clip alone (see module doc and `latents`).
-        num_threads: clips encoded in parallel, each on one intra-op thread (None: usable CPUs).
+        num_threads: clips encoded in parallel, each on one intra-op thread (None: usable CPUs);
+        CPUs left over (fewer clips than CPUs) become intra-op threads while the machine is idle.
         """
         out: list[np.ndarray | None] = [None] * len(wavs)
         buckets = length_buckets([len(w) for w in wavs], batch_size)
-        for batch, codes in zip(buckets, parallel_map(lambda b: self._encode_batch([wavs[j] for j in b]), buckets, num_threads), strict=True):
+        encoded = parallel_map(lambda b: self._encode_batch([wavs[j] for j in b]), buckets, num_threads,
+                               lend_idle_cpus=True)
+        for batch, codes in zip(buckets, encoded, strict=True):
             for i, c in zip(batch, codes, strict=True):
                 out[i] = c
         return out  # type: ignore[return-value]

@@ -248,8 +248,8 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
                                          show_progress=show_progress, codes_cache=codes_cache)
         decoding = decoding or DecodingSettings()
         preds, decisions = _caption_rows(cap, data_dir, rows, settings, decoding, show_progress)
-        kls = kl_gap_by_split(cap, data_dir, rows, batch_size=batch_size, acoustic_prompt=acoustic,
-                              teacher=_kl_teacher(cap, teacher_ckpt),
+        kls = kl_gap_by_split(_with_adapters(cap, ckpt_uri), data_dir, rows, batch_size=batch_size,
+                              acoustic_prompt=acoustic, teacher=_kl_teacher(cap, teacher_ckpt),
                               show_progress=show_progress) if kl_gap else {}
         metrics, evaluated_splits = _score(rows, preds, kls, group_by, scorer)
         report = {
@@ -262,6 +262,17 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
         }
         _write_report(out_json, report, rows, preds, decisions)
         return report
+
+
+def _with_adapters(cap: Captioner, ckpt_uri: str | os.PathLike) -> Captioner:
+    """`cap` with its checkpoint's model as saved (adapters not merged): the KL gap reads the
+    student's base with the adapter off, which the captioning model, merged, no longer has."""
+    from aligncap_core.model.checkpoint import load_checkpoint
+    from aligncap_core.precision import for_generation
+
+    dtype = next(cap.model.parameters()).dtype
+    model, _, _ = load_checkpoint(ckpt_uri, dtype=dtype, device=cap.device)
+    return dataclasses.replace(cap, model=for_generation(model, dtype))
 
 
 def _kl_teacher(cap: Captioner, teacher_ckpt: str | os.PathLike | None) -> tuple[Any, Any] | None:

@@ -1,5 +1,11 @@
 """Batched caption generation with KV cache (greedy, beam search, sampling).
 
+Greedy decoding and sampling run this module's own loop (`_decode_shared_prefix`) over a
+preallocated static KV cache; only beam search goes through transformers' `generate`. The loop
+is the one generate runs (the same logits processing, see `_decode_shared_prefix`) without
+its per-token overhead: on the demo's tiny model a 24-token caption took 0.104 s through
+`generate` and 0.083 s here (merged adapter, one 3 s clip, bf16, 2-core Xeon).
+
 Several samples per prompt (`GenerationSettings.num_return_sequences` > 1, the preference
 round's n candidates per clip) share the prompt pass: each distinct prompt is prefilled once,
 its KV cache is repeated n times and the n samples are decoded from it (`_decode_shared_prefix`).
@@ -245,25 +251,18 @@ def _generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[i
                         generator_seed: int | None, device: torch.device) -> list[list[int]]:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad
-    if s.num_return_sequences > 1:
+    if s.num_beams == 1:
         return _generate_shared_prefix(model, prompts, s, eos, pad, suppress_token_ids,
                                        generator_seed, device)
+    # beam search: transformers' generate
     kwargs: dict[str, Any] = dict(
         max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None,
-        num_beams=s.num_beams, do_sample=s.do_sample,
+        num_beams=s.num_beams, do_sample=False,
         eos_token_id=eos, pad_token_id=pad, use_cache=True,
         logits_to_keep=last_logits_only(model),
     )
-    if s.do_sample:
-        kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=0)
-    else:
-        # neutralise sampling defaults a hub model's generation_config may carry
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if s.num_beams == 1:
-        # preallocated KV cache: the default dynamic cache concatenates every layer's keys and
-        # values at each new token, copying the whole cache (O(steps^2) bytes); that was 22% of
-        # batched sampling time on CPU (torch profiler, 64 rows x 32 tokens: 14.4 s -> 7.9 s)
-        kwargs["cache_implementation"] = "static"
+    # neutralise sampling defaults a hub model's generation_config may carry
+    kwargs.update(temperature=None, top_p=None, top_k=None)
     if suppress_token_ids:
         kwargs["suppress_tokens"] = sorted(set(int(i) for i in suppress_token_ids))
     was_training = model.training
@@ -273,8 +272,6 @@ def _generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[i
         for b in range(0, len(prompts), s.batch_size):
             chunk = prompts[b: b + s.batch_size]
             ids, attn = left_pad(chunk, pad, device)
-            if generator_seed is not None and s.do_sample:
-                torch.manual_seed(generator_seed + b)
             gen = model.generate(input_ids=ids, attention_mask=attn, **kwargs)
             for row in gen[:, ids.shape[1]:].tolist():
                 out.append(row[: row.index(eos)] if eos in row else row)

@@ -43,6 +43,23 @@ def cpu_pressure() -> float | None:
         return None
 
 
+def threads_for_load(n_max: int, current: int = 1) -> int:
+    """`n_max` threads while the CPUs are idle, 1 while other jobs compete for them, `current`
+    in between (hysteresis). `current`: the intra-op threads this process runs now (its own
+    threads do not count as competition where the load average stands in for PSI)."""
+    if n_max <= 1:
+        return 1
+    psi = cpu_pressure()
+    if psi is None:  # no PSI: load beyond what our own threads add
+        others = os.getloadavg()[0] - current if hasattr(os, "getloadavg") else 0.0
+        return 1 if others > 1.0 else n_max
+    if psi > BUSY_PSI:
+        return 1
+    if psi < IDLE_PSI:
+        return n_max
+    return current
+
+
 class ThreadGovernor:
     """Sets torch's intra-op threads for the calling thread's next ops, re-checked at most every
     `every_s` seconds. `fixed` > 0 pins the count (config `num_threads`) and never adapts;
@@ -67,15 +84,7 @@ class ThreadGovernor:
     def choose(self) -> int:
         if self.fixed or self.n_max == 1:
             return self.fixed or 1
-        psi = cpu_pressure()
-        if psi is None:  # no PSI: load beyond what our own threads add
-            others = os.getloadavg()[0] - self.threads if hasattr(os, "getloadavg") else 0.0
-            return 1 if others > 1.0 else self.n_max
-        if psi > BUSY_PSI:
-            return 1
-        if psi < IDLE_PSI:
-            return self.n_max
-        return self.threads
+        return threads_for_load(self.n_max, self.threads)
 
     def update(self, force: bool = False) -> int:
         now = time.monotonic()

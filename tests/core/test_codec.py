@@ -107,6 +107,39 @@ def test_same_codes_alone_and_in_padded_batch(tokenized):
         np.testing.assert_array_equal(a, c)
 
 
+def test_lone_clip_on_the_idle_cpus_gets_the_one_thread_codes(tokenized, monkeypatch):
+    """`encode` of one clip runs its ops on the CPUs no other clip uses (an idle machine): the
+    codes are those of the one-thread path the corpus was encoded with."""
+    from aligncap_core.codec import tokenizer as codec_tokenizer
+
+    d, _ = tokenized
+    tok = EncodecTokenizer.from_pretrained(d / "codec")
+    seen: list[int] = []
+    monkeypatch.setattr(codec_tokenizer, "threads_for_load", lambda n, current=1: n)  # idle
+    monkeypatch.setattr(codec_tokenizer, "usable_cpus", lambda: 2)
+    real = tok._encode_batch
+    monkeypatch.setattr(tok, "_encode_batch", lambda b: seen.append(torch.get_num_threads()) or real(b))
+    rng = np.random.default_rng(4)
+    wavs = [_clip(rng, i % 3, 24000, s, 0.3) for i, s in enumerate((0.4, 1.0, 2.2))]
+    alone = [tok.encode([w])[0] for w in wavs]
+    assert seen == [2, 2, 2]
+    with codec_tokenizer.torch_threads(1):
+        for w, a in zip(wavs, alone, strict=True):
+            np.testing.assert_array_equal(a, real([w])[0])
+    seen.clear()
+    tok.encode(wavs, num_threads=2)  # as many clips as CPUs: one intra-op thread each
+    assert seen == [1, 1, 1]
+
+
+def test_threads_for_load_follows_cpu_pressure(monkeypatch):
+    from aligncap_core.train import threads
+
+    for psi, current, want in ((80.0, 2, 1), (5.0, 1, 4), (25.0, 3, 3)):
+        monkeypatch.setattr(threads, "cpu_pressure", lambda psi=psi: psi)
+        assert threads.threads_for_load(4, current) == want
+    assert threads.threads_for_load(1, 1) == 1
+
+
 def test_calibrated_codec_reproducible_and_not_degenerate(tokenized):
     d, s = tokenized
     a, b = EncodecTokenizer.from_pretrained(d / "codec"), EncodecTokenizer.from_pretrained(d / "codec")

@@ -86,14 +86,41 @@ def _count_prompt_rows(model):
     return rows, handle
 
 
+def _hf_greedy(model, tok, prompts, max_new_tokens, suppress=(), min_new_tokens=1):
+    """transformers' own greedy `generate` (the reference this module's loop must equal)."""
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    ids, attn = left_pad(prompts, pad)
+    with torch.no_grad():
+        gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                             min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
+                             eos_token_id=eos, pad_token_id=pad, temperature=None, top_p=None,
+                             top_k=None, suppress_tokens=sorted(suppress) or None)
+    rows = gen[:, ids.shape[1]:].tolist()
+    return [r[: r.index(eos)] if eos in r else r for r in rows]
+
+
+def test_greedy_equals_transformers_generate(mtk):
+    """Greedy decoding (this module's static-cache loop) gives transformers' generate ids, for
+    left-padded prompts of different lengths, batched or not, eos masked before min_new_tokens."""
+    model, tok, audio_ids, prompts = mtk
+    for bs in (8, 1):
+        out = generate_token_ids(model, tok, prompts, GenerationSettings(max_new_tokens=12, batch_size=bs),
+                                 suppress_token_ids=audio_ids)
+        assert out == _hf_greedy(model, tok, prompts, 12, audio_ids)
+    out = generate_token_ids(model, tok, prompts, GenerationSettings(max_new_tokens=12, min_new_tokens=5),
+                             suppress_token_ids=audio_ids)
+    assert out == _hf_greedy(model, tok, prompts, 12, audio_ids, min_new_tokens=5)
+    assert model.training is False
+
+
 def test_shared_prefix_greedy_equals_generate(mtk):
     """Greedy through the shared-prefix loop == HF generate, for left-padded prompts of
     different lengths, however the prompts are split into forwards; near-zero temperature
     sampling (top-p on) gives the same ids."""
     model, tok, audio_ids, prompts = mtk
     assert len({len(p) for p in prompts}) == len(prompts)  # every row padded differently
-    ref = generate_token_ids(model, tok, prompts, GenerationSettings(max_new_tokens=12),
-                             suppress_token_ids=audio_ids)
+    ref = _hf_greedy(model, tok, prompts, 12, audio_ids)
     for n, bs in ((2, 8), (3, 4), (2, 1)):  # 4, 1 and 1 prompts per forward
         out = generate_token_ids(model, tok, prompts, _shared(n, max_new_tokens=12, batch_size=bs),
                                  suppress_token_ids=audio_ids)
@@ -110,7 +137,7 @@ def test_shared_prefix_peft_student_equals_generate():
     student, tok = perturbed_student(seed=1, scale=0.5)
     prompts = [student_prompt_ids(tok, "Describe.", ["<a0_1>", "<a1_5>"] * 6),
                student_prompt_ids(tok, "Describe how the speaker sounds.", ["<a0_7>", "<a1_2>"])]
-    ref = generate_token_ids(student, tok, prompts, GenerationSettings(max_new_tokens=8))
+    ref = _hf_greedy(student, tok, prompts, 8)
     out = generate_token_ids(student, tok, prompts, _shared(2, max_new_tokens=8))
     assert out == [r for r in ref for _ in range(2)]
 
@@ -126,9 +153,10 @@ def test_shared_prefix_eos_and_min_new_tokens(mtk):
                                suppress_token_ids=audio_ids)[0]
     fake = SimpleNamespace(eos_token_id=first[0], pad_token_id=tok.pad_token_id)
     for m in (0, 1, 3):
-        ref = generate_token_ids(model, fake, prompts,
-                                 GenerationSettings(max_new_tokens=10, min_new_tokens=m),
-                                 suppress_token_ids=audio_ids)
+        ref = _hf_greedy(model, fake, prompts, 10, audio_ids, min_new_tokens=m)
+        assert generate_token_ids(model, fake, prompts,
+                                  GenerationSettings(max_new_tokens=10, min_new_tokens=m),
+                                  suppress_token_ids=audio_ids) == ref
         out = generate_token_ids(model, fake, prompts,
                                  _shared(2, max_new_tokens=10, min_new_tokens=m, batch_size=8),
                                  suppress_token_ids=audio_ids)

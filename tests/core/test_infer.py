@@ -158,6 +158,22 @@ def test_captioner_in_bf16_decodes_through_the_same_path(student, corpus, captio
     assert len(caps) == 6 and all(w is not None for w in why)
 
 
+def test_captioner_folds_the_adapter_into_the_weights(student, corpus, captioner):
+    """Loaded to caption, the student's LoRA adapter is merged into its weights (fewer ops per
+    token); the captions are those of the PeftModel as saved."""
+    from peft import PeftModel
+
+    from aligncap_core.codec import load_codes
+    from aligncap_core.inference.consistent import DecodingSettings
+
+    kept = Captioner.load(student, device="cpu", merge_adapters=False)
+    assert isinstance(kept.model, PeftModel) and not isinstance(captioner.model, PeftModel)
+    assert not any("lora_" in n for n, _ in captioner.model.named_parameters())
+    codes = [load_codes(corpus, r) for r in read_jsonl(corpus / "manifest.jsonl")[:8]]
+    gen, greedy = GenerationSettings(max_new_tokens=12), DecodingSettings(strategy="greedy")
+    assert captioner.caption_codes(codes, gen, greedy) == kept.caption_codes(codes, gen, greedy)
+
+
 def test_consistent_decoding_picks_among_greedy_and_samples(captioner, corpus):
     from aligncap_core.codec import load_codes
     from aligncap_core.inference.consistent import DecodingSettings
