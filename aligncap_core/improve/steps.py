@@ -62,7 +62,7 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
 
     from aligncap_core.codec.prosody import ProsodySettings
     from aligncap_core.model.batching import student_prompt_windows
-    from aligncap_core.model.checkpoint import load_checkpoint
+    from aligncap_core.model.checkpoint import load_for_generation
     from aligncap_core.prefs.candidates import sample_candidates
     from aligncap_core.train.data import speech_tokens
 
@@ -70,13 +70,13 @@ def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg
     rows = select_clips(data_dir, c.clips_per_round, c.seed + round)
     prompt = policy_prompt(policy_ckpt)
     check_codec(policy_ckpt, prompt, rows)
-    from aligncap_core.precision import for_generation, inference_dtype
+    from aligncap_core.precision import inference_dtype
 
     device = "cuda" if torch.cuda.is_available() else None
-    # bf16 where the device runs it fast (a GPU; a CPU with AMX / AVX512-BF16), as captioning
+    # as captioning: bf16 where the device runs it fast (a GPU; a CPU with AMX / AVX512-BF16),
+    # the adapter merged into the weights
     dtype = inference_dtype("auto", torch.device(device or "cpu"))
-    model, tok, _ = load_checkpoint(policy_ckpt, device=device, dtype=dtype)
-    for_generation(model, dtype)
+    model, tok, _ = load_for_generation(policy_ckpt, device=device, dtype=dtype)
     n_pos = int(getattr(model.config, "max_position_embeddings", 1 << 30))
     budget = min(n_pos, prompt.max_len or n_pos) - c.max_new_tokens
     if budget < 2:

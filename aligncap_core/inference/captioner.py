@@ -106,13 +106,10 @@ class Captioner:
         AMX, AVX512-BF16), else fp32; "fp32", "bf16" or a torch dtype force one. Every
         caption goes through `decode` whatever the dtype. The codec always encodes in fp32
         (its codes are what the student was trained on).
-        merge_adapters: fold the active LoRA adapter into the weights (peft `merge_and_unload`):
-        the same function, without the adapter's extra ops at every layer, so a caption's
-        tokens cost 2.4x less on the demo's model (docs/PERFORMANCE.md). False keeps the
-        PeftModel, for what needs the base with the adapter off (the KL gap's teacher).
+        merge_adapters: fold the LoRA adapter into the weights (`load_for_generation`).
         """
         from aligncap_core.codec import EncodecTokenizer
-        from aligncap_core.model.checkpoint import fetch_to_local, load_checkpoint, read_meta
+        from aligncap_core.model.checkpoint import fetch_to_local, load_for_generation, read_meta
 
         root = fetch_to_local(ckpt_uri)
         if not (root / "meta.json").is_file():
@@ -130,14 +127,11 @@ class Captioner:
         # what was actually loaded: older checkpoints record neither
         speech = dataclasses.replace(speech, n_q=codec.n_q, codec_fingerprint=codec.fingerprint)
         dev = pick_device(device)
-        from aligncap_core.precision import for_generation, inference_dtype
+        from aligncap_core.precision import inference_dtype
 
         if not isinstance(dtype, torch.dtype):
             dtype = inference_dtype(dtype or "auto", dev)
-        model, tok, meta = load_checkpoint(root, dtype=dtype, device=dev)
-        if merge_adapters and hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        for_generation(model, dtype)
+        model, tok, meta = load_for_generation(root, dtype=dtype, device=dev, merge_adapters=merge_adapters)
         n_pos = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         config = _run_config(root)
         cfg_len = (config.get("train") or {}).get("max_len") or n_pos

@@ -267,12 +267,11 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
 def _with_adapters(cap: Captioner, ckpt_uri: str | os.PathLike) -> Captioner:
     """`cap` with its checkpoint's model as saved (adapters not merged): the KL gap reads the
     student's base with the adapter off, which the captioning model, merged, no longer has."""
-    from aligncap_core.model.checkpoint import load_checkpoint
-    from aligncap_core.precision import for_generation
+    from aligncap_core.model.checkpoint import load_for_generation
 
-    dtype = next(cap.model.parameters()).dtype
-    model, _, _ = load_checkpoint(ckpt_uri, dtype=dtype, device=cap.device)
-    return dataclasses.replace(cap, model=for_generation(model, dtype))
+    model, _, _ = load_for_generation(ckpt_uri, dtype=next(cap.model.parameters()).dtype,
+                                      device=cap.device, merge_adapters=False)
+    return dataclasses.replace(cap, model=model)
 
 
 def _kl_teacher(cap: Captioner, teacher_ckpt: str | os.PathLike | None) -> tuple[Any, Any] | None:
