@@ -9,7 +9,7 @@ from flows.common import exists, open_store, parent_run, run_stage
 from flows.params import DataParams, TrackingParams
 from tasks import augment, clues, prepare, publish, synth, tokenize
 from tasks.caching import first_row
-from tasks.data import data_identity
+from tasks.data import data_identity, source_fingerprint
 
 
 @flow(name="prepare-data", persist_result=True, log_prints=True)
@@ -22,7 +22,7 @@ def prepare_data(out_dir: str = "runs/pipeline", data: DataParams = DataParams()
     the folder is OUT/data/<key> (with its run.json), published as STORE/data/<key>. Settings that
     were prepared before return that URI at once, on any worker; changed settings prepare a new
     folder beside it. With no `data.source`, the built-in corpus is synthesized into
-    OUT/corpus/<settings> first. store: the artifact store (empty: $ALIGNCAP_STORE, else out_dir).
+    OUT/corpus/<settings + generator code> first. store: the artifact store (empty: $ALIGNCAP_STORE, else out_dir).
     """
     from aligncap_core.train.identity import claim_run_dir
     from aligncap_core.utils import fingerprint
@@ -40,7 +40,7 @@ def prepare_data(out_dir: str = "runs/pipeline", data: DataParams = DataParams()
         claim_run_dir(data_dir, ident)
         source, ran = data.source, False
         if not source:
-            corpus = str(st.local(f"corpus/{fingerprint(data.synth_n, data.synth_seed)}"))
+            corpus = str(st.local(f"corpus/{fingerprint(data.synth_n, data.synth_seed, source_fingerprint(None))}"))
             source = f"{corpus}/manifest.jsonl"
             _, ran = run_stage(synth, corpus, n=data.synth_n, seed=data.synth_seed,
                                workers=data.synth_workers, output=lambda _: exists(source))

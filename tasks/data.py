@@ -44,10 +44,13 @@ DATA_OPERATIONAL = frozenset({"synth_workers"})
 
 
 def source_fingerprint(source: str | None) -> str:
-    """What the prepared data is made from: "builtin" (the synthesized corpus, fully described by
-    its settings) or the content hash of the source manifest (local, HF folder or s3://)."""
+    """What the prepared data is made from: "builtin-<generator>" (the synthesized corpus, described
+    by its settings and the generator's code, `synth.generator_fingerprint`) or the content hash
+    of the source manifest (local, HF folder or s3://)."""
     if not source:
-        return "builtin"
+        from aligncap_core.data.synth import generator_fingerprint
+
+        return f"builtin-{generator_fingerprint()}"
     fp = manifest_sha(source)
     if fp is None and "://" in source:
         from aligncap_core.data.storage import read_bytes
@@ -85,8 +88,11 @@ def publish(store: str | None, out_dir: str, rel: str, result: dict[str, Any] | 
 
 # ---- synth -------------------------------------------------------------------------------------
 def _synth_inputs(p: dict[str, Any]) -> list[Any] | None:
-    # the corpus is reproducible from (n, seed, captions_per_clip)
-    return [p["n"], p["seed"], p.get("captions_per_clip", 4), path_key(p["out_dir"])]
+    # the corpus is reproducible from (n, seed, captions_per_clip) and the generator's code
+    from aligncap_core.data.synth import generator_fingerprint
+
+    return [p["n"], p["seed"], p.get("captions_per_clip", 4), generator_fingerprint(),
+            path_key(p["out_dir"])]
 
 
 @task(name="synth", cache_key_fn=make_key_fn("synth", _synth_inputs), **IO_RETRIES, **PERSIST)

@@ -226,3 +226,23 @@ def test_voice_bank_is_built_in_an_empty_cache_folder(tmp_path, monkeypatch):
         assert [p.name for p in (tmp_path / "fresh-cache").iterdir()] == [built.name]  # no temp folders left
     finally:
         voicebank.data_dir.cache_clear()
+
+
+def test_generator_fingerprint_follows_the_generator_code(tmp_path):
+    """A change to the generator's code (here the voice bank's male F0 centre) changes the
+    fingerprint the pipeline keys the corpus with; the same code gives the same one."""
+    import shutil
+
+    from aligncap_core.data import synth
+
+    src = Path(synth.__file__).parent
+    copy = tmp_path / "synth"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert synth.generator_fingerprint(copy) == synth.generator_fingerprint(src)
+    before = synth.generator_fingerprint(copy)
+    voicebank = copy / "voicebank.py"
+    text = voicebank.read_text()
+    assert '"male": 100.0' in text
+    voicebank.write_text(text.replace('"male": 100.0', '"male": 125.0'))
+    synth.generator_fingerprint.cache_clear()
+    assert synth.generator_fingerprint(copy) != before

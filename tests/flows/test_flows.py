@@ -330,3 +330,20 @@ def test_the_pipeline_module_points_to_the_one_command_line(tmp_path):
     assert r.returncode == 2 and "teacher.train.max_stepz" in r.stderr and "Traceback" not in r.stderr, \
         r.stderr[-2000:]
     assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))
+
+
+def test_builtin_data_is_keyed_by_the_generator_code(monkeypatch):
+    """The synthesized corpus and the data prepared from it are cached under the generator's
+    fingerprint: other generator code makes them again instead of reusing them."""
+    from aligncap_core.data import synth
+    from flows.params import DataParams
+    from tasks.data import _synth_inputs, data_identity
+
+    settings = DataParams().model_dump()
+    synth_args = {"n": 8, "seed": 0, "out_dir": "/tmp/corpus"}
+    keys = []
+    for code in ("generator-a", "generator-b"):
+        monkeypatch.setattr(synth, "generator_fingerprint", lambda code=code: code)
+        keys.append((data_identity(settings).key, repr(_synth_inputs(synth_args))))
+    assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
+
