@@ -317,7 +317,7 @@ def load_for_generation(uri: str | Path, *, dtype: torch.dtype, device: str | to
     """`load_checkpoint` for captioning: (model, tokenizer, meta), the model wholly in `dtype`
     and in eval mode (`precision.for_generation`). merge_adapters: fold the active LoRA adapter
     into the weights (peft `merge_and_unload`): the same function without the adapter's four
-    extra ops at every adapted linear, 2.4x faster per caption token on the demo's model
+    extra ops at every adapted linear, 2.2x faster per caption token on the demo's model
     (docs/PERFORMANCE.md). False keeps the PeftModel, for what needs the base with the adapter
     off (the KL gap's teacher)."""
     from aligncap_core.precision import for_generation
