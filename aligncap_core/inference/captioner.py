@@ -316,11 +316,10 @@ class Captioner:
         prosody = self.prosody
         if prosody is None:
             return codes
-        from aligncap_core.codec.prosody import prosody_codes, prosody_to_tokens
+        from aligncap_core.codec.prosody import clip_streams
 
         rate = self.codec.sample_rate
-        return [Speech(c, prosody_to_tokens(prosody_codes(w, rate, prosody), prosody))
-                for c, w in zip(codes, waves, strict=True)]
+        return [Speech(*clip_streams(c, w, rate, prosody)) for c, w in zip(codes, waves, strict=True)]
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray | Speech]:
         """`encode_waves` of each file. Every file is read (and checked) before any encoding,

@@ -366,16 +366,14 @@ def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings
 
 def row_speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
     """A row as the student reads it: its codes, and its prosody stream when the student reads one."""
-    from aligncap_core.codec import load_codes
+    from aligncap_core.train.data import row_streams
 
-    codes = load_codes(data_dir, row)
-    prosody = cap.prosody
-    if prosody is None:
+    codes, stream = row_streams(data_dir, row, cap.prosody)
+    if stream is None:
         return codes
     from aligncap_core.inference.captioner import Speech
-    from aligncap_core.train.data import prosody_tokens
 
-    return Speech(codes, prosody_tokens(data_dir, row, prosody))
+    return Speech(codes, stream)
 
 
 def _acoustic_prompt(cap: Captioner) -> bool:

@@ -77,12 +77,15 @@ def student_prompt_ids(tokenizer: Any, instruction: str, audio_tokens: Sequence[
 # ---- long clips: windows of time --------------------------------------------------------------
 _OPEN = re.compile(r"<([a-z]+)>")
 _KIND = re.compile(r"(_\d+|\d+|_u)>$")  # <a1_907> -> <a1>, <pf7> / <pf_u> -> <pf>
+# clip-level tokens that open a stream (the prosody stream's voice token): every window repeats them
+_CLIP_LEVEL = ("<pv>",)
 
 
 def _speech_blocks(tokens: Sequence[str]) -> list[tuple[str, list[str], str, int]]:
-    """[(open, body, close, tokens per frame)] of framed streams `<x> ... </x>`. Tokens per
-    frame: where the body's token kinds start to repeat (2 for `<a0_.> <a1_.>` frames of 2
-    codebooks, 2 for `<pf.> <pl.>` prosody pairs), so a window never splits a frame."""
+    """[(open + clip-level header, body, close, tokens per frame)] of framed streams
+    `<x> ... </x>`. Tokens per frame: where the body's token kinds start to repeat (2 for
+    `<a0_.> <a1_.>` frames of 2 codebooks, 2 for `<pf.> <pl.>` prosody pairs), so a window never
+    splits a frame. The header holds the open marker and the clip-level tokens after it."""
     blocks, i = [], 0
     while i < len(tokens):
         m = _OPEN.fullmatch(tokens[i])
@@ -95,11 +98,14 @@ def _speech_blocks(tokens: Sequence[str]) -> list[tuple[str, list[str], str, int
             raise ConfigError(f"speech tokens: {tokens[i]!r} at position {i} is not the start of a "
                               "framed stream (<audio> ... </audio>); frame every stream")
         body = list(tokens[i + 1: j])
+        head = [tokens[i]]
+        while body and _KIND.sub(">", body[0]) in _CLIP_LEVEL:
+            head.append(body.pop(0))
         kinds = [_KIND.sub(">", t) for t in body]
         frame = next((k for k in range(1, len(kinds)) if kinds[k] == kinds[0]), max(1, len(kinds)))
         if len(body) % frame:
             frame = 1
-        blocks.append((tokens[i], body, close, frame))
+        blocks.append((head, body, close, frame))
         i = j + 1
     return blocks
 
@@ -114,7 +120,7 @@ def speech_windows(tokens: Sequence[str], max_tokens: int) -> list[list[str]]:
     if len(tokens) <= max_tokens:
         return [tokens]
     blocks = _speech_blocks(tokens)
-    overhead = 2 * len(blocks)
+    overhead = sum(len(head) + 1 for head, *_ in blocks)
     if max_tokens < overhead + sum(f for *_, f in blocks):
         raise ConfigError(f"speech tokens: a window of {max_tokens} tokens cannot hold one frame of "
                           f"each stream; raise max_len (or shorten the instruction)")
@@ -127,8 +133,8 @@ def speech_windows(tokens: Sequence[str], max_tokens: int) -> list[list[str]]:
         if max(sizes) <= max_tokens:
             break
         n += 1
-    return [[tok for (op, body, cl, f), b in zip(blocks, bounds, strict=True)
-             for tok in (op, *body[f * b[k]: f * b[k + 1]], cl)] for k in range(n)]
+    return [[tok for (head, body, cl, f), b in zip(blocks, bounds, strict=True)
+             for tok in (*head, *body[f * b[k]: f * b[k + 1]], cl)] for k in range(n)]
 
 
 def student_prompt_windows(tokenizer: Any, instruction: str, speech_tokens: Sequence[str],

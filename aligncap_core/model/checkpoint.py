@@ -46,7 +46,8 @@ from aligncap_core.utils import atomic_dir, atomic_write, link_or_copy
 FORMAT_VERSION = 2
 EMBEDDED_BASE = "base"  # meta["base_model"] of a checkpoint that holds its base (module doc)
 # speech tokens the LM reads but never writes: EnCodec codes and the prosody stream (codec.prosody)
-AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>|<pf\d+>|<pf_u>|<pl\d+>|<prosody>|</prosody>")
+AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>|<pf\d+>|<pf_u>|<pl\d+>|<pv\d+>|<pv_u>|"
+                            r"<prosody>|</prosody>")
 
 
 def capture_rng_state() -> dict[str, Any]:

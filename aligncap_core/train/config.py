@@ -165,8 +165,10 @@ class StudentConfig:
     instruction: str = DEFAULT_INSTRUCTION  # text before the audio tokens
     keep_q: int | None = None  # read only the first keep_q codebooks (None: all the codec has)
     acoustic_prompt: bool = True  # the teacher's input during KD includes P_act
-    # read a prosody token stream (quantised log-F0 and level, codec/prosody.py) after the codes
-    prosody: bool = False
+    # read a prosody token stream (quantised log-F0 and level, codec/prosody.py) after the codes:
+    # false, true (ProsodySettings' defaults) or a mapping of its fields, e.g. {voice_bins: 16}
+    # for the clip's formant-spacing token
+    prosody: Any = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=_student_train)
 
@@ -184,6 +186,10 @@ class StudentConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.keep_q is not None and self.keep_q < 1:
             raise ConfigError(f"keep_q must be >= 1 or null, got {self.keep_q}")
+        if not isinstance(self.prosody, bool | dict):
+            raise ConfigError(f"prosody must be true, false or a mapping of prosody settings, "
+                              f"got {self.prosody!r}")
+        self.prosody_settings  # noqa: B018 - a bad mapping raises ConfigError here, not mid-run
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -113,24 +113,30 @@ def speech_tokens(data_dir: str | Path, row: dict, keep_q: int | None,
                   prosody: Any = None) -> list[str]:
     """What the student reads of a clip: `<audio>` codes `</audio>`, then (with `prosody`, a
     ProsodySettings) the clip's `<prosody>` stream, computed from its audio file."""
-    from aligncap_core.codec import codes_to_tokens, load_codes
+    from aligncap_core.codec import codes_to_tokens
 
-    tokens = codes_to_tokens(load_codes(data_dir, row), keep_q=keep_q)
-    if prosody is not None:
-        tokens += prosody_tokens(data_dir, row, prosody)
-    return tokens
+    codes, stream = row_streams(data_dir, row, prosody)
+    return codes_to_tokens(codes, keep_q=keep_q) + (stream or [])
 
 
-def prosody_tokens(data_dir: str | Path, row: dict, prosody: Any) -> list[str]:
-    """The `<prosody>` stream of a row's audio file (codec/prosody.py)."""
-    from aligncap_core.codec.prosody import audio_prosody_tokens
+def row_streams(data_dir: str | Path, row: dict, prosody: Any) -> tuple[Any, list[str] | None]:
+    """(a row's codes, its `<prosody>` stream or None without `prosody`): the codes from the
+    data dir's shards, the stream from its audio file, both over the span the settings keep
+    (`codec.prosody.clip_streams`)."""
+    from aligncap_core.codec import load_codes
+
+    codes = load_codes(data_dir, row)
+    if prosody is None:
+        return codes, None
+    from aligncap_core.codec.prosody import clip_streams
+    from aligncap_core.codec.tokenizer import read_audio
 
     audio = Path(row["audio"])
     path = audio if audio.is_absolute() else Path(data_dir) / audio
     if not path.is_file():
         raise DataError(f"{row.get('id')}: audio file not found: {path} (the prosody stream "
                         "is read from the audio)")
-    return audio_prosody_tokens(path, PROSODY_RATE, prosody)
+    return clip_streams(codes, read_audio(path, PROSODY_RATE), PROSODY_RATE, prosody)
 
 
 PROSODY_RATE = 24_000  # Hz the prosody stream is measured at (prepare's default rate)

@@ -228,7 +228,9 @@ def build_student_model(data_dir: Path, teacher_ckpt: str | Path,
         teacher_adapter, base_model = TEACHER_ADAPTER, meta["base_model"]
     from aligncap_core.codec.prosody import prosody_vocab
 
-    vocab = audio_token_vocab(*data.codec_layout(data_dir, data.read_rows(data_dir))) + prosody_vocab()
+    # + the configured stream's tokens, for settings other than the defaults
+    vocab = list(dict.fromkeys(audio_token_vocab(*data.codec_layout(data_dir, data.read_rows(data_dir)))
+                               + prosody_vocab() + prosody_vocab(cfg.prosody_settings)))
     # already in the teacher's vocabulary (added in the teacher stage): this just returns ids
     audio_ids = add_audio_tokens(model, tok, vocab)
     torch.manual_seed(cfg.train.seed)  # LoRA A init

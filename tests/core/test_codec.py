@@ -323,3 +323,109 @@ def test_prosody_stream_tracks_pitch_level_and_silence():
     tokens = prosody_to_tokens(codes, s)
     assert tokens[0] == "<prosody>" and tokens[-1] == "</prosody>" and "<pf_u>" in tokens
     assert len(tokens) == 2 + 2 * codes.shape[1] and set(tokens) <= set(prosody_vocab(s))
+
+
+def _vowel(f0: float, spacing: float, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
+    """A glottal pulse train at `f0` through the first five resonances of a uniform tube closed
+    at one end (F_n = (n - 1/2) * spacing, 80 Hz bandwidths): a steady vowel."""
+    from scipy.signal import lfilter
+
+    n = int(seconds * sr)
+    x = np.zeros(n)
+    x[:: max(1, int(round(sr / f0)))] = 1.0
+    for k in range(1, 6):
+        f = (k - 0.5) * spacing
+        if f >= sr / 2:
+            break
+        r = np.exp(-np.pi * 80 / sr)
+        x = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / sr), r * r], x)
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+def test_formant_spacing_reads_the_vocal_tract_not_the_pitch():
+    from aligncap_core.codec.prosody import formant_spacing
+
+    sr = 24000
+    for spacing in (1000.0, 1180.0):
+        for f0 in (110.0, 220.0):  # a man's and a woman's F0 through the same tract
+            got = formant_spacing(_vowel(f0, spacing), sr)
+            assert abs(got - spacing) / spacing < 0.05, (f0, spacing, got)
+    # silence and noise have no voiced frames to measure
+    assert np.isnan(formant_spacing(np.zeros(sr, dtype=np.float32), sr))
+    assert np.isnan(formant_spacing(np.random.default_rng(0).normal(0, 0.1, sr).astype(np.float32), sr))
+
+
+def test_voice_token_opens_the_stream_only_when_configured():
+    from aligncap_core.codec.prosody import (
+        ProsodySettings,
+        prosody_codes,
+        prosody_stream,
+        prosody_to_tokens,
+        prosody_vocab,
+        voice_bin,
+    )
+    from aligncap_core.model.checkpoint import AUDIO_TOKEN_RE
+
+    sr, x = 24000, _vowel(150.0, 1000.0)
+    plain = ProsodySettings()
+    assert prosody_stream(x, sr, plain) == prosody_to_tokens(prosody_codes(x, sr, plain), plain)
+    s = ProsodySettings(voice_bins=16)
+    tokens = prosody_stream(x, sr, s)
+    assert tokens[0] == "<prosody>" and tokens[1] == f"<pv{voice_bin(1000.0, s)}>"
+    assert tokens[2:] == prosody_stream(x, sr, plain)[1:]  # the rest of the stream is unchanged
+    assert set(tokens) <= set(prosody_vocab(s)) and all(AUDIO_TOKEN_RE.fullmatch(t) for t in tokens)
+    # a longer tract (a man's) sits bins below a shorter one (a woman's); out of range clamps
+    assert voice_bin(1180.0, s) - voice_bin(1000.0, s) >= 4
+    assert voice_bin(10.0, s) == 0 and voice_bin(1e5, s) == 15 and voice_bin(float("nan"), s) == 16
+    silent = prosody_stream(np.zeros(sr, dtype=np.float32), sr, s)
+    assert silent[1] == "<pv_u>"
+    # every vocabulary holds the default voice tokens, so any student of a teacher can read them
+    assert set(prosody_vocab(s)) <= set(prosody_vocab())
+
+
+def test_recorded_prosody_settings_keep_their_stream():
+    """A checkpoint records its stream's settings; one recorded before the voice token (no
+    voice_bins key) must read the stream it was trained on, whatever the defaults become."""
+    from aligncap_core.codec.prosody import ProsodySettings
+    from aligncap_core.errors import ConfigError
+    from aligncap_core.train.config import StudentConfig, from_dict
+
+    old = {k: v for k, v in ProsodySettings().to_dict().items() if not k.startswith("voice_")}
+    assert ProsodySettings.coerce(old).voice_bins == 0
+    assert ProsodySettings.coerce(ProsodySettings(voice_bins=16).to_dict()).voice_bins == 16
+    assert from_dict(StudentConfig, {"prosody": {"voice_bins": 16}}).prosody_settings.voice_bins == 16
+    with pytest.raises(ConfigError, match="voce_bins"):
+        from_dict(StudentConfig, {"prosody": {"voce_bins": 16}})
+    with pytest.raises(ConfigError, match="mapping"):
+        from_dict(StudentConfig, {"prosody": "yes"})
+    with pytest.raises(ConfigError, match="voice_bins"):
+        ProsodySettings(voice_bins=-1)
+
+
+def test_streams_cover_only_the_active_span_when_trimming():
+    """trim_db > 0: leading and trailing silence is cut from both streams (codes sliced at the
+    same fractions of the clip), and a clip padded with silence reads like the clip itself."""
+    from aligncap_core.codec.prosody import ProsodySettings, active_span, clip_streams, prosody_stream
+    from aligncap_core.errors import ConfigError
+
+    sr = 24000
+    speech = _vowel(180.0, 1100.0, seconds=1.2)
+    quiet = np.random.default_rng(1).normal(0, 1e-4, 2 * sr).astype(np.float32)  # -80 dBFS hiss
+    padded = np.concatenate([quiet, speech, quiet[: sr]])
+    s = ProsodySettings(voice_bins=16, trim_db=35, trim_pad_s=0.1)
+    start, end = active_span(padded, sr, s)
+    assert abs(start / sr - 1.9) <= 0.02 and abs(end / sr - 3.3) <= 0.02  # speech at 2.0-3.2 s, 0.1 s pad
+    assert active_span(padded, sr, ProsodySettings()) == (0, len(padded))  # trim_db 0: all of it
+    frames = -(-len(padded) * 75 // sr)
+    codes = np.arange(2 * frames, dtype=np.int16).reshape(2, frames)
+    cut, stream = clip_streams(codes, padded, sr, s)
+    assert cut.shape[0] == 2 and abs(cut.shape[1] - (end - start) / sr * 75) <= 1
+    assert cut[0, 0] == codes[0, start * frames // len(padded)]  # the span's own frames, in order
+    assert np.array_equal(cut[1], codes[1, cut[1, 0] - frames: cut[1, 0] - frames + cut.shape[1]])
+    alone = prosody_stream(np.concatenate([np.zeros(int(0.1 * sr), np.float32), speech,
+                                           np.zeros(int(0.1 * sr), np.float32)]), sr, s)
+    assert stream[:2] == alone[:2] and abs(len(stream) - len(alone)) <= 2  # same voice, same length
+    untrimmed = clip_streams(codes, padded, sr, ProsodySettings(voice_bins=16))
+    assert untrimmed[0] is codes and len(untrimmed[1]) > 2 * len(stream)
+    with pytest.raises(ConfigError, match="trim_db"):
+        ProsodySettings(trim_db=-1)

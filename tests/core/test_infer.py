@@ -233,22 +233,28 @@ def test_dpo_checkpoint_inherits_the_policys_speech_settings(student, tmp_path):
 
 
 def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
-    """A student trained with `prosody: true` reads `<prosody> ... </prosody>` after its codes;
-    its checkpoint records the stream's settings, and captioning audio computes the stream."""
+    """A student trained with a prosody stream (here with the voice token and the silence trim)
+    reads `<prosody> ... </prosody>` after its codes; its checkpoint records the stream's
+    settings, and captioning audio computes the same stream training read."""
     from aligncap_core.codec import load_codes
     from aligncap_core.inference.captioner import Speech
+    from aligncap_core.train.data import row_streams
 
     teacher = stages.train_teacher(corpus, tmp_path / "t", TeacherConfig(preset="micro", train=quick(max_steps=4)),
                                    show_progress=False)
+    settings = {"voice_bins": 16, "trim_db": 35.0}
     ckpt = stages.train_student(corpus, teacher, tmp_path / "s",
-                                StudentConfig(prosody=True, train=quick(max_steps=4, eval_every=0)),
+                                StudentConfig(prosody=settings, train=quick(max_steps=4, eval_every=0)),
                                 show_progress=False)
     speech = json.loads((ckpt / "meta.json").read_text())["speech"]
-    assert speech["prosody"]["hop_s"] == 0.08
+    assert speech["prosody"]["hop_s"] == 0.08 and speech["prosody"]["voice_bins"] == 16
+    assert speech["prosody"]["trim_db"] == 35.0
     cap = Captioner.load(ckpt, device="cpu")
     rows = read_jsonl(corpus / "manifest.jsonl")[:2]
     [clip] = cap.encode_files([corpus / rows[0]["audio"]])
-    assert isinstance(clip, Speech) and clip.prosody[0] == "<prosody>"
+    assert isinstance(clip, Speech) and clip.prosody[0] == "<prosody>" and clip.prosody[1].startswith("<pv")
+    codes, stream = row_streams(corpus, rows[0], cap.prosody)
+    assert clip.prosody == stream and clip.codes.shape == codes.shape  # what training read
     (ids,) = cap.prompt_windows(clip, 8)
     vocab = cap.tokenizer.get_vocab()
     assert ids[-len(clip.prosody):] == [vocab[t] for t in clip.prosody]  # the stream ends the prompt

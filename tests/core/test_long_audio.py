@@ -196,3 +196,17 @@ def test_windows_keep_the_prosody_stream_after_the_audio():
         seen_a += toks[i + 1:j - 1]
         seen_p += toks[j + 1:-1]
     assert seen_a == audio[1:-1] and seen_p == prosody[1:-1]
+
+
+def test_every_window_repeats_the_clip_level_voice_token():
+    """The voice token (`<pv{k}>`, the clip's formant spacing) says something about the whole
+    clip, so each window of a long clip carries it at the head of its prosody span."""
+    tokens = _audio(300) + ["<prosody>", "<pv5>"] + _prosody(50)[1:]
+    windows = speech_windows(tokens, 200)
+    assert len(windows) > 1 and all(len(w) <= 200 for w in windows)
+    hops = []
+    for w in windows:
+        j = w.index("<prosody>")
+        assert w[j + 1] == "<pv5>" and w[j + 2].startswith("<pf")
+        hops += w[j + 2:-1]
+    assert hops == _prosody(50)[1:-1]  # every hop once, in order, none split
