@@ -124,7 +124,6 @@ def formant_spacing(x: np.ndarray, sr: int, f0: np.ndarray | None = None,
     """Formant spacing dF in Hz of a clip's voiced frames (nan when fewer than 3 frames have
     four formants). f0 / f0_hop: `yin_track(x, sr)` when the caller has it already."""
     import soxr
-    from scipy.linalg import solve_toeplitz
 
     from aligncap_core.data.synth.measure import yin_track
 
@@ -132,36 +131,35 @@ def formant_spacing(x: np.ndarray, sr: int, f0: np.ndarray | None = None,
     if f0 is None or f0_hop is None:
         f0, f0_hop = yin_track(x, sr)
     y = soxr.resample(x, sr, _LPC_RATE).astype(np.float64) if sr != _LPC_RATE else x
-    if len(y) < 2:
+    n, hop, p = int(0.025 * _LPC_RATE), int(0.010 * _LPC_RATE), _LPC_ORDER
+    if len(y) <= n or not len(f0):
         return float("nan")
     y = np.append(y[0], y[1:] - 0.97 * y[:-1])
-    n, hop = int(0.025 * _LPC_RATE), int(0.010 * _LPC_RATE)
-    win = np.hamming(n)
-    found = []
-    for i in range(0, len(y) - n, hop):
-        k = int((i + n / 2) / _LPC_RATE / f0_hop)
-        if k >= len(f0) or np.isnan(f0[k]):
-            continue
-        fr = y[i:i + n] * win
-        r = np.correlate(fr, fr, "full")[n - 1:n + _LPC_ORDER + 1]
-        if r[0] <= 1e-10:
-            continue
-        try:
-            a = solve_toeplitz(r[:_LPC_ORDER], -r[1:_LPC_ORDER + 1])
-        except (np.linalg.LinAlgError, ValueError):
-            continue
-        roots = np.roots(np.r_[1.0, a])
-        roots = roots[np.imag(roots) > 0]
-        freq = np.angle(roots) * _LPC_RATE / (2 * np.pi)
-        bw = -_LPC_RATE / np.pi * np.log(np.abs(roots))
-        freq = np.sort(freq[(freq > 200) & (bw < 500) & (freq < 4800)])
-        if len(freq) >= 4:
-            found.append(freq[2:4])
+    starts = np.arange(0, len(y) - n, hop)
+    k = np.minimum(((starts + n / 2) / _LPC_RATE / f0_hop).astype(int), len(f0) - 1)
+    starts = starts[~np.isnan(f0[k]) & ((starts + n / 2) / _LPC_RATE / f0_hop < len(f0))]
+    frames = np.lib.stride_tricks.sliding_window_view(y, n)[starts] * np.hamming(n)
+    r = np.stack([np.einsum("ij,ij->i", frames[:, :n - lag], frames[:, lag:]) for lag in range(p + 1)], 1)
+    r = r[r[:, 0] > 1e-10]
+    if len(r) < 3:
+        return float("nan")
+    # LPC by the normal equations, all frames at once (a tiny diagonal load keeps them solvable)
+    toeplitz = r[:, np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])]
+    toeplitz[:, np.arange(p), np.arange(p)] *= 1 + 1e-9
+    a = np.linalg.solve(toeplitz, -r[:, 1:, None])[..., 0]
+    companion = np.zeros((len(a), p, p))
+    companion[:, 0, :] = -a
+    companion[:, np.arange(1, p), np.arange(p - 1)] = 1.0
+    roots = np.linalg.eigvals(companion)  # the poles: roots of 1 + a1 z^-1 + ... + ap z^-p
+    freq = np.angle(roots) * _LPC_RATE / (2 * np.pi)
+    bw = -_LPC_RATE / np.pi * np.log(np.maximum(np.abs(roots), 1e-12))
+    ok = (np.imag(roots) > 0) & (freq > 200) & (bw < 500) & (freq < 4800)
+    formants = np.sort(np.where(ok, freq, np.inf), axis=1)
+    found = formants[ok.sum(axis=1) >= 4, 2:4]
     if len(found) < 3:
         return float("nan")
-    f3, f4 = np.median(np.array(found), axis=0)
+    f3, f4 = np.median(found, axis=0)
     return float((f3 / 2.5 + f4 / 3.5) / 2)
-
 
 def prosody_codes(wav: np.ndarray, sample_rate: int, settings: ProsodySettings,
                   track: tuple[np.ndarray, float] | None = None) -> np.ndarray:

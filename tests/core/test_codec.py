@@ -405,7 +405,12 @@ def test_recorded_prosody_settings_keep_their_stream():
 def test_streams_cover_only_the_active_span_when_trimming():
     """trim_db > 0: leading and trailing silence is cut from both streams (codes sliced at the
     same fractions of the clip), and a clip padded with silence reads like the clip itself."""
-    from aligncap_core.codec.prosody import ProsodySettings, active_span, clip_streams, prosody_stream
+    from aligncap_core.codec.prosody import (
+        ProsodySettings,
+        active_span,
+        clip_streams,
+        prosody_stream,
+    )
     from aligncap_core.errors import ConfigError
 
     sr = 24000
