@@ -122,9 +122,8 @@ def ablation(out_dir: str = "runs/ablation", ablation: AblationParams = Ablation
     if tracking.enabled:  # resolved once, so every stage logs to the same server
         tracking = tracking.model_copy(update={"tracking_uri": tracking.uri(out_dir)})
     evaluation = eval_params(cfg)
-    if cfg.realdata and evaluation.realdata_manifest() is None:
-        get_run_logger().warning("ablation: real-data manifest %s not found; real-data evaluation "
-                                 "skipped", cfg.realdata)
+    if missing := evaluation.realdata_missing():
+        get_run_logger().warning("ablation: %s", missing)
     with parent_run(tracking, out_dir, "ablation", None, cfg.to_dict()) as t:
         data_dir = cfg.data_dir or prepare_data(
             out_dir, DataParams(synth_n=cfg.synth_n, n_q=cfg.n_q), tracking=tracking,

@@ -240,6 +240,13 @@ class EvalParams(_Params):
             return self.realdata
         return None
 
+    def realdata_missing(self) -> str | None:
+        """What to log when a real-data manifest is set but not found (None: found, or unset)."""
+        if not self.realdata or self.realdata_manifest():
+            return None
+        return (f"evaluation.realdata {self.realdata} not found (relative to {Path.cwd()}); the "
+                "real-speech evaluation is skipped: set evaluation.realdata to the manifest")
+
 
 class ImproveParams(config_params(ImproveConfig, "ImproveFields", base=_Stage,
                                    nested={"dpo": (DPORoundConfig, ("round",))})):

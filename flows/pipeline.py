@@ -99,6 +99,8 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
         # resolved once here, so stages on other workers log to the same store
         tracking = tracking.model_copy(update={"tracking_uri": tracking.uri(out_dir)})
     cfg = improve.resolved(evaluation)
+    if missing := evaluation.realdata_missing():
+        log.warning(missing)
     params = {"out_dir": out_dir, "data": data.model_dump(), "teacher": teacher.resolved(),
               "student": student.resolved(), "improve": cfg, "evaluation": evaluation.model_dump(),
               "use_deployments": remote, "store": st.root}

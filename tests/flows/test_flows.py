@@ -104,10 +104,16 @@ def test_stage_params_are_the_library_config_shape():
     # the demo's sections are library YAMLs as they stand (what `aligncap train teacher --config` reads)
     demo = yaml.safe_load((REPO / "flows/demo.yaml").read_text())
     assert from_dict(TeacherConfig, demo["teacher"]).train.max_steps == demo["teacher"]["train"]["max_steps"]
-    assert from_dict(StudentConfig, demo["student"]).prosody is True
+    prosody = from_dict(StudentConfig, demo["student"]).prosody_settings
+    assert prosody.voice_bins == 16 and prosody.trim_db == 35  # the voice token and the silence trim
     assert ImproveConfig.from_dict(demo["improve"]).dpo == demo["improve"]["dpo"]
     # the decoder section is DecodingSettings' shape too
     assert EvalParams(decoding={"strategy": "greedy"}).settings()["decoding"] == {"strategy": "greedy"}
+    # a real-data manifest that is set but not found is said, not skipped in silence
+    missing = EvalParams(realdata="no/such/manifest.jsonl").realdata_missing()
+    assert "no/such/manifest.jsonl not found" in missing and "skipped" in missing
+    assert EvalParams(realdata=None).realdata_missing() is None
+    assert EvalParams(realdata=str(REPO / "flows/demo.yaml")).realdata_missing() is None  # exists
 
 
 
