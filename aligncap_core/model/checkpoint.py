@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import yaml
 
+from aligncap_core.codec.prosody import TOKEN_RE as PROSODY_TOKEN_RE
 from aligncap_core.errors import ConfigError, StorageError
 from aligncap_core.model.base import load_base
 from aligncap_core.utils import atomic_dir, atomic_write, link_or_copy
@@ -46,8 +47,7 @@ from aligncap_core.utils import atomic_dir, atomic_write, link_or_copy
 FORMAT_VERSION = 2
 EMBEDDED_BASE = "base"  # meta["base_model"] of a checkpoint that holds its base (module doc)
 # speech tokens the LM reads but never writes: EnCodec codes and the prosody stream (codec.prosody)
-AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>|<pf\d+>|<pf_u>|<pl\d+>|<pv\d+>|<pv_u>|"
-                            r"<prosody>|</prosody>")
+AUDIO_TOKEN_RE = re.compile(r"<a\d+_\d+>|<audio>|</audio>|" + PROSODY_TOKEN_RE.pattern)
 
 
 def capture_rng_state() -> dict[str, Any]:
