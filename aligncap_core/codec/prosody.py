@@ -136,8 +136,8 @@ def formant_spacing(x: np.ndarray, sr: int, f0: np.ndarray | None = None,
         return float("nan")
     y = np.append(y[0], y[1:] - 0.97 * y[:-1])
     starts = np.arange(0, len(y) - n, hop)
-    k = np.minimum(((starts + n / 2) / _LPC_RATE / f0_hop).astype(int), len(f0) - 1)
-    starts = starts[~np.isnan(f0[k]) & ((starts + n / 2) / _LPC_RATE / f0_hop < len(f0))]
+    k = ((starts + n / 2) / _LPC_RATE / f0_hop).astype(int)  # the F0 frame at each frame's centre
+    starts = starts[(k < len(f0)) & ~np.isnan(f0[np.minimum(k, len(f0) - 1)])]
     frames = np.lib.stride_tricks.sliding_window_view(y, n)[starts] * np.hamming(n)
     r = np.stack([np.einsum("ij,ij->i", frames[:, :n - lag], frames[:, lag:]) for lag in range(p + 1)], 1)
     r = r[r[:, 0] > 1e-10]
@@ -160,6 +160,7 @@ def formant_spacing(x: np.ndarray, sr: int, f0: np.ndarray | None = None,
         return float("nan")
     f3, f4 = np.median(found, axis=0)
     return float((f3 / 2.5 + f4 / 3.5) / 2)
+
 
 def prosody_codes(wav: np.ndarray, sample_rate: int, settings: ProsodySettings,
                   track: tuple[np.ndarray, float] | None = None) -> np.ndarray:

@@ -81,7 +81,7 @@ _KIND = re.compile(r"(_\d+|\d+|_u)>$")  # <a1_907> -> <a1>, <pf7> / <pf_u> -> <p
 _CLIP_LEVEL = ("<pv>",)
 
 
-def _speech_blocks(tokens: Sequence[str]) -> list[tuple[str, list[str], str, int]]:
+def _speech_blocks(tokens: Sequence[str]) -> list[tuple[list[str], list[str], str, int]]:
     """[(open + clip-level header, body, close, tokens per frame)] of framed streams
     `<x> ... </x>`. Tokens per frame: where the body's token kinds start to repeat (2 for
     `<a0_.> <a1_.>` frames of 2 codebooks, 2 for `<pf.> <pl.>` prosody pairs), so a window never
