@@ -290,15 +290,18 @@ CodecDir = Annotated[Path | None, typer.Option("--codec-dir", help="Saved codec 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="The model's dtype: auto (bf16 on a GPU, and on a CPU whose bf16 units, AMX / AVX512-BF16, are measured faster; else fp32), fp32 or bf16.")]
 DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or consistent (default: the checkpoint's).")]
+LevelCheckOpt = Annotated[bool, typer.Option("--level-check/--no-level-check", help="Leave volume and emotion out of the caption of a clip whose level is far outside the training audio's (the reason is reported).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 
 def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
-            max_seconds: float, decoding: str | None, dtype: str = "auto", **settings):
+            max_seconds: float, decoding: str | None, dtype: str = "auto", level_check: bool = True,
+            **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
-                                dtype=dtype, max_seconds=max_seconds, decoding=decoding, **settings)
+                                dtype=dtype, max_seconds=max_seconds, decoding=decoding,
+                                level_check=level_check, **settings)
     console.print(f"model {engine.model.uri} ({engine.version}, {engine.captioner.dtype_line}); "
                   f"{engine.captioner.decoding}; {engine.settings}", markup=False)
     return engine
@@ -317,17 +320,20 @@ def caption_cmd(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per generation batch.")] = None,
     max_seconds: MaxSeconds = 60.0,
     decoding: DecodingOpt = None,
+    level_check: LevelCheckOpt = True,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Caption clips; unreadable ones are reported (rejects.jsonl, stderr) and skipped. With
-    --out: OUT/predictions.jsonl (id, audio, caption, attributes, seconds) and a JSON summary."""
+    --out: OUT/predictions.jsonl (id, audio, caption, attributes, withheld, seconds) and a JSON
+    summary."""
     from aligncap_core.serving.batch import caption_to_jsonl, expand_inputs
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
-    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, num_beams=beams,
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
+                     num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -342,9 +348,13 @@ def caption_cmd(
             for line in Path(summary["predictions"]).read_text().splitlines():
                 row = json.loads(line)
                 typer.echo(f"{row['audio']}\t{row['caption']}")
+                if row.get("withheld"):
+                    console.print(f"note: {row['audio']}: {row['withheld']['reason']}", soft_wrap=True,
+                                  markup=False)
     if out is not None:
         stdout.print_json(json.dumps(summary))
-    console.print(f"{summary['captioned']} captioned, {summary['rejected']} skipped, "
+    console.print(f"{summary['captioned']} captioned ({summary['withheld']} without volume and emotion: "
+                  "level outside the training audio's), {summary['rejected']} skipped, "
                   f"{len(ignored)} non-audio files ignored ({summary['clips_per_s']} clips/s)")
     if summary["rejected"] and not summary["captioned"]:
         raise typer.Exit(1)
@@ -360,15 +370,16 @@ def serve_cmd(
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most clips captioned together under load.")] = 16,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more clips after its first.")] = 10.0,
     decoding: DecodingOpt = None,
+    level_check: LevelCheckOpt = True,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """HTTP service: POST /caption (multipart `file`) -> {caption, attributes, model_version}; GET /health."""
+    """HTTP service: POST /caption (multipart `file`) -> {caption, attributes, withheld, model_version}; GET /health."""
     from aligncap_core.serving.http import serve
 
-    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype)
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -390,6 +401,7 @@ def evaluate_cmd(
     decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = DecodingSettings.strategy,
     samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = DecodingSettings.samples,
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = DecodingSettings.risk,
+    level_check: LevelCheckOpt = True,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
@@ -403,7 +415,8 @@ def evaluate_cmd(
     report = evaluate_checkpoint(model, manifest, out, splits=split, settings=settings,
                                  batch_size=batch_size, kl_gap=not no_kl, teacher_ckpt=teacher,
                                  limit=limit, codec_dir=codec_dir, device=device, dtype=dtype,
-                                 decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk),
+                                 decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk,
+                                                           level_check=level_check),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")

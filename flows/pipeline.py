@@ -145,7 +145,8 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
 
 
 # what `make demo` prints and plots (names of aligncap_core.eval.metrics.report_keys; a test checks)
-TABLE_METRICS = ("clue_f1", "hallucination_rate", "kl_gap", "cider", "meteor")
+# level_withheld: share of clips the level check left volume and emotion out of (inference.domain)
+TABLE_METRICS = ("clue_f1", "hallucination_rate", "level_withheld", "kl_gap", "cider", "meteor")
 PLOT_METRICS = ("bleu4", "cider", "clue_f1", "hallucination_rate")
 TABLE_ATTRIBUTES = ("emotion", "pitch", "speed", "volume", "gender")  # of vocab.ATTRIBUTES
 

@@ -239,8 +239,9 @@ class Captioner:
 
         settings: generation limits (max_new_tokens, batch_size). decoding: greedy or the
         attribute-consistent decoder (`inference.consistent`); default `self.decoding`. A
-        decision (consistent decoding only, else None) says which candidate was chosen and how
-        much the candidates agreed on each attribute. Prompts are generated longest first, so
+        decision (consistent decoding; greedy only for a clip the level check withholds
+        attributes of, else None) says which candidate was chosen, how much the candidates
+        agreed on each attribute, and what was withheld and why (`inference.domain`). Prompts are generated longest first, so
         each batch carries little left padding.
         """
         from aligncap_core.prefs.candidates import audio_token_ids_of
@@ -272,12 +273,18 @@ class Captioner:
                                      suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs))
 
         sorted_prompts = [prompts[i] for i in order]
+        clip_held = self.withheld(codes, d)
+        held = [clip_held[owner[i]] for i in order]
         if d.strategy == "greedy":
             texts = generate_captions(self.model, self.tokenizer, sorted_prompts, s,
                                       suppress_token_ids=suppress)
             decisions: list[Decision | None] = [None] * len(texts)
+            for attrs in {w.attributes for w in held if w is not None}:
+                idx = [k for k, w in enumerate(held) if w is not None and w.attributes == attrs]
+                for k, t in zip(idx, omit([sorted_prompts[k] for k in idx], attrs), strict=True):
+                    texts[k], decisions[k] = t, Decision(0, 0.0, withheld=held[k].to_dict())
         else:
-            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit)
+            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit, held)
         out: list[str] = [""] * len(prompts)
         why: list[Decision | None] = [None] * len(prompts)
         for i, t, w in zip(order, texts, decisions, strict=True):
@@ -309,19 +316,36 @@ class Captioner:
             self._parser = EmotionClueParser()
         return self._parser
 
-    def encode_waves(self, waves: Sequence[np.ndarray]) -> list[np.ndarray | Speech]:
+    def encode_waves(self, waves: Sequence[np.ndarray]) -> list[Speech]:
         """What the student reads of each mono wave at the codec's rate: its codes `(n_q, T)`,
-        or a `Speech` with the prosody stream too when the student reads one."""
+        the prosody stream when the student reads one, and the clip's level (for the level
+        check, `inference.domain`)."""
+        from aligncap_core.inference.domain import clip_level_db
+
         codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
+        rate = self.codec.sample_rate
+        levels = [clip_level_db(w, rate) for w in waves]
         prosody = self.prosody
         if prosody is None:
-            return codes
+            return [Speech(c, None, lv) for c, lv in zip(codes, levels, strict=True)]
         from aligncap_core.codec.prosody import clip_streams
 
-        rate = self.codec.sample_rate
-        return [Speech(*clip_streams(c, w, rate, prosody)) for c, w in zip(codes, waves, strict=True)]
+        return [Speech(*clip_streams(c, w, rate, prosody), lv)
+                for c, w, lv in zip(codes, waves, levels, strict=True)]
 
-    def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray | Speech]:
+    def withheld(self, clips: Sequence[np.ndarray | Speech],
+                 decoding: DecodingSettings | None = None) -> list[Any]:
+        """Per clip, the attributes the level check leaves out (`domain.Withheld`) or None: a
+        clip given as bare codes, or a checkpoint that records no level range, is not checked."""
+        from aligncap_core.inference.domain import level_verdict
+
+        d = decoding or self.decoding
+        if not d.level_check or not self.speech.level_range:
+            return [None] * len(clips)
+        return [level_verdict(c.level_db, self.speech.level_range, d.level_margin_db)
+                if isinstance(c, Speech) else None for c in clips]
+
+    def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[Speech]:
         """`encode_waves` of each file. Every file is read (and checked) before any encoding,
         so a bad file fails fast with its name."""
         return self.encode_waves([read_clip(p, self.codec.sample_rate) for p in paths])
@@ -334,11 +358,12 @@ class Captioner:
 
 @dataclass
 class Speech:
-    """One clip as the student reads it: EnCodec codes `(n_q, T)` and, for a student that reads
-    one, its prosody stream as tokens (`codec.prosody.prosody_to_tokens`)."""
+    """One clip as the student reads it: EnCodec codes `(n_q, T)`, for a student that reads
+    one its prosody stream as tokens (`codec.prosody.prosody_to_tokens`), and its level."""
 
     codes: np.ndarray
     prosody: list[str] | None = None
+    level_db: float | None = None  # the clip's level, dBFS (`domain.clip_level_db`); None: unknown
 
 
 def _run_config(root: Path) -> dict:

@@ -27,6 +27,11 @@ sure of. This decoder looks at what the model believes about each *attribute* in
 
 The choice and the agreement per attribute are returned with the caption (`Decision`), so a
 user can see why a caption says what it says.
+
+An attribute may also be *withheld* from a clip before any candidate is looked at (the level
+check, `inference.domain`): it counts as agreement 0, so stating it costs `risk`, and step 4
+captions the clip without its words when every candidate states it. The decision names it and
+the reason (`Decision.withheld`).
 """
 
 from __future__ import annotations
@@ -47,7 +52,10 @@ class DecodingSettings:
     """How captions are chosen. strategy: "greedy" (one argmax caption) or "consistent" (this
     module). samples, temperature, top_p: the sampled candidates besides the greedy one.
     risk: cost of a false statement relative to the gain of a true one (threshold
-    risk / (1 + risk) on the agreement). seed: sampling seed (same seed, same captions)."""
+    risk / (1 + risk) on the agreement). seed: sampling seed (same seed, same captions).
+    level_check: leave volume and emotion out of the caption of a clip whose level is more than
+    level_margin_db (dB) outside the training audio's range, when the checkpoint records one
+    (`inference.domain`; greedy decoding too)."""
 
     strategy: str = "consistent"
     samples: int = 8
@@ -55,6 +63,8 @@ class DecodingSettings:
     top_p: float = 0.95
     risk: float = 3.0
     seed: int = 0
+    level_check: bool = True
+    level_margin_db: float = 3.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -67,6 +77,8 @@ class DecodingSettings:
                               f"{self.temperature}, {self.top_p}")
         if self.risk < 0:
             raise ConfigError(f"decoding risk must be >= 0, got {self.risk}")
+        if self.level_margin_db < 0:
+            raise ConfigError(f"decoding level_margin_db must be >= 0, got {self.level_margin_db}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,13 +87,14 @@ class DecodingSettings:
 @dataclass
 class Decision:
     """Why a caption was chosen: index (0 = greedy), its utility, the agreement q_a of each
-    attribute's majority value, and the attributes left out although some candidate stated
-    them."""
+    attribute's majority value, the attributes left out although some candidate stated
+    them, and those withheld before decoding with the reason (`domain.Withheld.to_dict`)."""
 
     index: int
     utility: float
     agreement: dict[str, tuple[str, float]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
+    withheld: dict | None = None
 
 
 def agreement(parsed: Sequence[Any]) -> dict[str, Counter]:
@@ -94,15 +107,18 @@ def agreement(parsed: Sequence[Any]) -> dict[str, Counter]:
     return votes
 
 
-def choose(parsed: Sequence[Any], risk: float, voters: Sequence[Any] | None = None) -> Decision:
+def choose(parsed: Sequence[Any], risk: float, voters: Sequence[Any] | None = None,
+           withheld: Any = None) -> Decision:
     """The candidate (index into `parsed`, 0 = greedy) of highest expected utility; the
-    agreement is counted over `voters` (default: the candidates themselves)."""
+    agreement is counted over `voters` (default: the candidates themselves). A `withheld`
+    attribute (`domain.Withheld`) counts as agreement 0: stating it costs `risk`."""
     voters = parsed if voters is None else voters
     n = len(voters)
     votes = agreement(voters)
+    barred = set(withheld.attributes) if withheld is not None else set()
 
     def q(a: str, v: str) -> float:
-        return votes[a][v] / n
+        return 0.0 if a in barred else votes[a][v] / n
 
     best_i, best_u = 0, float("-inf")
     for i, p in enumerate(parsed):
@@ -113,7 +129,8 @@ def choose(parsed: Sequence[Any], risk: float, voters: Sequence[Any] | None = No
     majority = {a: c.most_common(1)[0] for a, c in votes.items() if c}
     return Decision(best_i, round(best_u, 4),
                     {a: (v, round(k / n, 3)) for a, (v, k) in majority.items()},
-                    [a for a in majority if a not in chosen])
+                    [a for a in majority if a not in chosen],
+                    withheld.to_dict() if withheld is not None else None)
 
 
 def omit_words(attr: str) -> list[str]:
@@ -149,30 +166,35 @@ def omit_token_ids(tokenizer: Any, attrs: Sequence[str]) -> list[int]:
 
 
 def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], settings: DecodingSettings,
-                        parser: Any, omit: Any = None) -> tuple[list[str], list[Decision]]:
+                        parser: Any, omit: Any = None, withheld: Sequence[Any] | None = None,
+                        ) -> tuple[list[str], list[Decision]]:
     """One caption per prompt. `generate(prompts, do_sample, n, seed)` returns the decoded
     captions, n per prompt in order (the captioner's generation closure); `omit(prompts, attrs)`
-    greedily captions `prompts` with the words of `attrs` suppressed (step 4; None skips it)."""
+    greedily captions `prompts` with the words of `attrs` suppressed (step 4; None skips it);
+    `withheld`: per prompt, a `domain.Withheld` or None (module docstring)."""
+    held = list(withheld) if withheld is not None else [None] * len(prompts)
     greedy = generate(prompts, False, 1, None)
     sampled = generate(prompts, True, settings.samples, settings.seed)
     k = settings.samples
     groups = [[greedy[i], *sampled[i * k:(i + 1) * k]] for i in range(len(prompts))]
     flat = parser.parse_many([c for g in groups for c in g])
     parsed = [flat[i * (k + 1):(i + 1) * (k + 1)] for i in range(len(prompts))]
-    decisions = [choose(p, settings.risk) for p in parsed]
+    decisions = [choose(p, settings.risk, withheld=w) for p, w in zip(parsed, held, strict=True)]
     if omit is not None:
         threshold = settings.risk / (1 + settings.risk)
         retry: dict[tuple[str, ...], list[int]] = {}
         for i, d in enumerate(decisions):
             said = parsed[i][d.index].attributes
-            unsure = tuple(sorted(a for a, v in said.items() if a in ATTRS
-                                  and d.agreement.get(a, (v, 0.0))[1] < threshold))
-            if unsure:
-                retry.setdefault(unsure, []).append(i)
+            barred = set(held[i].attributes) if held[i] is not None else set()
+            unsure = tuple(sorted(a for a, v in said.items() if a in ATTRS and (
+                a in barred or d.agreement.get(a, (v, 0.0))[1] < threshold)))
+            if unsure:  # a withheld attribute is suppressed too, whether this caption says it or not
+                retry.setdefault(tuple(sorted({*unsure, *barred})), []).append(i)
         for attrs, idx in retry.items():
             extra = omit([prompts[i] for i in idx], attrs)
             for i, text, p in zip(idx, extra, parser.parse_many(extra), strict=True):
                 groups[i].append(text)
                 # the agreement stays that of the k + 1 freely decoded candidates
-                decisions[i] = choose([*parsed[i], p], settings.risk, voters=parsed[i])
+                decisions[i] = choose([*parsed[i], p], settings.risk, voters=parsed[i],
+                                      withheld=held[i])
     return [g[d.index] for g, d in zip(groups, decisions, strict=True)], decisions

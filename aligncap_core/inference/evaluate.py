@@ -228,7 +228,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     `corpus` field, else its id's prefix before the first "-" ("emodb-03a01Fa" -> emodb).
 
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
-    {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap and kl_tokens.
+    {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap, kl_tokens and level_withheld.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -251,7 +251,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
         kls = kl_gap_by_split(_with_adapters(cap, ckpt_uri), data_dir, rows, batch_size=batch_size,
                               acoustic_prompt=acoustic, teacher=_kl_teacher(cap, teacher_ckpt),
                               show_progress=show_progress) if kl_gap else {}
-        metrics, evaluated_splits = _score(rows, preds, kls, group_by, scorer)
+        metrics, evaluated_splits = _score(rows, preds, kls, group_by, scorer, decisions)
         report = {
             "checkpoint": str(ckpt_uri), "step": cap.meta.get("step"), "stage": cap.meta.get("stage"),
             "codec": cap.codec.fingerprint, "speech": dataclasses.asdict(cap.speech),
@@ -287,9 +287,11 @@ def _kl_teacher(cap: Captioner, teacher_ckpt: str | os.PathLike | None) -> tuple
 
 
 def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | None, int]],
-           group_by: str | None, scorer: Any) -> tuple[dict[str, dict], list[str]]:
+           group_by: str | None, scorer: Any, decisions: Sequence[Any] | None = None,
+           ) -> tuple[dict[str, dict], list[str]]:
     """(metrics per split, per `group_by` value ("<group_by>:<value>") and over "all", each split
-    and "all" with its KL gap (token-weighted over the splits); the splits, in row order)."""
+    and "all" with its KL gap (token-weighted over the splits) and `level_withheld` (share of
+    the clips the level check left volume and emotion out of); the splits, in row order)."""
     from aligncap_core.clues import EmotionClueParser
     from aligncap_core.eval import compute_metrics
 
@@ -308,6 +310,9 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         metrics[f"{group_by}:{value}"] = compute_metrics(
             [preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
             [rows[i].get("attributes") for i in idx], parser=parser, meteor=scorer)
+    held = [d is not None and d.withheld is not None for d in decisions or [None] * len(rows)]
+    for name, idx in [*groups.items(), *((f"{group_by}:{v}", i) for v, i in _groups(rows, group_by).items())]:
+        metrics[name]["level_withheld"] = sum(held[i] for i in idx) / len(idx)
     if len(groups) == 1:
         metrics["all"] = dict(metrics[next(iter(groups))])
     else:
@@ -315,7 +320,8 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
                                          [r.get("attributes") for r in rows], parser=parser, meteor=scorer)
         tokens = sum(n for _, n in kls.values())
         weighted = sum(v * n for v, n in kls.values() if v is not None)
-        metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens)
+        metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens,
+                              level_withheld=sum(held) / len(rows))
     return metrics, list(groups)
 
 
@@ -365,15 +371,14 @@ def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings
 
 
 def row_speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
-    """A row as the student reads it: its codes, and its prosody stream when the student reads one."""
-    from aligncap_core.train.data import row_streams
+    """A row as the student reads it: its codes, its prosody stream when the student reads one,
+    and its level when the checkpoint records a level range (the level check)."""
+    from aligncap_core.inference.captioner import Speech
+    from aligncap_core.train.data import row_level, row_streams
 
     codes, stream = row_streams(data_dir, row, cap.prosody)
-    if stream is None:
-        return codes
-    from aligncap_core.inference.captioner import Speech
-
-    return Speech(codes, stream)
+    level = row_level(data_dir, row) if cap.speech.level_range else None
+    return Speech(codes, stream, level) if stream is not None or level is not None else codes
 
 
 def _acoustic_prompt(cap: Captioner) -> bool:

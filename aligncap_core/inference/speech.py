@@ -18,10 +18,12 @@ instruction and keep_q then come from the checkpoint's config.yaml.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,8 @@ class SpeechSettings:
     codec: str | None  # local dir or hub id of the codec; None: none recorded
     codec_fingerprint: str | None
     prosody: dict | None = None  # ProsodySettings of the prosody stream it reads; None: none
+    # [low, high] dBFS of its training clips' levels (`domain.level_range`); None: not recorded
+    level_range: list[float] | None = None
 
 
 def _codes_meta(data_dir: Path) -> dict:
@@ -105,13 +109,15 @@ def find_codec(data_dir: str | os.PathLike) -> SpeechCodec:
 
 def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.PathLike | None, *,
                  instruction: str, keep_q: int | None, n_q: int | None = None,
-                 prosody: Any = None) -> Path:
+                 prosody: Any = None, level_range: Sequence[float] | None = None) -> Path:
     """Make a student checkpoint self-contained; returns `ckpt_dir`.
 
     codec: a `SpeechCodec` (from `find_codec`), a local codec dir (copied into ckpt/codec),
     a hub id (recorded), or None (only the settings are recorded). The copy is atomic (built
     under a temporary name); meta.json gains "speech" only once the codec is in place.
     prosody: the ProsodySettings of the prosody stream the student reads (None: it reads none).
+    level_range: the training audio's level range (`domain.training_level_range`; None: the
+    level check is off for this checkpoint).
     """
     ckpt = Path(ckpt_dir)
     meta_path = ckpt / "meta.json"
@@ -130,7 +136,8 @@ def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.Path
         recorded = CODEC_SUBDIR
     meta = json.loads(meta_path.read_text())
     meta["speech"] = asdict(SpeechSettings(instruction, keep_q, n_q or codec.n_q or None,
-                                           recorded, fp, prosody.to_dict() if prosody else None))
+                                           recorded, fp, prosody.to_dict() if prosody else None,
+                                           [float(v) for v in level_range] if level_range else None))
     with atomic_write(meta_path) as f:
         json.dump(meta, f, indent=2, default=str)
     return ckpt
@@ -176,4 +183,4 @@ def resolve_speech(ckpt_root: str | os.PathLike,
     elif codec is None:
         raise ConfigError(f"{root}: checkpoint has no speech codec; pass --codec-dir DATA_DIR/codec "
                           "(the codec its training data was tokenized with)")
-    return SpeechSettings(s.instruction, s.keep_q, s.n_q, codec, s.codec_fingerprint, s.prosody)
+    return dataclasses.replace(s, codec=codec)

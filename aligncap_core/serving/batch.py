@@ -10,7 +10,8 @@ Inputs:
   a manifest (`*.jsonl`, local or s3://)         one clip per row: `audio` (relative to the
                                                  manifest's folder, absolute or s3://), `id`
 Writes OUT/predictions.jsonl, one line per captioned clip, in input order:
-    {"id", "audio", "caption", "attributes", "seconds"}     (seconds: the clip's duration)
+    {"id", "audio", "caption", "attributes", "withheld", "seconds"}
+    (seconds: the clip's duration; withheld: None, or what the level check left out and why)
 and OUT/rejects.jsonl, one line per clip that could not be captioned (missing or unreadable
 audio, a bad manifest row) with its reason: bad clips are reported and skipped, never fatal and
 never dropped silently (captioned + rejected = clips found). Clips are read a chunk at a time,
@@ -125,7 +126,7 @@ def caption_to_jsonl(engine: Any, inputs: Sequence[str | os.PathLike], out_dir: 
     pred_path, rej_path = out / "predictions.jsonl", out / "rejects.jsonl"
     tmp_pred, tmp_rej = out / ".predictions.jsonl.partial", out / ".rejects.jsonl.partial"
     t0 = time.perf_counter()
-    n_ok = n_bad = 0
+    n_ok = n_bad = n_held = 0
     audio_s = 0.0
     with open(tmp_pred, "w", encoding="utf-8") as fp, open(tmp_rej, "w", encoding="utf-8") as fr, \
             progress(disable=not show_progress) as bar:
@@ -145,6 +146,7 @@ def caption_to_jsonl(engine: Any, inputs: Sequence[str | os.PathLike], out_dir: 
                 fp.write(json.dumps({"id": ref.id, "audio": ref.audio, **res, "seconds": seconds},
                                     ensure_ascii=False) + "\n")
                 audio_s += seconds
+                n_held += res.get("withheld") is not None
             n_ok += len(rows)
             fp.flush()
             fr.flush()
@@ -155,6 +157,7 @@ def caption_to_jsonl(engine: Any, inputs: Sequence[str | os.PathLike], out_dir: 
     os.replace(tmp_rej, rej_path)
     wall = time.perf_counter() - t0
     return {"predictions": str(pred_path), "rejects": str(rej_path), "clips": len(refs),
-            "captioned": n_ok, "rejected": n_bad, "ignored": ignored, "audio_seconds": round(audio_s, 2),
+            "captioned": n_ok, "rejected": n_bad, "withheld": n_held, "ignored": ignored,
+            "audio_seconds": round(audio_s, 2),
             "wall_s": round(wall, 2), "clips_per_s": round(n_ok / wall, 2) if wall else None,
             "model": engine.model.uri, "model_version": engine.version}

@@ -32,12 +32,13 @@ class CaptionEngine:
 
     settings: `GenerationSettings` overrides (max_new_tokens, num_beams, batch_size, ...) on
     top of the checkpoint's defaults. decoding: a strategy ("greedy", "consistent") instead of
-    the Captioner's default (`inference.consistent.DecodingSettings`). max_seconds: the longest
-    clip accepted.
+    the Captioner's default (`inference.consistent.DecodingSettings`). level_check: False turns
+    the level check off (`inference.domain`; None keeps the default, on). max_seconds: the
+    longest clip accepted.
     """
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,
-                 decoding: str | None = None, **settings: Any) -> None:
+                 decoding: str | None = None, level_check: bool | None = None, **settings: Any) -> None:
         import dataclasses
 
         self.captioner = captioner
@@ -45,6 +46,8 @@ class CaptionEngine:
         self.settings = captioner.default_settings(**settings)
         if decoding:
             captioner.decoding = dataclasses.replace(captioner.decoding, strategy=decoding)
+        if level_check is not None:
+            captioner.decoding = dataclasses.replace(captioner.decoding, level_check=level_check)
         self.max_seconds = max_seconds
         self.parser = captioner.parser  # the one the consistent decoder votes with
         self._lock = threading.Lock()
@@ -107,13 +110,16 @@ class CaptionEngine:
 
     # ---- captioning -----------------------------------------------------------------------
     def caption(self, waves: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        """`{"caption", "attributes"}` per mono wave at the codec's rate, in order. The codec
-        buckets the clips by length and generation runs longest first in batches of
-        `settings.batch_size` (`Captioner.caption_codes`)."""
+        """`{"caption", "attributes", "withheld"}` per mono wave at the codec's rate, in order;
+        withheld: None, or the attributes the level check left out and why
+        (`inference.domain`). The codec buckets the clips by length and generation runs
+        longest first in batches of `settings.batch_size` (`Captioner.decode`)."""
         if not waves:
             return []
         with self._lock:
             cap = self.captioner
-            texts = cap.caption_codes(cap.encode_waves(waves), self.settings)
+            texts, decisions = cap.decode(cap.encode_waves(waves), self.settings)
         parsed = self.parser.parse_many(texts)
-        return [{"caption": t, "attributes": dict(p.attributes)} for t, p in zip(texts, parsed, strict=True)]
+        return [{"caption": t, "attributes": dict(p.attributes),
+                 "withheld": d.withheld if d is not None else None}
+                for t, p, d in zip(texts, parsed, decisions, strict=True)]

@@ -3,7 +3,7 @@
     log_pyfunc_model("runs/demo/champion", run_id)       # -> "runs:/<run id>/champion"
     m = mlflow.pyfunc.load_model("models:/aligncap-sec@champion")
     m.predict(pd.DataFrame({"audio": ["clip.wav"]}))      # or audio_bytes, or samples + sample_rate
-    #   id | caption | attributes | seconds
+    #   id | caption | attributes | seconds | withheld
 
 The model folder holds MLmodel (signature below), the `AlignCapPyfunc` instance and the
 checkpoint as the artifact `checkpoint` (inference files only: no optimizer state). The
@@ -16,7 +16,9 @@ Input (a DataFrame; one of the three per row):
     samples      array of double, with sample_rate (long, Hz): raw mono or (frames, channels) audio
     id           string  optional, echoed back (default: the row number)
 Output: a DataFrame with id, caption, attributes ({attribute: value} as the clue parser reads the
-caption) and seconds (clip duration). A row that cannot be read raises DataError naming it.
+caption), seconds (clip duration) and withheld (None, or why the level check left volume and
+emotion out of the caption: `inference.domain`). A row that cannot be read raises DataError
+naming it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def signature() -> Any:
                      ColSpec("string", "id", required=False)])
     attrs = Object([Property(a, "string", required=False) for a in ATTRIBUTES])
     outputs = Schema([ColSpec("string", "id"), ColSpec("string", "caption"),
-                      ColSpec(attrs, "attributes"), ColSpec("double", "seconds")])
+                      ColSpec(attrs, "attributes"), ColSpec("double", "seconds"),
+                      ColSpec("string", "withheld", required=False)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -87,7 +90,8 @@ class AlignCapPyfunc(mlflow.pyfunc.PythonModel):
         results = self.engine.caption(waves)
         return pd.DataFrame({"id": ids, "caption": [r["caption"] for r in results],
                              "attributes": [r["attributes"] for r in results],
-                             "seconds": [round(len(w) / self.engine.sample_rate, 3) for w in waves]})
+                             "seconds": [round(len(w) / self.engine.sample_rate, 3) for w in waves],
+                             "withheld": [(r["withheld"] or {}).get("reason") for r in results]})
 
 
 def save_pyfunc_model(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:

@@ -129,14 +129,26 @@ def row_streams(data_dir: str | Path, row: dict, prosody: Any) -> tuple[Any, lis
     if prosody is None:
         return codes, None
     from aligncap_core.codec.prosody import clip_streams
+
+    return clip_streams(codes, row_audio(data_dir, row, "the prosody stream"), PROSODY_RATE, prosody)
+
+
+def row_audio(data_dir: str | Path, row: dict, why: str) -> Any:
+    """A row's audio at PROSODY_RATE; DataError naming the row and `why` it is read."""
     from aligncap_core.codec.tokenizer import read_audio
 
     audio = Path(row["audio"])
     path = audio if audio.is_absolute() else Path(data_dir) / audio
     if not path.is_file():
-        raise DataError(f"{row.get('id')}: audio file not found: {path} (the prosody stream "
-                        "is read from the audio)")
-    return clip_streams(codes, read_audio(path, PROSODY_RATE), PROSODY_RATE, prosody)
+        raise DataError(f"{row.get('id')}: audio file not found: {path} ({why} is read from the audio)")
+    return read_audio(path, PROSODY_RATE)
+
+
+def row_level(data_dir: str | Path, row: dict) -> float:
+    """A row's level, dBFS (`inference.domain.clip_level_db`), from its audio."""
+    from aligncap_core.inference.domain import clip_level_db
+
+    return clip_level_db(row_audio(data_dir, row, "the level check"), PROSODY_RATE)
 
 
 PROSODY_RATE = 24_000  # Hz the prosody stream is measured at (prepare's default rate)

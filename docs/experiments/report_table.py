@@ -27,13 +27,15 @@ def table(rows: dict[str, dict], split: str) -> str:
     if not have:
         return ""
     first = next(iter(have.values()))[split]
-    head = ["model", "n", "clue F1", f"halluc. (majority {_f(first.get('majority_hallucination_rate'))})"]
+    head = ["model", "n", "clue F1", f"halluc. (majority {_f(first.get('majority_hallucination_rate'))})",
+            "level withheld"]
     head += [f"{a} (maj. {_f(first.get(f'majority_{a}'))})" for a in ATTRS]
     out = [f"**{split}** (attributes: mention / accuracy when stated)", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in have.items():
         s = m[split]
-        cells = [name, str(s.get("n")), _f(s.get("clue_f1")), _f(s.get("hallucination_rate"))]
+        cells = [name, str(s.get("n")), _f(s.get("clue_f1")), _f(s.get("hallucination_rate")),
+                 _f(s.get("level_withheld"))]
         cells += ["-" if s.get(f"mention_{a}") is None else
                   f"{_f(s.get(f'mention_{a}'))} / {_f(s.get(f'acc_stated_{a}'))}" for a in ATTRS]
         out.append("| " + " | ".join(cells) + " |")

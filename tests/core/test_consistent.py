@@ -87,3 +87,38 @@ def test_an_attribute_every_candidate_states_uncertainly_is_decoded_away(parser)
     assert consistent_captions(generate, [[1, 2]], s, parser)[0] == [cands[0]]
     assert {"he", "she", "man", "woman", "lady"} <= set(omit_words("gender"))
     assert {"pitch", "high", "deep"} <= set(omit_words("pitch"))
+
+
+def test_a_withheld_attribute_is_never_chosen_however_sure_the_candidates_are(parser):
+    """The level check (inference.domain) withholds volume and emotion before any candidate is
+    looked at: every candidate agrees on "loud" and "happy", and the caption still leaves them
+    out, through the re-decoding step that suppresses their words."""
+    from aligncap_core.inference.consistent import consistent_captions
+    from aligncap_core.inference.domain import LEVEL_ATTRS, Withheld
+
+    sure = "A woman speaks loudly and quickly, sounding happy."
+    held = Withheld(LEVEL_ATTRS, "the clip's level is louder than the training audio's")
+    cands = [sure] * 4 + ["A woman speaks quickly."]
+    d = _choose(parser, cands)
+    assert d.index == 0 and d.withheld is None  # unchecked: the fuller caption wins
+    d = choose(parser.parse_many(cands), 3.0, withheld=held)
+    assert d.index == 4 and d.withheld == held.to_dict()
+    assert d.agreement["emotion"] == ("happy", 0.8)  # what the candidates said is still reported
+
+    def generate(prompts, do_sample, n, seed):
+        return [sure] * (n * len(prompts) if do_sample else len(prompts))
+
+    asked = []
+
+    def omit(prompts, attrs):
+        asked.append(tuple(attrs))
+        return ["A woman speaks quickly."] * len(prompts)
+
+    texts, why = consistent_captions(generate, [[1], [2]], DecodingSettings(samples=3), parser, omit,
+                                     [held, None])
+    assert texts == ["A woman speaks quickly.", sure]  # only the withheld clip says less
+    assert asked == [("emotion", "volume")]
+    assert why[0].withheld == held.to_dict() and why[1].withheld is None
+    assert parser.parse(texts[0]).attributes == {"gender": "female", "speed": "fast"}
+    with pytest.raises(ConfigError, match="level_margin_db"):
+        DecodingSettings(level_margin_db=-1)

@@ -69,7 +69,7 @@ def test_caption_files_any_rate_and_channels(captioner, tmp_path):
     caps = captioner.caption_files(paths, s)
     assert len(caps) == 4 and all(isinstance(c, str) and c for c in caps)
     codes = captioner.encode_files(paths)
-    assert [c.shape[0] for c in codes] == [2] * 4
+    assert [c.codes.shape[0] for c in codes] == [2] * 4
     assert [captioner.caption_codes([c], s)[0] for c in codes] == caps  # batched == alone
     beams = captioner.caption_codes(codes[:2], GenerationSettings(max_new_tokens=12, num_beams=2))
     assert len(beams) == 2
@@ -129,7 +129,7 @@ def test_evaluate_prepared_dir(student, corpus, tmp_path):
     # the default decoding is attribute-consistent: each prediction says why it was chosen
     assert saved["decoding"]["strategy"] == "consistent"
     assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes", "decision"}
-    assert set(preds[0]["decision"]) == {"index", "utility", "agreement", "omitted"}
+    assert set(preds[0]["decision"]) == {"index", "utility", "agreement", "omitted", "withheld"}
     assert report["metrics"]["valid"]["bleu1"] == saved["metrics"]["valid"]["bleu1"]
     assert saved["dtype"] == "fp32"  # auto: fp32 under the suite's ALIGNCAP_CPU_BF16=0
 
@@ -232,6 +232,30 @@ def test_dpo_checkpoint_inherits_the_policys_speech_settings(student, tmp_path):
     assert s.codec == str(student / "codec") and s.n_q == 2
 
 
+def _check_level_check(cap: Captioner, corpus: Path, speech: dict) -> None:
+    """The checkpoint records its training audio's level range; a clip 60 dB under it gets no
+    volume or emotion in its caption (greedy or consistent), with the reason; a training clip,
+    or the check turned off, gets none withheld."""
+    from aligncap_core.inference.captioner import read_clip
+    from aligncap_core.inference.consistent import DecodingSettings
+    from aligncap_core.inference.domain import training_level_range
+    from aligncap_core.train.data import read_rows
+
+    train = read_rows(corpus, "train")
+    assert speech["level_range"] == training_level_range(corpus, train)
+    wav = read_clip(corpus / train[0]["audio"], cap.codec.sample_rate)
+    quiet, inside = cap.encode_waves([wav * 1e-3, wav])
+    gen = GenerationSettings(max_new_tokens=12)
+    for strategy in ("greedy", "consistent"):
+        texts, why = cap.decode([quiet, inside], gen, DecodingSettings(strategy=strategy, samples=2))
+        assert why[0].withheld["attributes"] == ["volume", "emotion"]
+        assert "quieter than the training audio" in why[0].withheld["reason"]
+        assert not {"volume", "emotion"} & set(cap.parser.parse(texts[0]).attributes)
+        assert why[1] is None or why[1].withheld is None
+    _, why = cap.decode([quiet], gen, DecodingSettings(samples=2, level_check=False))
+    assert why[0].withheld is None
+
+
 def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
     """A student trained with a prosody stream (here with the voice token and the silence trim)
     reads `<prosody> ... </prosody>` after its codes; its checkpoint records the stream's
@@ -260,6 +284,7 @@ def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
     assert ids[-len(clip.prosody):] == [vocab[t] for t in clip.prosody]  # the stream ends the prompt
     assert len(cap.caption_files([corpus / r["audio"] for r in rows],
                                  GenerationSettings(max_new_tokens=6))) == 2
+    _check_level_check(cap, corpus, speech)
     with pytest.raises(ConfigError, match="prosody stream"):
         cap.prompt_windows(load_codes(corpus, rows[0]), 8)  # bare codes cannot feed this student
     # a preference round's checkpoint reads what its policy read: the stream is not dropped
@@ -272,6 +297,7 @@ def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
     (dpo / "config.yaml").write_text(f"policy: {ckpt}\n")
     inherit_student_settings(ckpt, dpo, corpus)
     assert json.loads((dpo / "meta.json").read_text())["speech"]["prosody"] == speech["prosody"]
+    assert json.loads((dpo / "meta.json").read_text())["speech"]["level_range"] == speech["level_range"]
     assert policy_prompt(dpo).prosody == speech["prosody"]
     meta = json.loads((dpo / "meta.json").read_text())
     meta["speech"]["prosody"] = None  # such a round checkpoint is refused, not read without it

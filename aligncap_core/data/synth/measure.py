@@ -125,14 +125,20 @@ def yin_track(x: np.ndarray, sr: int = 22050) -> tuple[np.ndarray, float]:
 
 
 
+def active_level_db(levels: np.ndarray) -> float:
+    """The clip's level (module docstring) from its `frame_levels_db`: mean power of the
+    frames within 35 dB of the loudest, dBFS."""
+    active = levels[levels > levels.max() - _ACTIVE_DB]
+    return float(10.0 * np.log10(np.mean(10.0 ** (active / 10.0)))) if len(active) else -120.0
+
+
 def measure(samples: np.ndarray, sr: int = 22050) -> Measurement:
     """F0, spread, active duration, level and peak of one clip (units in the module docstring)."""
     x = _as_float(samples)
     levels = frame_levels_db(x, sr)
-    active = levels > levels.max() - _ACTIVE_DB
-    idx = np.flatnonzero(active)
+    idx = np.flatnonzero(levels > levels.max() - _ACTIVE_DB)
     duration = (idx[-1] - idx[0] + 1) * _FRAME_S if len(idx) else 0.0
-    level = 10.0 * np.log10(np.mean(10.0 ** (levels[active] / 10.0))) if len(idx) else -120.0
+    level = active_level_db(levels)
     f0 = yin_f0(x, sr)
     if len(f0):
         f0_med = float(np.median(f0))
