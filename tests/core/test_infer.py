@@ -95,6 +95,18 @@ def test_cli_caption(student, tmp_path):
     assert res.exit_code == 0, res.output
     path, caption = res.stdout.strip().split("\t")
     assert path == str(tmp_path / "x.wav") and caption
+    assert "note:" not in res.stderr and "(0 without volume and emotion" in res.stderr
+    # a clip far quieter than the training audio: the caption leaves volume and emotion out, and
+    # the CLI says so with the reason (the level check), unless it is turned off
+    sf.write(tmp_path / "q.wav", 1e-3 * tone("sad", np.random.default_rng(2)), SR)
+    res = CliRunner().invoke(app, ["caption", str(tmp_path / "q.wav"), "--model", str(student),
+                                   "--max-new-tokens", "8", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert f"note: {tmp_path / 'q.wav'}: the clip's level" in res.stderr
+    assert "quieter than the training audio" in res.stderr and "(1 without volume and emotion" in res.stderr
+    res = CliRunner().invoke(app, ["caption", str(tmp_path / "q.wav"), "--model", str(student),
+                                   "--max-new-tokens", "8", "--device", "cpu", "--no-level-check"])
+    assert res.exit_code == 0 and "note:" not in res.stderr
     res = CliRunner().invoke(app, ["caption", str(tmp_path / "missing.wav"), "--model", str(student),
                                    "--device", "cpu"])
     assert res.exit_code == 1 and "missing.wav" in res.stderr and "audio file not found" in res.stderr
