@@ -241,8 +241,8 @@ class Captioner:
         attribute-consistent decoder (`inference.consistent`); default `self.decoding`. A
         decision (consistent decoding; greedy only for a clip the level check withholds
         attributes of, else None) says which candidate was chosen, how much the candidates
-        agreed on each attribute, and what was withheld and why (`inference.domain`). Prompts are generated longest first, so
-        each batch carries little left padding.
+        agreed on each attribute, and what was withheld and why (`inference.domain`). Prompts
+        are generated longest first, so each batch carries little left padding.
         """
         from aligncap_core.prefs.candidates import audio_token_ids_of
 
