@@ -276,13 +276,19 @@ class Captioner:
         clip_held = self.withheld(codes, d)
         held = [clip_held[owner[i]] for i in order]
         if d.strategy == "greedy":
-            texts = generate_captions(self.model, self.tokenizer, sorted_prompts, s,
-                                      suppress_token_ids=suppress)
+            # each prompt is captioned once: freely, or with its withheld attributes' words suppressed
+            texts = [""] * len(sorted_prompts)
             decisions: list[Decision | None] = [None] * len(texts)
-            for attrs in {w.attributes for w in held if w is not None}:
-                idx = [k for k, w in enumerate(held) if w is not None and w.attributes == attrs]
-                for k, t in zip(idx, omit([sorted_prompts[k] for k in idx], attrs), strict=True):
-                    texts[k], decisions[k] = t, Decision(0, 0.0, withheld=held[k].to_dict())
+            keys = [w.attributes if w is not None else () for w in held]
+            for attrs in set(keys):
+                idx = [k for k, a in enumerate(keys) if a == attrs]
+                part = [sorted_prompts[k] for k in idx]
+                done = omit(part, attrs) if attrs else generate_captions(
+                    self.model, self.tokenizer, part, s, suppress_token_ids=suppress)
+                for k, t in zip(idx, done, strict=True):
+                    texts[k] = t
+                    if attrs:
+                        decisions[k] = Decision(0, 0.0, withheld=held[k].to_dict())
         else:
             texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit, held)
         out: list[str] = [""] * len(prompts)

@@ -24,7 +24,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -72,13 +71,13 @@ def training_level_range(data_dir: str | os.PathLike, rows: Sequence[dict], samp
     there (codes without audio): the checkpoint then records no range and is not checked.
     DataError naming the row when some rows have their audio and others do not."""
     from aligncap_core.codec.tokenizer import read_audio
+    from aligncap_core.train.data import row_audio_path
 
     rows = list(rows)
     if len(rows) > MAX_FIT_CLIPS:
         pick = np.random.default_rng(seed).choice(len(rows), MAX_FIT_CLIPS, replace=False)
         rows = [rows[i] for i in sorted(pick)]
-    paths = [Path(r.get("audio") or "") if Path(r.get("audio") or "").is_absolute()
-             else Path(data_dir) / (r.get("audio") or "") for r in rows]
+    paths = [row_audio_path(data_dir, r) for r in rows]
     found = [p.is_file() for p in paths]
     if not any(found):
         log.warning("%s: no training clip's audio is there; the student records no level range "

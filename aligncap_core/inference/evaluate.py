@@ -374,10 +374,15 @@ def row_speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
     """A row as the student reads it: its codes, its prosody stream when the student reads one,
     and its level when the checkpoint records a level range (the level check)."""
     from aligncap_core.inference.captioner import Speech
-    from aligncap_core.train.data import row_level, row_streams
+    from aligncap_core.inference.domain import clip_level_db
+    from aligncap_core.train.data import PROSODY_RATE, row_audio, row_streams
 
-    codes, stream = row_streams(data_dir, row, cap.prosody)
-    level = row_level(data_dir, row) if cap.speech.level_range else None
+    checked = bool(cap.speech.level_range)
+    # the audio is read once, for the stream and the level alike
+    wav = row_audio(data_dir, row, "the prosody stream or the level check") \
+        if cap.prosody is not None or checked else None
+    codes, stream = row_streams(data_dir, row, cap.prosody, wav)
+    level = clip_level_db(wav, PROSODY_RATE) if checked else None
     return Speech(codes, stream, level) if stream is not None or level is not None else codes
 
 

@@ -119,9 +119,11 @@ def speech_tokens(data_dir: str | Path, row: dict, keep_q: int | None,
     return codes_to_tokens(codes, keep_q=keep_q) + (stream or [])
 
 
-def row_streams(data_dir: str | Path, row: dict, prosody: Any) -> tuple[Any, list[str] | None]:
+def row_streams(data_dir: str | Path, row: dict, prosody: Any,
+                wav: Any = None) -> tuple[Any, list[str] | None]:
     """(a row's codes, its `<prosody>` stream or None without `prosody`): the codes from the
-    data dir's shards, the stream from its audio file, both over the span the settings keep
+    data dir's shards, the stream from its audio (`wav` at PROSODY_RATE when the caller has
+    read it already, else its file), both over the span the settings keep
     (`codec.prosody.clip_streams`)."""
     from aligncap_core.codec import load_codes
 
@@ -130,25 +132,25 @@ def row_streams(data_dir: str | Path, row: dict, prosody: Any) -> tuple[Any, lis
         return codes, None
     from aligncap_core.codec.prosody import clip_streams
 
-    return clip_streams(codes, row_audio(data_dir, row, "the prosody stream"), PROSODY_RATE, prosody)
+    if wav is None:
+        wav = row_audio(data_dir, row, "the prosody stream")
+    return clip_streams(codes, wav, PROSODY_RATE, prosody)
+
+
+def row_audio_path(data_dir: str | Path, row: dict) -> Path:
+    """Where a row's `audio` is: an absolute path as it is, a relative one under `data_dir`."""
+    audio = Path(row.get("audio") or "")
+    return audio if audio.is_absolute() else Path(data_dir) / audio
 
 
 def row_audio(data_dir: str | Path, row: dict, why: str) -> Any:
     """A row's audio at PROSODY_RATE; DataError naming the row and `why` it is read."""
     from aligncap_core.codec.tokenizer import read_audio
 
-    audio = Path(row["audio"])
-    path = audio if audio.is_absolute() else Path(data_dir) / audio
+    path = row_audio_path(data_dir, row)
     if not path.is_file():
         raise DataError(f"{row.get('id')}: audio file not found: {path} ({why} is read from the audio)")
     return read_audio(path, PROSODY_RATE)
-
-
-def row_level(data_dir: str | Path, row: dict) -> float:
-    """A row's level, dBFS (`inference.domain.clip_level_db`), from its audio."""
-    from aligncap_core.inference.domain import clip_level_db
-
-    return clip_level_db(row_audio(data_dir, row, "the level check"), PROSODY_RATE)
 
 
 PROSODY_RATE = 24_000  # Hz the prosody stream is measured at (prepare's default rate)
