@@ -291,17 +291,18 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="The model's dtype: auto (bf16 on a GPU, and on a CPU whose bf16 units, AMX / AVX512-BF16, are measured faster; else fp32), fp32 or bf16.")]
 DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or consistent (default: the checkpoint's).")]
 LevelCheckOpt = Annotated[bool, typer.Option("--level-check/--no-level-check", help="Leave volume and emotion out of the caption of a clip whose level is far outside the training audio's (the reason is reported).")]
+VoiceCheckOpt = Annotated[bool, typer.Option("--voice-check/--no-voice-check", help="Leave gender out of a caption that states the gender the clip's formant spacing (vocal-tract length) contradicts; for human recordings (the reason is reported; off by default).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 
 def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
             max_seconds: float, decoding: str | None, dtype: str = "auto", level_check: bool = True,
-            **settings):
+            voice_check: bool = False, **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
                                 dtype=dtype, max_seconds=max_seconds, decoding=decoding,
-                                level_check=level_check, **settings)
+                                level_check=level_check, voice_check=voice_check, **settings)
     console.print(f"model {engine.model.uri} ({engine.version}, {engine.captioner.dtype_line}); "
                   f"{engine.captioner.decoding}; {engine.settings}", markup=False)
     return engine
@@ -321,6 +322,7 @@ def caption_cmd(
     max_seconds: MaxSeconds = 60.0,
     decoding: DecodingOpt = None,
     level_check: LevelCheckOpt = True,
+    voice_check: VoiceCheckOpt = False,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -333,7 +335,7 @@ def caption_cmd(
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     num_beams=beams,
+                     voice_check, num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -353,8 +355,8 @@ def caption_cmd(
                                   markup=False)
     if out is not None:
         stdout.print_json(json.dumps(summary))
-    console.print(f"{summary['captioned']} captioned ({summary['withheld']} without volume and emotion: "
-                  "level outside the training audio's), {summary['rejected']} skipped, "
+    console.print(f"{summary['captioned']} captioned ({summary['withheld']} with attributes withheld, "
+                  "each noted with its reason), {summary['rejected']} skipped, "
                   f"{len(ignored)} non-audio files ignored ({summary['clips_per_s']} clips/s)")
     if summary["rejected"] and not summary["captioned"]:
         raise typer.Exit(1)
@@ -371,6 +373,7 @@ def serve_cmd(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more clips after its first.")] = 10.0,
     decoding: DecodingOpt = None,
     level_check: LevelCheckOpt = True,
+    voice_check: VoiceCheckOpt = False,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -379,7 +382,8 @@ def serve_cmd(
     """HTTP service: POST /caption (multipart `file`) -> {caption, attributes, withheld, model_version}; GET /health."""
     from aligncap_core.serving.http import serve
 
-    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check)
+    engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
+                     voice_check)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -402,6 +406,7 @@ def evaluate_cmd(
     samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = DecodingSettings.samples,
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = DecodingSettings.risk,
     level_check: LevelCheckOpt = True,
+    voice_check: VoiceCheckOpt = False,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
@@ -416,7 +421,7 @@ def evaluate_cmd(
                                  batch_size=batch_size, kl_gap=not no_kl, teacher_ckpt=teacher,
                                  limit=limit, codec_dir=codec_dir, device=device, dtype=dtype,
                                  decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk,
-                                                           level_check=level_check),
+                                                           level_check=level_check, voice_check=voice_check),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")

@@ -19,7 +19,8 @@ ATTRIBUTE_METRICS = ("acc", "mention", "acc_stated", "contradiction", "majority"
 
 
 # what `inference.evaluate_checkpoint` adds to each split's `compute_metrics` keys
-EVALUATION_METRICS = ("kl_gap", "kl_tokens", "level_withheld")  # level_withheld: inference.domain
+# level_withheld / voice_withheld: shares of clips the level / voice check withheld attributes of
+EVALUATION_METRICS = ("kl_gap", "kl_tokens", "level_withheld", "voice_withheld")  # inference.domain
 
 
 def report_keys() -> list[str]:

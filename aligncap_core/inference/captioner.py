@@ -14,6 +14,7 @@ CPU tensors); the LM runs on `device`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,9 +25,16 @@ import numpy as np
 import torch
 
 from aligncap_core.errors import ConfigError, DataError
-from aligncap_core.inference.consistent import Decision, DecodingSettings, consistent_captions
+from aligncap_core.inference.consistent import (
+    Decision,
+    DecodingSettings,
+    consistent_captions,
+    greedy_captions,
+)
 from aligncap_core.inference.speech import SpeechSettings, resolve_speech
 from aligncap_core.model.generate import GenerationSettings, generate_captions
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -92,6 +100,7 @@ class Captioner:
     codec_batch_size: int = 4  # CPU EnCodec is fastest at small batches (codec.dataset)
     decoding: DecodingSettings = dataclasses.field(default_factory=DecodingSettings)
     _parser: Any = None
+    _voice_warned: bool = False  # the voice check asked of a checkpoint without a boundary
 
     @classmethod
     def load(cls, ckpt_uri: str | os.PathLike, device: str = "auto",
@@ -275,22 +284,15 @@ class Captioner:
         sorted_prompts = [prompts[i] for i in order]
         clip_held = self.withheld(codes, d)
         held = [clip_held[owner[i]] for i in order]
+        clip_voice = self.voice_checks(codes, d)
+        voice = [clip_voice[owner[i]] for i in order]
         if d.strategy == "greedy":
-            # each prompt is captioned once: freely, or with its withheld attributes' words suppressed
-            texts = [""] * len(sorted_prompts)
-            decisions: list[Decision | None] = [None] * len(texts)
-            keys = [w.attributes if w is not None else () for w in held]
-            for attrs in set(keys):
-                idx = [k for k, a in enumerate(keys) if a == attrs]
-                part = [sorted_prompts[k] for k in idx]
-                done = omit(part, attrs) if attrs else generate_captions(
-                    self.model, self.tokenizer, part, s, suppress_token_ids=suppress)
-                for k, t in zip(idx, done, strict=True):
-                    texts[k] = t
-                    if attrs:
-                        decisions[k] = Decision(0, 0.0, withheld=held[k].to_dict())
+            texts, decisions = greedy_captions(
+                lambda ps: generate_captions(self.model, self.tokenizer, ps, s, suppress_token_ids=suppress),
+                sorted_prompts, self.parser, omit, held, voice)
         else:
-            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit, held)
+            texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit,
+                                                   held, voice)
         out: list[str] = [""] * len(prompts)
         why: list[Decision | None] = [None] * len(prompts)
         for i, t, w in zip(order, texts, decisions, strict=True):
@@ -326,18 +328,21 @@ class Captioner:
         """What the student reads of each mono wave at the codec's rate: its codes `(n_q, T)`,
         the prosody stream when the student reads one, and the clip's level (for the level
         check, `inference.domain`)."""
-        from aligncap_core.inference.domain import clip_level_db
+        from aligncap_core.inference.domain import clip_level_db, clip_spacing_hz
 
         codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
         rate = self.codec.sample_rate
         levels = [clip_level_db(w, rate) for w in waves]
         prosody = self.prosody
+        # the formant spacing only for a checkpoint that records a voice boundary (~20 ms a clip)
+        spacings = ([clip_spacing_hz(w, rate, prosody) for w in waves] if self.speech.voice_boundary
+                    else [None] * len(waves))
         if prosody is None:
-            return [Speech(c, None, lv) for c, lv in zip(codes, levels, strict=True)]
+            return [Speech(c, None, lv, sp) for c, lv, sp in zip(codes, levels, spacings, strict=True)]
         from aligncap_core.codec.prosody import clip_streams
 
-        return [Speech(*clip_streams(c, w, rate, prosody), lv)
-                for c, w, lv in zip(codes, waves, levels, strict=True)]
+        return [Speech(*clip_streams(c, w, rate, prosody), lv, sp)
+                for c, w, lv, sp in zip(codes, waves, levels, spacings, strict=True)]
 
     def withheld(self, clips: Sequence[np.ndarray | Speech],
                  decoding: DecodingSettings | None = None) -> list[Any]:
@@ -350,6 +355,27 @@ class Captioner:
             return [None] * len(clips)
         return [level_verdict(c.level_db, self.speech.level_range, d.level_margin_db)
                 if isinstance(c, Speech) else None for c in clips]
+
+    def voice_checks(self, clips: Sequence[np.ndarray | Speech],
+                     decoding: DecodingSettings | None = None) -> list[Any]:
+        """Per clip, the voice check (`domain.voice_verdict` of the gender a caption would
+        state) or None: the check off, a checkpoint without a voice boundary, a clip given as
+        bare codes or whose spacing could not be measured."""
+        from functools import partial
+
+        from aligncap_core.inference.domain import voice_reading, voice_verdict
+
+        d = decoding or self.decoding
+        boundary = self.speech.voice_boundary
+        if d.voice_check and not boundary and not self._voice_warned:
+            self._voice_warned = True
+            log.warning("the voice check is on, but this checkpoint records no voice boundary "
+                        "(trained before it, or on clips without a gender): no caption is checked")
+        if not d.voice_check or not boundary:
+            return [None] * len(clips)
+        return [partial(voice_verdict, spacing_hz=c.spacing_hz, boundary=boundary)
+                if isinstance(c, Speech) and voice_reading(c.spacing_hz, boundary) else None
+                for c in clips]
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[Speech]:
         """`encode_waves` of each file. Every file is read (and checked) before any encoding,
@@ -365,11 +391,14 @@ class Captioner:
 @dataclass
 class Speech:
     """One clip as the student reads it: EnCodec codes `(n_q, T)`, for a student that reads
-    one its prosody stream as tokens (`codec.prosody.prosody_to_tokens`), and its level."""
+    one its prosody stream as tokens (`codec.prosody.prosody_to_tokens`), its level and (for
+    the voice check) its formant spacing."""
 
     codes: np.ndarray
     prosody: list[str] | None = None
     level_db: float | None = None  # the clip's level, dBFS (`domain.clip_level_db`); None: unknown
+    # the formant spacing, Hz (`domain.clip_spacing_hz`); None: not measured (no voice boundary)
+    spacing_hz: float | None = None
 
 
 def _run_config(root: Path) -> dict:

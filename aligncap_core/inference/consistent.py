@@ -31,7 +31,8 @@ user can see why a caption says what it says.
 An attribute may also be *withheld* from a clip before any candidate is looked at (the level
 check, `inference.domain`): it counts as agreement 0, so stating it costs `risk`, and step 4
 captions the clip without its words when every candidate states it. The decision names it and
-the reason (`Decision.withheld`).
+the reason (`Decision.withheld`). The voice check withholds gender the same way, once the
+candidates are parsed: when their majority gender is the one the clip's vocal tract contradicts.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class DecodingSettings:
     risk / (1 + risk) on the agreement). seed: sampling seed (same seed, same captions).
     level_check: leave volume and emotion out of the caption of a clip whose level is more than
     level_margin_db (dB) outside the training audio's range, when the checkpoint records one
-    (`inference.domain`; greedy decoding too)."""
+    (`inference.domain`; greedy decoding too). voice_check: leave gender out of a caption
+    whose candidates state the gender the clip's formant spacing contradicts, when the
+    checkpoint records a voice boundary (`inference.domain`, off by default)."""
 
     strategy: str = "consistent"
     samples: int = 8
@@ -65,6 +68,7 @@ class DecodingSettings:
     seed: int = 0
     level_check: bool = True
     level_margin_db: float = 3.0
+    voice_check: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -167,11 +171,13 @@ def omit_token_ids(tokenizer: Any, attrs: Sequence[str]) -> list[int]:
 
 def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], settings: DecodingSettings,
                         parser: Any, omit: Any = None, withheld: Sequence[Any] | None = None,
-                        ) -> tuple[list[str], list[Decision]]:
+                        voice: Sequence[Any] | None = None) -> tuple[list[str], list[Decision]]:
     """One caption per prompt. `generate(prompts, do_sample, n, seed)` returns the decoded
     captions, n per prompt in order (the captioner's generation closure); `omit(prompts, attrs)`
     greedily captions `prompts` with the words of `attrs` suppressed (step 4; None skips it);
-    `withheld`: per prompt, a `domain.Withheld` or None (module docstring)."""
+    `withheld`: per prompt, a `domain.Withheld` or None (module docstring); `voice`: per
+    prompt, a function of the gender the candidates state to a `domain.Withheld` or None (the
+    voice check; None: no check)."""
     held = list(withheld) if withheld is not None else [None] * len(prompts)
     greedy = generate(prompts, False, 1, None)
     sampled = generate(prompts, True, settings.samples, settings.seed)
@@ -179,6 +185,11 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
     groups = [[greedy[i], *sampled[i * k:(i + 1) * k]] for i in range(len(prompts))]
     flat = parser.parse_many([c for g in groups for c in g])
     parsed = [flat[i * (k + 1):(i + 1) * (k + 1)] for i in range(len(prompts))]
+    for i, check in enumerate(voice or ()):
+        said = agreement(parsed[i])["gender"].most_common(1)
+        verdict = check(said[0][0]) if check is not None and said else None
+        if verdict is not None:
+            held[i] = verdict if held[i] is None else held[i].merge(verdict)
     decisions = [choose(p, settings.risk, withheld=w) for p, w in zip(parsed, held, strict=True)]
     if omit is not None:
         threshold = settings.risk / (1 + settings.risk)
@@ -198,3 +209,32 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
                 decisions[i] = choose([*parsed[i], p], settings.risk, voters=parsed[i],
                                       withheld=held[i])
     return [g[d.index] for g, d in zip(groups, decisions, strict=True)], decisions
+
+
+def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, omit: Any,
+                    withheld: Sequence[Any] | None = None, voice: Sequence[Any] | None = None,
+                    ) -> tuple[list[str], list[Decision | None]]:
+    """One caption per prompt, greedily (`free(prompts)`: the captioner's own decoding). A
+    prompt with attributes withheld is captioned once, with their words suppressed
+    (`omit(prompts, attrs)`) instead of freely; a caption stating a gender its voice check
+    (`consistent_captions`' `voice`) contradicts is captioned once more without the gender
+    words. The decision is None but for those (`Decision.withheld` says what and why)."""
+    held = list(withheld) if withheld is not None else [None] * len(prompts)
+    texts = [""] * len(prompts)
+    decisions: list[Decision | None] = [None] * len(prompts)
+    keys = [w.attributes if w is not None else () for w in held]
+    for attrs in dict.fromkeys(keys):
+        idx = [k for k, a in enumerate(keys) if a == attrs]
+        part = [prompts[k] for k in idx]
+        for k, t in zip(idx, omit(part, attrs) if attrs else free(part), strict=True):
+            texts[k] = t
+            if attrs:
+                decisions[k] = Decision(0, 0.0, withheld=held[k].to_dict())
+    checked = [k for k, v in enumerate(voice or ()) if v is not None]
+    for k, p in zip(checked, parser.parse_many([texts[k] for k in checked]) if checked else [], strict=True):
+        verdict = voice[k](p.attributes.get("gender"))
+        if verdict is not None:
+            w = verdict if held[k] is None else held[k].merge(verdict)
+            texts[k] = omit([prompts[k]], w.attributes)[0]
+            decisions[k] = Decision(0, 0.0, withheld=w.to_dict())
+    return texts, decisions

@@ -228,7 +228,8 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     `corpus` field, else its id's prefix before the first "-" ("emodb-03a01Fa" -> emodb).
 
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
-    {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap, kl_tokens and level_withheld.
+    {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap, kl_tokens, level_withheld and
+    voice_withheld.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -310,9 +311,14 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         metrics[f"{group_by}:{value}"] = compute_metrics(
             [preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
             [rows[i].get("attributes") for i in idx], parser=parser, meteor=scorer)
-    held = [d is not None and d.withheld is not None for d in decisions or [None] * len(rows)]
+    def by(check: str) -> list[bool]:
+        return [d is not None and d.withheld is not None and check in d.withheld.get("checks", ("level",))
+                for d in decisions or [None] * len(rows)]
+
+    held, voiced = by("level"), by("voice")
     for name, idx in [*groups.items(), *((f"{group_by}:{v}", i) for v, i in _groups(rows, group_by).items())]:
         metrics[name]["level_withheld"] = sum(held[i] for i in idx) / len(idx)
+        metrics[name]["voice_withheld"] = sum(voiced[i] for i in idx) / len(idx)
     if len(groups) == 1:
         metrics["all"] = dict(metrics[next(iter(groups))])
     else:
@@ -321,7 +327,7 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         tokens = sum(n for _, n in kls.values())
         weighted = sum(v * n for v, n in kls.values() if v is not None)
         metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens,
-                              level_withheld=sum(held) / len(rows))
+                              level_withheld=sum(held) / len(rows), voice_withheld=sum(voiced) / len(rows))
     return metrics, list(groups)
 
 
@@ -363,27 +369,32 @@ def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings
         task = bar.add_task(f"caption ({decoding.strategy})", total=len(rows))
         for b in range(0, len(rows), chunk):
             part = rows[b:b + chunk]
-            texts, why = cap.decode([row_speech(cap, data_dir, r) for r in part], settings, decoding)
+            texts, why = cap.decode([row_speech(cap, data_dir, r, decoding) for r in part], settings, decoding)
             preds += texts
             decisions += why
             bar.update(task, advance=len(part))
     return preds, decisions
 
 
-def row_speech(cap: Captioner, data_dir: Path, row: dict) -> Any:
+def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSettings | None = None) -> Any:
     """A row as the student reads it: its codes, its prosody stream when the student reads one,
-    and its level when the checkpoint records a level range (the level check)."""
+    its level when the checkpoint records a level range (the level check), and its formant
+    spacing when the voice check is on and the checkpoint records a voice boundary."""
     from aligncap_core.inference.captioner import Speech
-    from aligncap_core.inference.domain import clip_level_db
+    from aligncap_core.inference.domain import clip_level_db, clip_spacing_hz
     from aligncap_core.train.data import PROSODY_RATE, row_audio, row_streams
 
     checked = bool(cap.speech.level_range)
-    # the audio is read once, for the stream and the level alike
+    voiced = bool(cap.speech.voice_boundary and (decoding or cap.decoding).voice_check)
+    # the audio is read once, for the stream and the checks alike
     wav = row_audio(data_dir, row, "the prosody stream or the level check") \
-        if cap.prosody is not None or checked else None
+        if cap.prosody is not None or checked or voiced else None
     codes, stream = row_streams(data_dir, row, cap.prosody, wav)
     level = clip_level_db(wav, PROSODY_RATE) if checked else None
-    return Speech(codes, stream, level) if stream is not None or level is not None else codes
+    spacing = clip_spacing_hz(wav, PROSODY_RATE, cap.prosody) if voiced else None
+    if stream is None and level is None and spacing is None:
+        return codes
+    return Speech(codes, stream, level, spacing)
 
 
 def _acoustic_prompt(cap: Captioner) -> bool:

@@ -60,6 +60,8 @@ class SpeechSettings:
     prosody: dict | None = None  # ProsodySettings of the prosody stream it reads; None: none
     # [low, high] dBFS of its training clips' levels (`domain.level_range`); None: not recorded
     level_range: list[float] | None = None
+    # formant spacing between its training men and women (`domain.voice_boundary`); None: none
+    voice_boundary: dict | None = None
 
 
 def _codes_meta(data_dir: Path) -> dict:
@@ -109,7 +111,8 @@ def find_codec(data_dir: str | os.PathLike) -> SpeechCodec:
 
 def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.PathLike | None, *,
                  instruction: str, keep_q: int | None, n_q: int | None = None,
-                 prosody: Any = None, level_range: Sequence[float] | None = None) -> Path:
+                 prosody: Any = None, level_range: Sequence[float] | None = None,
+                 voice_boundary: dict | None = None) -> Path:
     """Make a student checkpoint self-contained; returns `ckpt_dir`.
 
     codec: a `SpeechCodec` (from `find_codec`), a local codec dir (copied into ckpt/codec),
@@ -117,7 +120,8 @@ def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.Path
     under a temporary name); meta.json gains "speech" only once the codec is in place.
     prosody: the ProsodySettings of the prosody stream the student reads (None: it reads none).
     level_range: the training audio's level range (`domain.training_level_range`; None: the
-    level check is off for this checkpoint).
+    level check is off for this checkpoint). voice_boundary: `domain.training_voice_boundary`
+    (None: the voice check is off for this checkpoint).
     """
     ckpt = Path(ckpt_dir)
     meta_path = ckpt / "meta.json"
@@ -137,7 +141,8 @@ def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.Path
     meta = json.loads(meta_path.read_text())
     meta["speech"] = asdict(SpeechSettings(instruction, keep_q, n_q or codec.n_q or None,
                                            recorded, fp, prosody.to_dict() if prosody else None,
-                                           [float(v) for v in level_range] if level_range else None))
+                                           [float(v) for v in level_range] if level_range else None,
+                                           dict(voice_boundary) if voice_boundary else None))
     with atomic_write(meta_path) as f:
         json.dump(meta, f, indent=2, default=str)
     return ckpt

@@ -33,12 +33,13 @@ class CaptionEngine:
     settings: `GenerationSettings` overrides (max_new_tokens, num_beams, batch_size, ...) on
     top of the checkpoint's defaults. decoding: a strategy ("greedy", "consistent") instead of
     the Captioner's default (`inference.consistent.DecodingSettings`). level_check: False turns
-    the level check off (`inference.domain`; None keeps the default, on). max_seconds: the
-    longest clip accepted.
+    the level check off, voice_check: True turns the voice check on (`inference.domain`; None
+    keeps the defaults: level on, voice off). max_seconds: the longest clip accepted.
     """
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,
-                 decoding: str | None = None, level_check: bool | None = None, **settings: Any) -> None:
+                 decoding: str | None = None, level_check: bool | None = None,
+                 voice_check: bool | None = None, **settings: Any) -> None:
         import dataclasses
 
         self.captioner = captioner
@@ -48,6 +49,8 @@ class CaptionEngine:
             captioner.decoding = dataclasses.replace(captioner.decoding, strategy=decoding)
         if level_check is not None:
             captioner.decoding = dataclasses.replace(captioner.decoding, level_check=level_check)
+        if voice_check is not None:
+            captioner.decoding = dataclasses.replace(captioner.decoding, voice_check=voice_check)
         self.max_seconds = max_seconds
         self.parser = captioner.parser  # the one the consistent decoder votes with
         self._lock = threading.Lock()
@@ -111,7 +114,7 @@ class CaptionEngine:
     # ---- captioning -----------------------------------------------------------------------
     def caption(self, waves: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """`{"caption", "attributes", "withheld"}` per mono wave at the codec's rate, in order;
-        withheld: None, or the attributes the level check left out and why
+        withheld: None, or the attributes the level or voice check left out and why
         (`inference.domain`). The codec buckets the clips by length and generation runs
         longest first in batches of `settings.batch_size` (`Captioner.decode`)."""
         if not waves:

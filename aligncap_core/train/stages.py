@@ -274,10 +274,13 @@ def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg:
     from aligncap_core.inference.speech import attach_codec, find_codec
 
     codec = find_codec(data_dir)  # copied into every checkpoint: they caption raw audio alone
-    from aligncap_core.inference.domain import training_level_range
+    from aligncap_core.inference.domain import training_level_range, training_voice_boundary
 
-    # what the student has heard: decoding does not read volume or emotion far outside it
-    levels = training_level_range(data_dir, data.read_rows(data_dir, "train"))
+    # what the student has heard: decoding does not read volume or emotion far outside it, and
+    # (with the voice check on) does not state a gender the clip's vocal tract contradicts
+    train_rows = data.read_rows(data_dir, "train")
+    levels = training_level_range(data_dir, train_rows)
+    voices = training_voice_boundary(data_dir, train_rows, cfg.prosody_settings)
 
     def compute_loss(m: Any, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
         s = batch["student"]
@@ -298,7 +301,7 @@ def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg:
                                 data_fingerprint=fp, metrics=metrics, trainer_state=state,
                                 run_key=ident.key)
         return attach_codec(saved, codec, instruction=cfg.instruction, keep_q=cfg.keep_q,
-                            prosody=cfg.prosody_settings, level_range=levels)
+                            prosody=cfg.prosody_settings, level_range=levels, voice_boundary=voices)
 
     collate = data.student_collator(tok.pad_token_id, with_teacher=use_kd)
     task = TrainTask("student", model, train_set, valid_set, collate, compute_loss, save,

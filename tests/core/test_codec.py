@@ -22,6 +22,7 @@ from aligncap_core.codec import (
     tokens_to_codes,
 )
 from aligncap_core.utils import read_jsonl, write_jsonl
+from tests.helpers.audio_corpus import vowel
 
 
 def _clip(rng: np.random.Generator, kind: int, sr: int, dur: float, level: float) -> np.ndarray:
@@ -325,30 +326,13 @@ def test_prosody_stream_tracks_pitch_level_and_silence():
     assert len(tokens) == 2 + 2 * codes.shape[1] and set(tokens) <= set(prosody_vocab(s))
 
 
-def _vowel(f0: float, spacing: float, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
-    """A glottal pulse train at `f0` through the first five resonances of a uniform tube closed
-    at one end (F_n = (n - 1/2) * spacing, 80 Hz bandwidths): a steady vowel."""
-    from scipy.signal import lfilter
-
-    n = int(seconds * sr)
-    x = np.zeros(n)
-    x[:: max(1, int(round(sr / f0)))] = 1.0
-    for k in range(1, 6):
-        f = (k - 0.5) * spacing
-        if f >= sr / 2:
-            break
-        r = np.exp(-np.pi * 80 / sr)
-        x = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / sr), r * r], x)
-    return (0.3 * x / np.abs(x).max()).astype(np.float32)
-
-
 def test_formant_spacing_reads_the_vocal_tract_not_the_pitch():
     from aligncap_core.codec.prosody import formant_spacing
 
     sr = 24000
     for spacing in (1000.0, 1180.0):
         for f0 in (110.0, 220.0):  # a man's and a woman's F0 through the same tract
-            got = formant_spacing(_vowel(f0, spacing), sr)
+            got = formant_spacing(vowel(f0, spacing), sr)
             assert abs(got - spacing) / spacing < 0.05, (f0, spacing, got)
     # silence and noise have no voiced frames to measure
     assert np.isnan(formant_spacing(np.zeros(sr, dtype=np.float32), sr))
@@ -366,7 +350,7 @@ def test_voice_token_opens_the_stream_only_when_configured():
     )
     from aligncap_core.model.checkpoint import AUDIO_TOKEN_RE
 
-    sr, x = 24000, _vowel(150.0, 1000.0)
+    sr, x = 24000, vowel(150.0, 1000.0)
     plain = ProsodySettings()
     assert prosody_stream(x, sr, plain) == prosody_to_tokens(prosody_codes(x, sr, plain), plain)
     s = ProsodySettings(voice_bins=16)
@@ -414,7 +398,7 @@ def test_streams_cover_only_the_active_span_when_trimming():
     from aligncap_core.errors import ConfigError
 
     sr = 24000
-    speech = _vowel(180.0, 1100.0, seconds=1.2)
+    speech = vowel(180.0, 1100.0, seconds=1.2)
     quiet = np.random.default_rng(1).normal(0, 1e-4, 2 * sr).astype(np.float32)  # -80 dBFS hiss
     padded = np.concatenate([quiet, speech, quiet[: sr]])
     s = ProsodySettings(voice_bins=16, trim_db=35, trim_pad_s=0.1)

@@ -122,3 +122,71 @@ def test_a_withheld_attribute_is_never_chosen_however_sure_the_candidates_are(pa
     assert parser.parse(texts[0]).attributes == {"gender": "female", "speed": "fast"}
     with pytest.raises(ConfigError, match="level_margin_db"):
         DecodingSettings(level_margin_db=-1)
+
+
+def test_the_voice_check_withholds_a_gender_the_tract_contradicts(parser):
+    """Every candidate says "woman"; the clip's formant spacing reads a man: the caption leaves
+    gender out (the re-decoding step suppresses its words), the decision says why. A clip whose
+    candidates agree with its tract, and one the check cannot read, keep their gender."""
+    from functools import partial
+
+    from aligncap_core.inference.consistent import consistent_captions
+    from aligncap_core.inference.domain import LEVEL_ATTRS, Withheld, voice_verdict
+
+    woman = "A woman speaks quickly, sounding happy."
+    boundary = {"threshold_hz": 1080.0, "train_accuracy": 0.9, "clips": 100}
+
+    def generate(prompts, do_sample, n, seed):
+        return [woman] * (n * len(prompts) if do_sample else len(prompts))
+
+    asked = []
+
+    def omit(prompts, attrs):
+        asked.append(tuple(attrs))
+        return ["The speaker talks quickly, sounding happy."] * len(prompts)
+
+    checks = [partial(voice_verdict, spacing_hz=1000.0, boundary=boundary),
+              partial(voice_verdict, spacing_hz=1180.0, boundary=boundary), None]
+    texts, why = consistent_captions(generate, [[1], [2], [3]], DecodingSettings(samples=3), parser,
+                                     omit, None, checks)
+    assert texts == ["The speaker talks quickly, sounding happy.", woman, woman]
+    assert asked == [("gender",)]
+    assert why[0].withheld["checks"] == ["voice"] and "reads male" in why[0].withheld["reason"]
+    assert why[0].agreement["gender"] == ("female", 1.0)  # what the candidates said is still reported
+    assert why[1].withheld is None and why[2].withheld is None
+    # with the level check too, both are withheld and both reasons given
+    level = Withheld(LEVEL_ATTRS, "the clip's level is louder than the training audio's")
+    asked.clear()
+    texts, why = consistent_captions(generate, [[1]], DecodingSettings(samples=3), parser, omit,
+                                     [level], checks[:1])
+    assert asked == [("emotion", "gender", "volume")]
+    assert why[0].withheld["attributes"] == ["volume", "emotion", "gender"]
+    assert why[0].withheld["checks"] == ["level", "voice"]
+
+
+def test_greedy_decoding_recaptions_a_gender_the_tract_contradicts(parser):
+    from functools import partial
+
+    from aligncap_core.inference.consistent import greedy_captions
+    from aligncap_core.inference.domain import LEVEL_ATTRS, Withheld, voice_verdict
+
+    boundary = {"threshold_hz": 1080.0, "train_accuracy": 0.9, "clips": 100}
+    asked = []
+
+    def free(prompts):
+        return ["A woman speaks loudly, sounding happy."] * len(prompts)
+
+    def omit(prompts, attrs):
+        asked.append(tuple(attrs))
+        return ["Someone speaks."] * len(prompts)
+
+    level = Withheld(LEVEL_ATTRS, "the clip's level is louder than the training audio's")
+    man = partial(voice_verdict, spacing_hz=1000.0, boundary=boundary)
+    woman = partial(voice_verdict, spacing_hz=1180.0, boundary=boundary)
+    texts, why = greedy_captions(free, [[1], [2], [3], [4]], parser, omit, [None, None, level, None],
+                                 [man, woman, None, None])
+    assert texts == ["Someone speaks.", "A woman speaks loudly, sounding happy.", "Someone speaks.",
+                     "A woman speaks loudly, sounding happy."]
+    assert asked == [("volume", "emotion"), ("gender",)]  # the level-checked clip is captioned once
+    assert why[0].withheld["checks"] == ["voice"] and why[1] is None and why[3] is None
+    assert why[2].withheld["checks"] == ["level"]

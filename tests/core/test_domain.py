@@ -1,5 +1,7 @@
-"""The level check (inference.domain): the level the corpus measures its volume labels with,
-the training audio's range, and the verdict a clip far outside it gets."""
+"""The domain checks (inference.domain). The level check: the level the corpus measures its
+volume labels with, the training audio's range, and the verdict a clip far outside it gets. The
+voice check: the formant-spacing boundary between the training men and women, and the verdict
+on a caption whose gender the clip's vocal tract contradicts."""
 
 from __future__ import annotations
 
@@ -17,7 +19,12 @@ from aligncap_core.inference.domain import (
     level_range,
     level_verdict,
     training_level_range,
+    training_voice_boundary,
+    voice_boundary,
+    voice_reading,
+    voice_verdict,
 )
+from tests.helpers.audio_corpus import vowel
 
 SR = 24_000
 
@@ -68,3 +75,49 @@ def test_training_range_is_read_from_the_rows_audio(tmp_path, caplog):
         assert training_level_range(tmp_path / "none", rows) is None
     assert "not level-checked" in caplog.text
     json.dumps([lo, hi])  # recorded in meta.json as plain floats
+
+
+def test_voice_boundary_lies_between_the_training_men_and_women():
+    rng = np.random.default_rng(0)
+    men, women = rng.normal(1000, 25, 40), rng.normal(1170, 25, 40)
+    b = voice_boundary([*men, *women, float("nan")], ["male"] * 40 + ["female"] * 40 + ["male"])
+    assert 1050 < b["threshold_hz"] < 1120 and b["train_accuracy"] == 1.0 and b["clips"] == 80
+    json.dumps(b)  # recorded in meta.json
+    # a corpus whose voices overlap on the cue says so in its accuracy
+    mixed = voice_boundary([*men, *women], ["male", "female"] * 40)
+    assert mixed is None or mixed["train_accuracy"] < 0.7
+    assert voice_boundary([1000.0] * 5 + [1170.0] * 40, ["male"] * 5 + ["female"] * 40) is None  # too few men
+
+
+def test_voice_verdict_withholds_only_the_gender_the_tract_contradicts():
+    b = {"threshold_hz": 1080.0, "train_accuracy": 0.9, "clips": 100}
+    assert voice_reading(1010.0, b) == "male" and voice_reading(1150.0, b) == "female"
+    assert voice_verdict("male", 1010.0, b) is None  # agrees
+    w = voice_verdict("female", 1010.0, b)
+    assert w.attributes == ("gender",) and w.checks == ("voice",)
+    assert "would say female" in w.reason and "1010 Hz" in w.reason and "reads male" in w.reason
+    # nothing to check: no gender stated, unmeasurable clip, checkpoint without a boundary
+    assert voice_verdict(None, 1010.0, b) is None
+    assert voice_verdict("female", float("nan"), b) is None and voice_verdict("female", 1010.0, None) is None
+    level = level_verdict(-12.0, [-40.0, -20.0], 3.0)
+    both = level.merge(w)
+    assert both.attributes == (*LEVEL_ATTRS, "gender") and both.checks == ("level", "voice")
+    assert both.to_dict()["reason"].startswith(level.reason) and w.reason in both.reason
+
+
+def test_training_voice_boundary_is_read_from_the_rows_audio(tmp_path, caplog):
+    """Steady vowels through a man's (1,000 Hz spacing) and a woman's (1,180 Hz) tract, at F0s
+    that do not give the gender away: the boundary falls between the tracts."""
+    rows = []
+    for i in range(24):
+        male = i % 2 == 0
+        x = vowel(f0=(110.0, 160.0, 220.0)[i % 3], spacing=(1000.0 if male else 1180.0) * (1 + 0.01 * (i % 4)),
+                  seconds=0.6)
+        sf.write(tmp_path / f"v{i}.wav", x, SR)
+        rows.append({"id": f"v{i}", "audio": f"v{i}.wav", "attributes": {"gender": "male" if male else "female"}})
+    rows.append({"id": "nogender", "audio": "missing.wav", "attributes": {}})  # not a gendered clip: skipped
+    b = training_voice_boundary(tmp_path, rows)
+    assert 1030 < b["threshold_hz"] < 1170 and b["train_accuracy"] == 1.0 and b["clips"] == 24
+    with caplog.at_level(logging.WARNING):
+        assert training_voice_boundary(tmp_path / "none", rows) is None
+    assert "no voice boundary" in caplog.text

@@ -8,6 +8,7 @@ codec to the checkpoint exactly as in a real run.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def test_cli_caption(student, tmp_path):
     assert res.exit_code == 0, res.output
     path, caption = res.stdout.strip().split("\t")
     assert path == str(tmp_path / "x.wav") and caption
-    assert "note:" not in res.stderr and "(0 without volume and emotion" in res.stderr
+    assert "note:" not in res.stderr and "(0 with attributes withheld" in res.stderr
     # a clip far quieter than the training audio: the caption leaves volume and emotion out, and
     # the CLI says so with the reason (the level check), unless it is turned off
     sf.write(tmp_path / "q.wav", 1e-3 * tone("sad", np.random.default_rng(2)), SR)
@@ -103,7 +104,7 @@ def test_cli_caption(student, tmp_path):
                                    "--max-new-tokens", "8", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert f"note: {tmp_path / 'q.wav'}: the clip's level" in res.stderr
-    assert "quieter than the training audio" in res.stderr and "(1 without volume and emotion" in res.stderr
+    assert "quieter than the training audio" in res.stderr and "(1 with attributes withheld" in res.stderr
     res = CliRunner().invoke(app, ["caption", str(tmp_path / "q.wav"), "--model", str(student),
                                    "--max-new-tokens", "8", "--device", "cpu", "--no-level-check"])
     assert res.exit_code == 0 and "note:" not in res.stderr
@@ -244,7 +245,7 @@ def test_dpo_checkpoint_inherits_the_policys_speech_settings(student, tmp_path):
     assert s.codec == str(student / "codec") and s.n_q == 2
 
 
-def _check_level_check(cap: Captioner, corpus: Path, speech: dict) -> None:
+def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> None:
     """The checkpoint records its training audio's level range; a clip 60 dB under it gets no
     volume or emotion in its caption (greedy or consistent), with the reason; a training clip,
     or the check turned off, gets none withheld."""
@@ -266,9 +267,14 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict) -> None:
         assert why[1] is None or why[1].withheld is None
     _, why = cap.decode([quiet], gen, DecodingSettings(samples=2, level_check=False))
     assert why[0].withheld is None
+    # the toy corpus has no gender: no voice boundary, and asking for the voice check says so
+    assert speech["voice_boundary"] is None and quiet.spacing_hz is None
+    with caplog.at_level(logging.WARNING):
+        cap.decode([inside], gen, DecodingSettings(samples=2, voice_check=True))
+    assert "records no voice boundary" in caplog.text and "no caption is checked" in caplog.text
 
 
-def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
+def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path, caplog):
     """A student trained with a prosody stream (here with the voice token and the silence trim)
     reads `<prosody> ... </prosody>` after its codes; its checkpoint records the stream's
     settings, and captioning audio computes the same stream training read."""
@@ -296,7 +302,7 @@ def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
     assert ids[-len(clip.prosody):] == [vocab[t] for t in clip.prosody]  # the stream ends the prompt
     assert len(cap.caption_files([corpus / r["audio"] for r in rows],
                                  GenerationSettings(max_new_tokens=6))) == 2
-    _check_level_check(cap, corpus, speech)
+    _check_level_check(cap, corpus, speech, caplog)
     with pytest.raises(ConfigError, match="prosody stream"):
         cap.prompt_windows(load_codes(corpus, rows[0]), 8)  # bare codes cannot feed this student
     # a preference round's checkpoint reads what its policy read: the stream is not dropped
@@ -310,6 +316,7 @@ def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path):
     inherit_student_settings(ckpt, dpo, corpus)
     assert json.loads((dpo / "meta.json").read_text())["speech"]["prosody"] == speech["prosody"]
     assert json.loads((dpo / "meta.json").read_text())["speech"]["level_range"] == speech["level_range"]
+    assert json.loads((dpo / "meta.json").read_text())["speech"]["voice_boundary"] == speech["voice_boundary"]
     assert policy_prompt(dpo).prosody == speech["prosody"]
     meta = json.loads((dpo / "meta.json").read_text())
     meta["speech"]["prosody"] = None  # such a round checkpoint is refused, not read without it

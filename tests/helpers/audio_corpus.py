@@ -62,3 +62,20 @@ def coded_corpus(root: Path) -> Path:
         r["p_act"] = toy_p_act(r["attributes"])
     write_jsonl(root / "manifest.jsonl", rows)
     return root
+
+
+def vowel(f0: float, spacing: float, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
+    """A glottal pulse train at `f0` through the first five resonances of a uniform tube closed
+    at one end (F_n = (n - 1/2) * spacing, 80 Hz bandwidths): a steady vowel."""
+    from scipy.signal import lfilter
+
+    n = int(seconds * sr)
+    x = np.zeros(n)
+    x[:: max(1, int(round(sr / f0)))] = 1.0
+    for k in range(1, 6):
+        f = (k - 0.5) * spacing
+        if f >= sr / 2:
+            break
+        r = np.exp(-np.pi * 80 / sr)
+        x = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / sr), r * r], x)
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
