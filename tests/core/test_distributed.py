@@ -60,6 +60,17 @@ def _kill_when(stage: str, spec: dict, tmp: Path, ready, timeout: float = 300) -
             time.sleep(0.002)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        # the workers die with the launcher, but not in the same instant: one caught between
+        # ready() and the signal may still rename the checkpoint it was writing, so the caller
+        # lists what is on disk only once no process of the group is left (zombies included,
+        # until their new parent reaps them; at most 30 s)
+        gone = time.monotonic() + 30
+        while time.monotonic() < gone:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
