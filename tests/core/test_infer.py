@@ -272,6 +272,28 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
     with caplog.at_level(logging.WARNING):
         cap.decode([inside], gen, DecodingSettings(samples=2, voice_check=True))
     assert "records no voice boundary" in caplog.text and "no caption is checked" in caplog.text
+    # with a boundary, captioning measures each clip's formant spacing and checks its caption's
+    # gender against it: a 1,000 Hz tract reads male, so a caption saying female is withheld
+    import dataclasses
+
+    from tests.helpers.audio_corpus import vowel
+
+    cap.speech = dataclasses.replace(cap.speech, voice_boundary={"threshold_hz": 1080.0,
+                                                                 "train_accuracy": 0.9, "clips": 100})
+    try:
+        [man] = cap.encode_waves([vowel(220.0, 1000.0, sr=cap.codec.sample_rate)])
+        assert man.spacing_hz == pytest.approx(1000.0, rel=0.05)
+        on = DecodingSettings(samples=2, voice_check=True, level_check=False)  # the vowel is louder
+        [check] = cap.voice_checks([man], on)
+        assert check("male") is None and "reads male" in check("female").reason
+        assert cap.voice_checks([man], DecodingSettings())[0] is None  # off by default
+        for strategy in ("greedy", "consistent"):
+            texts, why = cap.decode([man], gen, dataclasses.replace(on, strategy=strategy))
+            said = cap.parser.parse(texts[0]).attributes.get("gender")
+            assert said in (None, "male")
+            assert why[0] is None or why[0].withheld is None or why[0].withheld["checks"] == ["voice"]
+    finally:
+        cap.speech = dataclasses.replace(cap.speech, voice_boundary=None)
 
 
 def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path, caplog):
