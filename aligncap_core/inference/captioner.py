@@ -275,11 +275,12 @@ class Captioner:
                                      generator_seed=seed)
 
         def omit(ps: Sequence[Sequence[int]], attrs: Sequence[str]) -> list[str]:
-            from aligncap_core.inference.consistent import omit_token_ids
+            from aligncap_core.inference.consistent import omit_token_ids, trim_dangling
 
             g = dataclasses.replace(s, do_sample=False, num_return_sequences=1, num_beams=1)
-            return generate_captions(self.model, self.tokenizer, ps, g,
-                                     suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs))
+            return [trim_dangling(t) for t in generate_captions(
+                self.model, self.tokenizer, ps, g,
+                suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs))]
 
         sorted_prompts = [prompts[i] for i in order]
         clip_held = self.withheld(codes, d)

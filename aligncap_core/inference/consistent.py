@@ -37,6 +37,7 @@ candidates are parsed: when their majority gender is the one the clip's vocal tr
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -154,6 +155,22 @@ def omit_words(attr: str) -> list[str]:
 OMIT_EXTRA = {"pitch": ("pitch", "pitched", "register", "high", "low", "deep", "mid", "medium"),
               "speed": ("pace", "tempo", "speed", "rate", "paced"),
               "volume": ("volume", "loudness", "level", "almost")}
+
+
+# the lead-ins an emotion follows ("...; she sounds", ", sounding"), left at the end of a caption
+# decoded with the emotion words suppressed
+_DANGLING = re.compile(r"(?:[;,]\s*(?:and\s+)?(?:the speaker|he|she|they|the man|the woman)?\s*"
+                       r"(?:sounds|seems|comes across as)|,?\s*(?:sounding|seeming|coming across as))"
+                       r"\s*\.?\s*$", re.IGNORECASE)
+
+
+def trim_dangling(text: str) -> str:
+    """A caption decoded with an attribute's words suppressed, without the clause its emotion
+    would have ended: "The speaker's speech is slow and soft; she sounds" -> "The speaker's
+    speech is slow and soft." (the sentence is ended there). Other captions are returned as
+    they are."""
+    cut = _DANGLING.sub("", text.rstrip())
+    return text if cut == text.rstrip() else cut.rstrip(" ,;") + "."
 
 
 def omit_token_ids(tokenizer: Any, attrs: Sequence[str]) -> list[int]:

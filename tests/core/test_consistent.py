@@ -190,3 +190,22 @@ def test_greedy_decoding_recaptions_a_gender_the_tract_contradicts(parser):
     assert asked == [("volume", "emotion"), ("gender",)]  # the level-checked clip is captioned once
     assert why[0].withheld["checks"] == ["voice"] and why[1] is None and why[3] is None
     assert why[2].withheld["checks"] == ["level"]
+
+
+def test_a_caption_decoded_without_its_emotion_does_not_end_on_the_emotions_lead_in(parser):
+    from aligncap_core.inference.consistent import trim_dangling
+
+    cases = {
+        "The female speaker's speech is moderately paced and sing-song; she sounds":
+            "The female speaker's speech is moderately paced and sing-song.",
+        "The male speaker's speech is unhurried and hushed, and his voice is mid-pitched; the speaker sounds.":
+            "The male speaker's speech is unhurried and hushed, and his voice is mid-pitched.",
+        "A man speaks slowly at the normal speed, sounding": "A man speaks slowly at the normal speed.",
+        "Someone talks quickly, coming across as.": "Someone talks quickly.",
+    }
+    for text, want in cases.items():
+        assert trim_dangling(text) == want
+        assert parser.parse(trim_dangling(text)).attributes == parser.parse(text).attributes
+    for whole in ("A woman speaks quickly, sounding happy.", "The speaker sounds calm.",
+                  "A man speaks; he sounds tired and slow."):
+        assert trim_dangling(whole) == whole  # a complete caption is left as it is
