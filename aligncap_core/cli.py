@@ -356,7 +356,7 @@ def caption_cmd(
     if out is not None:
         stdout.print_json(json.dumps(summary))
     console.print(f"{summary['captioned']} captioned ({summary['withheld']} with attributes withheld, "
-                  "each noted with its reason), {summary['rejected']} skipped, "
+                  f"each noted with its reason), {summary['rejected']} skipped, "
                   f"{len(ignored)} non-audio files ignored ({summary['clips_per_s']} clips/s)")
     if summary["rejected"] and not summary["captioned"]:
         raise typer.Exit(1)

@@ -11,6 +11,7 @@ their own dropout masks, which cannot match one process's stream.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -60,21 +61,37 @@ def _kill_when(stage: str, spec: dict, tmp: Path, ready, timeout: float = 300) -
             time.sleep(0.002)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        # the workers die with the launcher, but not in the same instant: one caught between
-        # ready() and the signal may still rename the checkpoint it was writing, so the caller
-        # lists what is on disk only once no process of the group is left (zombies included,
-        # until their new parent reaps them; at most 30 s)
-        gone = time.monotonic() + 30
-        while time.monotonic() < gone:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+        # the workers are not all in the launcher's process group (the elastic agent starts
+        # them in sessions of their own) and outlive it for a moment: one caught mid-save
+        # renamed step-4 after the caller had listed [3]. So every process of this launch (its
+        # command line names the spec) is killed too, and the caller lists the checkpoints
+        # only once none is left
+        _kill_launch_processes(spec_path)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _kill_launch_processes(spec_path: Path, timeout: float = 30) -> None:
+    """SIGKILL every process whose command line names `spec_path`; return once none is left."""
+    key = str(spec_path).encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and key in (d / "cmdline").read_bytes():
+                    alive.append(int(d.name))
+            except OSError:
+                continue
+        if not alive:
+            return
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    pytest.fail(f"processes of the killed launch still running after {timeout} s: {alive}")
 
 
 def _by_step(path: Path, key: str) -> dict[int, float]:

@@ -97,6 +97,7 @@ def test_cli_caption(student, tmp_path):
     path, caption = res.stdout.strip().split("\t")
     assert path == str(tmp_path / "x.wav") and caption
     assert "note:" not in res.stderr and "(0 with attributes withheld" in res.stderr
+    assert "0 skipped" in " ".join(res.stderr.split())  # the summary's figures are filled in
     # a clip far quieter than the training audio: the caption leaves volume and emotion out, and
     # the CLI says so with the reason (the level check), unless it is turned off
     sf.write(tmp_path / "q.wav", 1e-3 * tone("sad", np.random.default_rng(2)), SR)
