@@ -100,7 +100,7 @@ class Captioner:
     codec_batch_size: int = 4  # CPU EnCodec is fastest at small batches (codec.dataset)
     decoding: DecodingSettings = dataclasses.field(default_factory=DecodingSettings)
     _parser: Any = None
-    _voice_warned: bool = False  # the voice check asked of a checkpoint without a boundary
+    _warned: set = dataclasses.field(default_factory=set)  # warnings given once per captioner
 
     @classmethod
     def load(cls, ckpt_uri: str | os.PathLike, device: str = "auto",
@@ -325,18 +325,19 @@ class Captioner:
             self._parser = EmotionClueParser()
         return self._parser
 
-    def encode_waves(self, waves: Sequence[np.ndarray]) -> list[Speech]:
+    def encode_waves(self, waves: Sequence[np.ndarray],
+                     decoding: DecodingSettings | None = None) -> list[Speech]:
         """What the student reads of each mono wave at the codec's rate: its codes `(n_q, T)`,
-        the prosody stream when the student reads one, and the clip's level (for the level
-        check, `inference.domain`)."""
+        the prosody stream when the student reads one, the clip's level (for the level check,
+        `inference.domain`) and, when `measures_voice(decoding)`, its formant spacing."""
         from aligncap_core.inference.domain import clip_level_db, clip_spacing_hz
 
         codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
         rate = self.codec.sample_rate
         levels = [clip_level_db(w, rate) for w in waves]
         prosody = self.prosody
-        # the formant spacing only for a checkpoint that records a voice boundary (~20 ms a clip)
-        spacings = ([clip_spacing_hz(w, rate, prosody) for w in waves] if self.speech.voice_boundary
+        # ~20 ms a clip: only for the voice check
+        spacings = ([clip_spacing_hz(w, rate, prosody) for w in waves] if self.measures_voice(decoding)
                     else [None] * len(waves))
         if prosody is None:
             return [Speech(c, None, lv, sp) for c, lv, sp in zip(codes, levels, spacings, strict=True)]
@@ -344,6 +345,16 @@ class Captioner:
 
         return [Speech(*clip_streams(c, w, rate, prosody), lv, sp)
                 for c, w, lv, sp in zip(codes, waves, levels, spacings, strict=True)]
+
+    def measures_voice(self, decoding: DecodingSettings | None = None) -> bool:
+        """Whether a clip's formant spacing is measured: the voice check is on (`decoding`,
+        default `self.decoding`) and the checkpoint records a voice boundary."""
+        return bool(self.speech.voice_boundary and (decoding or self.decoding).voice_check)
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning(message)
 
     def withheld(self, clips: Sequence[np.ndarray | Speech],
                  decoding: DecodingSettings | None = None) -> list[Any]:
@@ -368,12 +379,14 @@ class Captioner:
 
         d = decoding or self.decoding
         boundary = self.speech.voice_boundary
-        if d.voice_check and not boundary and not self._voice_warned:
-            self._voice_warned = True
-            log.warning("the voice check is on, but this checkpoint records no voice boundary "
-                        "(trained before it, or on clips without a gender): no caption is checked")
+        if d.voice_check and not boundary:
+            self._warn_once("the voice check is on, but this checkpoint records no voice boundary "
+                            "(trained before it, or on clips without a gender): no caption is checked")
         if not d.voice_check or not boundary:
             return [None] * len(clips)
+        if any(isinstance(c, Speech) and c.spacing_hz is None for c in clips):
+            self._warn_once("the voice check is on, but some clips were encoded without their formant "
+                            "spacing (encode_waves with the check off): those captions are not checked")
         return [partial(voice_verdict, spacing_hz=c.spacing_hz, boundary=boundary)
                 if isinstance(c, Speech) and voice_reading(c.spacing_hz, boundary) else None
                 for c in clips]

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aligncap_core.errors import ConfigError
+from aligncap_core.inference.domain import merged
 
 ATTRS = ("emotion", "pitch", "speed", "volume", "gender")
 STRATEGIES = ("greedy", "consistent")
@@ -205,8 +206,7 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
     for i, check in enumerate(voice or ()):
         said = agreement(parsed[i])["gender"].most_common(1)
         verdict = check(said[0][0]) if check is not None and said else None
-        if verdict is not None:
-            held[i] = verdict if held[i] is None else held[i].merge(verdict)
+        held[i] = merged(held[i], verdict)
     decisions = [choose(p, settings.risk, withheld=w) for p, w in zip(parsed, held, strict=True)]
     if omit is not None:
         threshold = settings.risk / (1 + settings.risk)
@@ -251,7 +251,7 @@ def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, om
     for k, p in zip(checked, parser.parse_many([texts[k] for k in checked]) if checked else [], strict=True):
         verdict = voice[k](p.attributes.get("gender"))
         if verdict is not None:
-            w = verdict if held[k] is None else held[k].merge(verdict)
+            w = merged(held[k], verdict)
             texts[k] = omit([prompts[k]], w.attributes)[0]
             decisions[k] = Decision(0, 0.0, withheld=w.to_dict())
     return texts, decisions

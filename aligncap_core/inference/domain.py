@@ -71,6 +71,21 @@ class Withheld:
         return Withheld(attrs, f"{self.reason}; {other.reason}", tuple(dict.fromkeys((*self.checks, *other.checks))))
 
 
+def merged(first: Withheld | None, then: Withheld | None) -> Withheld | None:
+    """`first.merge(then)`, either of them alone when the other is None."""
+    return then if first is None else first.merge(then)
+
+
+def fit_sample(rows: Sequence[dict], seed: int = 0) -> list[dict]:
+    """The training rows a check is fitted on: all of them, or a seeded sample of MAX_FIT_CLIPS
+    in their order."""
+    rows = list(rows)
+    if len(rows) <= MAX_FIT_CLIPS:
+        return rows
+    pick = np.random.default_rng(seed).choice(len(rows), MAX_FIT_CLIPS, replace=False)
+    return [rows[i] for i in sorted(pick)]
+
+
 def clip_level_db(wav: np.ndarray, sample_rate: int) -> float:
     """The clip's level as the corpus measures its volume labels: mean power of the 10 ms frames
     within 35 dB of the loudest, dBFS (`data.synth.measure`)."""
@@ -96,10 +111,7 @@ def training_level_range(data_dir: str | os.PathLike, rows: Sequence[dict], samp
     from aligncap_core.codec.tokenizer import read_audio
     from aligncap_core.train.data import row_audio_path
 
-    rows = list(rows)
-    if len(rows) > MAX_FIT_CLIPS:
-        pick = np.random.default_rng(seed).choice(len(rows), MAX_FIT_CLIPS, replace=False)
-        rows = [rows[i] for i in sorted(pick)]
+    rows = fit_sample(rows, seed)
     paths = [row_audio_path(data_dir, r) for r in rows]
     found = [p.is_file() for p in paths]
     if not any(found):
@@ -176,10 +188,8 @@ def training_voice_boundary(data_dir: str | os.PathLike, rows: Sequence[dict], p
     from aligncap_core.codec.tokenizer import read_audio
     from aligncap_core.train.data import row_audio_path
 
-    rows = [r for r in rows if (r.get("attributes") or {}).get(VOICE_ATTR) in ("male", "female")]
-    if len(rows) > MAX_FIT_CLIPS:
-        pick = np.random.default_rng(seed).choice(len(rows), MAX_FIT_CLIPS, replace=False)
-        rows = [rows[i] for i in sorted(pick)]
+    rows = fit_sample([r for r in rows if (r.get("attributes") or {}).get(VOICE_ATTR) in ("male", "female")],
+                      seed)
     paths = [row_audio_path(data_dir, r) for r in rows]
     if not rows:
         log.warning("%s: no training clip has a gender label; the student records no voice "

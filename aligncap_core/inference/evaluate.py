@@ -312,7 +312,7 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
             [preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
             [rows[i].get("attributes") for i in idx], parser=parser, meteor=scorer)
     def by(check: str) -> list[bool]:
-        return [d is not None and d.withheld is not None and check in d.withheld.get("checks", ("level",))
+        return [d is not None and d.withheld is not None and check in d.withheld["checks"]
                 for d in decisions or [None] * len(rows)]
 
     held, voiced = by("level"), by("voice")
@@ -385,9 +385,9 @@ def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSett
     from aligncap_core.train.data import PROSODY_RATE, row_audio, row_streams
 
     checked = bool(cap.speech.level_range)
-    voiced = bool(cap.speech.voice_boundary and (decoding or cap.decoding).voice_check)
+    voiced = cap.measures_voice(decoding)
     # the audio is read once, for the stream and the checks alike
-    wav = row_audio(data_dir, row, "the prosody stream or the level check") \
+    wav = row_audio(data_dir, row, "the prosody stream or the level and voice checks") \
         if cap.prosody is not None or checked or voiced else None
     codes, stream = row_streams(data_dir, row, cap.prosody, wav)
     level = clip_level_db(wav, PROSODY_RATE) if checked else None

@@ -282,9 +282,11 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
     cap.speech = dataclasses.replace(cap.speech, voice_boundary={"threshold_hz": 1080.0,
                                                                  "train_accuracy": 0.9, "clips": 100})
     try:
-        [man] = cap.encode_waves([vowel(220.0, 1000.0, sr=cap.codec.sample_rate)])
-        assert man.spacing_hz == pytest.approx(1000.0, rel=0.05)
         on = DecodingSettings(samples=2, voice_check=True, level_check=False)  # the vowel is louder
+        wave = vowel(220.0, 1000.0, sr=cap.codec.sample_rate)
+        assert cap.encode_waves([wave])[0].spacing_hz is None  # the check off: not measured
+        [man] = cap.encode_waves([wave], on)
+        assert man.spacing_hz == pytest.approx(1000.0, rel=0.05)
         [check] = cap.voice_checks([man], on)
         assert check("male") is None and "reads male" in check("female").reason
         assert cap.voice_checks([man], DecodingSettings())[0] is None  # off by default
