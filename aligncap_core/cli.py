@@ -93,7 +93,7 @@ def data_tokenize(
     codec: Annotated[str, typer.Option(help="'calibrated' (fit on the train split, saved in DIR/codec), a hub id, or a local EnCodec dir.")] = "calibrated",
     n_q: Annotated[int, typer.Option("--n-q", help="Codebooks per frame (2 = 1.5 kbps, 8 = 6 kbps).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Clips per encoder batch (small is fastest on CPU; codes do not depend on it).")] = 4,
-    codec_dir: Annotated[Path | None, typer.Option(help="Where the calibrated codec lives (default DIR/codec).")] = None,
+    codec_dir: Annotated[Path | None, typer.Option(help="Where the calibrated codec lives (default DIR/codec). A folder holding a codec calibrated on other audio is refused, not refitted: use --codec PATH to encode with it.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Codes cache folder (default DIR/codes).")] = None,
     threads: Annotated[int, typer.Option(help="Torch threads (0 = all usable cores).")] = 0,
 ) -> None:

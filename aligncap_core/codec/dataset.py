@@ -119,6 +119,16 @@ def resolve_codec(
         if not train:
             log.warning("no %r rows: reusing the calibrated codec at %s as is", calibrate_on_split, cdir)
         return EncodecTokenizer.from_pretrained(cdir, n_q=n_q), {}
+    if saved and codec_dir is not None and cdir.resolve() != (data_dir / "codec").resolve():
+        # An explicit folder holding a codec fitted on other audio: refitting would overwrite it,
+        # and the codes and checkpoints made with it elsewhere would then silently disagree with
+        # the codec saved beside them.
+        raise DataError(
+            f"{cdir} holds a codec calibrated on other audio (calibration "
+            f"{saved.get('calibration', {}).get('data_fingerprint')!r}, fingerprint "
+            f"{saved.get('fingerprint')!r}; this data's {calibrate_on_split} split is {calib_fp!r}). "
+            f"Encode with it as it is: --codec {cdir}; or calibrate a new one into an empty "
+            "--codec-dir (or the default DATA_DIR/codec)")
     if not train:
         raise DataError(
             f"{data_dir}: no rows with split={calibrate_on_split!r} to calibrate the codec on and no "

@@ -21,6 +21,7 @@ from aligncap_core.codec import (
     tokenize_dataset,
     tokens_to_codes,
 )
+from aligncap_core.errors import DataError
 from aligncap_core.utils import read_jsonl, write_jsonl
 from tests.helpers.audio_corpus import vowel
 
@@ -250,6 +251,24 @@ def test_recalibrates_when_training_audio_changes(tokenized, tmp_path):
     write_jsonl(d / "manifest.jsonl", [r for r in rows if r["id"] != "c000"])  # a train clip left
     s = tokenize_dataset(d, n_q=2, batch_size=8, progress=False)
     assert s["codec"] != tokenized[1]["codec"] and s["encoded"] == 23
+
+
+def test_another_datas_codec_dir_is_refused_not_overwritten(tokenized, tmp_path):
+    other = _copy(tokenized[0], tmp_path / "other", with_codes=False)
+    rows = read_jsonl(other / "manifest.jsonl")
+    write_jsonl(other / "manifest.jsonl", [r for r in rows if r["id"] != "c000"])  # other training audio
+    codec_dir = tokenized[0] / "codec"
+    before = (codec_dir / "codec.json").read_bytes()
+    with pytest.raises(DataError, match="calibrated on other audio") as e:
+        tokenize_dataset(other, n_q=2, batch_size=8, codec_dir=codec_dir, progress=False)
+    assert f"--codec {codec_dir}" in str(e.value)
+    assert (codec_dir / "codec.json").read_bytes() == before  # the first dataset's codec is intact
+    # what the message says to do: encode with that codec as it is
+    s = tokenize_dataset(other, codec=str(codec_dir), n_q=2, batch_size=8, progress=False)
+    assert s["codec"] == tokenized[1]["codec"]
+    for r in read_jsonl(other / "manifest.jsonl")[:3]:
+        r0 = next(x for x in read_jsonl(tokenized[0] / "manifest.jsonl") if x["id"] == r["id"])
+        np.testing.assert_array_equal(load_codes(other, r), load_codes(tokenized[0], r0))
 
 
 def test_pretrained_local_dir(tmp_path, tokenized):
