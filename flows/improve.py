@@ -30,6 +30,7 @@ from tasks import (
     publish,
     register,
     resolve_champion,
+    round_clips,
     tag_run,
 )
 
@@ -39,6 +40,11 @@ def task_steps(st: Any, data_uri: str, evaluation: EvalParams, t: Any) -> Any:
     stay in the work folder; the DPO checkpoint, the evaluation reports and each finished round
     are published to the store `st` (the checkpoint and the round by their URIs)."""
     from aligncap_core.improve import RoundSteps
+
+    def clips(policy: str, data: str, out: str, cfg: dict, k: int) -> str:
+        if cfg.get("augment") is None:  # the round samples the train clips: nothing to make
+            return data
+        return run_stage(round_clips, policy, data, out, cfg, k, output=exists)[0]
 
     def candidates(policy: str, data: str, out: str, cfg: dict, k: int) -> str:
         return run_stage(generate_candidates, policy, data, out, cfg, k, output=exists)[0]
@@ -64,7 +70,7 @@ def task_steps(st: Any, data_uri: str, evaluation: EvalParams, t: Any) -> Any:
                 {"round": record["round"], "checkpoint": record["checkpoint"]}, skip=["policy"])
         return record
 
-    return RoundSteps(candidates=candidates, judge=judge_, pairs=pairs, dpo=dpo,
+    return RoundSteps(clips=clips, candidates=candidates, judge=judge_, pairs=pairs, dpo=dpo,
                       evaluate=evaluate_, round_done=round_done)
 
 

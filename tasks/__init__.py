@@ -6,9 +6,9 @@ cached by content fingerprints of their inputs (`tasks.caching`) and persist the
 
 from tasks.data import augment, clues, prepare, publish, synth, tokenize
 from tasks.evaluate import evaluate, log_evaluation, register, resolve_champion, tag_run
-from tasks.improve import build_pairs, dpo_round, generate_candidates, judge
+from tasks.improve import build_pairs, dpo_round, generate_candidates, judge, round_clips
 from tasks.train import train_student, train_teacher
 
 __all__ = ["augment", "build_pairs", "clues", "dpo_round", "evaluate", "generate_candidates", "judge",
-           "log_evaluation", "prepare", "publish", "register", "resolve_champion", "synth", "tag_run", "tokenize",
+           "log_evaluation", "prepare", "publish", "register", "resolve_champion", "round_clips", "synth", "tag_run", "tokenize",
            "train_student", "train_teacher"]

@@ -34,6 +34,23 @@ def _round_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in RESUMABLE_KEYS}
 
 
+def _clips_inputs(p: dict[str, Any]) -> list[Any] | None:
+    return [checkpoint_fingerprint(p["policy_ckpt"]), manifest_sha(p["data_dir"]),
+            path_key(p["out_dir"]), _round_cfg(p["cfg"]), p["round"]]
+
+
+@task(name="round_clips", cache_key_fn=make_key_fn("clips", _clips_inputs), **IO_RETRIES, **PERSIST)
+def round_clips(policy_ckpt: str, data_dir: str, out_dir: str, cfg: dict[str, Any], round: int) -> str:
+    """The data dir the round samples from: the train data, or (improve.augment) randomised
+    copies of the round's train clips, tokenized with the policy's codec; returns its path."""
+    from aligncap_core.improve import round_clips_step
+
+    path = round_clips_step(policy_ckpt, data_dir, out_dir, cfg, round)
+    if path != str(data_dir):
+        get_run_logger().info("round %d: randomised copies of its clips -> %s", round, path)
+    return path
+
+
 def _candidates_inputs(p: dict[str, Any]) -> list[Any] | None:
     return [checkpoint_fingerprint(p["policy_ckpt"]), manifest_sha(p["data_dir"]),
             path_key(p["out_path"]), _round_cfg(p["cfg"]), p["round"]]

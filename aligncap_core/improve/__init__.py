@@ -31,8 +31,9 @@ from aligncap_core.improve.steps import (
     generate_candidates_step,
     judge_step,
     pairs_step,
+    round_clips_step,
 )
 
 __all__ = ["ImproveConfig", "RoundSelector", "RoundSteps", "dpo_step", "improve_identity", "local_steps", "evaluate_step", "generate_candidates_step", "judge_step",
-           "load_improve_config", "pairs_step", "parse_select_metric", "rounds_table", "run_round",
-           "selection_score", "self_improve"]
+           "load_improve_config", "pairs_step", "parse_select_metric", "rounds_table", "round_clips_step",
+           "run_round", "selection_score", "self_improve"]

@@ -57,6 +57,12 @@ class ImproveConfig:
     sample_batch_size: rows per generation batch while sampling (n rows per clip).
     clips_per_round: train clips sampled per round (a fresh seeded subsample each round, seed +
         round), None = every train clip.
+    augment: None (default): the round samples captions of the train clips themselves. A
+        mapping of `data.augment` settings (`AugmentConfig` keys, e.g. {} for its defaults;
+        its seed is the round's, seed + round): the round samples, judges and learns from one
+        randomised copy of each of those clips instead (another voice, channel, room, noise;
+        labels re-measured, `improve.steps.round_clips_step`), clips the policy has not trained
+        on and errs on more often (docs/experiments/po_rounds.md, section 7).
     judge: `prefs.make_judge` config: {"kind": "rubric"} (offline, default) or {"kind":
         "openai", "base_url": ..., "model": ..., ...}.
     pair_strategy: golden_vs_sample (SpeechAlign), best_vs_worst (AlignCap),
@@ -82,6 +88,7 @@ class ImproveConfig:
     max_new_tokens: int = EVAL.max_new_tokens
     sample_batch_size: int = 16
     clips_per_round: int | None = 256
+    augment: dict[str, Any] | None = None
     judge: dict[str, Any] = field(default_factory=_default_judge)
     pair_strategy: str = "golden_vs_sample"
     min_margin: float = 1.0
@@ -115,6 +122,8 @@ class ImproveConfig:
                               f"got {self.judge!r}")
         if not isinstance(self.dpo, dict):
             raise ConfigError(f"improve.dpo must be a mapping of DPORoundConfig fields, got {self.dpo!r}")
+        if self.augment is not None:
+            self.augment_config(0)  # bad augment settings fail now, not in round 1
         if "round" in self.dpo:
             raise ConfigError("improve.dpo.round is set by each round; remove it")
         DPORoundConfig.from_dict(self.dpo, "improve.dpo.")  # bad DPO keys fail now, not in round 1
@@ -138,6 +147,24 @@ class ImproveConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def augment_config(self, round: int) -> Any:
+        """The `AugmentConfig` of round `round`'s clips (its seed: seed + round)."""
+        from aligncap_core.data.augment.config import AugmentConfig
+
+        if not isinstance(self.augment, dict):
+            raise ConfigError(f"improve.augment must be a mapping of data.augment settings or null, "
+                              f"got {self.augment!r}")
+        if "seed" in self.augment:
+            raise ConfigError("improve.augment.seed is set by each round (improve.seed + round); remove it")
+        try:
+            cfg = AugmentConfig.from_dict({**self.augment, "seed": self.seed + round})
+        except ConfigError as e:
+            raise ConfigError(f"improve.augment: {e}") from e
+        if cfg.copies < 1:
+            raise ConfigError("improve.augment.copies must be >= 1 (the round's clips are the copies); "
+                              "set improve.augment: null to sample the train clips themselves")
+        return cfg
 
     def dpo_config(self, round: int) -> DPORoundConfig:
         """The DPO settings of round `round` (>= 1): its round number, and a seed per round."""

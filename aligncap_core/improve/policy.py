@@ -74,7 +74,7 @@ def inherit_student_settings(policy_ckpt: str | os.PathLike, new_ckpt: str | os.
     its config.yaml gains the policy's student settings under the DPO keys, and its meta the
     policy's speech settings and codec (the data dir's codec when the policy records none)."""
     from aligncap_core.codec.prosody import ProsodySettings
-    from aligncap_core.inference.speech import CODEC_SUBDIR, SpeechCodec, attach_codec, find_codec
+    from aligncap_core.inference.speech import attach_codec, find_codec
 
     policy_root, new = fetch_to_local(policy_ckpt), Path(new_ckpt)
     # the DPO run keys (dpo, policy, pairs, ...) win: they describe how this checkpoint was made
@@ -83,13 +83,7 @@ def inherit_student_settings(policy_ckpt: str | os.PathLike, new_ckpt: str | os.
         yaml.safe_dump(merged, f, sort_keys=False)
     prompt = policy_prompt(policy_root)
     speech = read_meta(policy_root).get("speech") or {}
-    if speech.get("codec") == CODEC_SUBDIR:
-        codec = SpeechCodec(str(policy_root / CODEC_SUBDIR), speech.get("codec_fingerprint"),
-                            speech.get("n_q") or 0)
-    elif speech.get("codec"):
-        codec = SpeechCodec(speech["codec"], speech.get("codec_fingerprint"), speech.get("n_q") or 0)
-    else:
-        codec = find_codec(data_dir)  # an older student: its codec is the data dir's
+    codec = policy_codec(policy_root) or find_codec(data_dir)  # an older student: the data dir's
     # the round's policy reads exactly what its starting policy read (the prosody stream too)
     # and keeps its training audio's level range and voice boundary (inference.domain)
     attach_codec(new, codec, instruction=prompt.instruction, keep_q=prompt.keep_q,
@@ -97,6 +91,19 @@ def inherit_student_settings(policy_ckpt: str | os.PathLike, new_ckpt: str | os.
                  prosody=ProsodySettings.coerce(prompt.prosody), level_range=speech.get("level_range"),
                  voice_boundary=speech.get("voice_boundary"))
     return new
+
+
+def policy_codec(ckpt: str | os.PathLike) -> Any:
+    """The codec a policy checkpoint reads (`inference.speech.SpeechCodec`: the checkpoint's own
+    copy, or the local dir / hub id it records); None for an older student that records none."""
+    from aligncap_core.inference.speech import CODEC_SUBDIR, SpeechCodec
+
+    root = fetch_to_local(ckpt)
+    speech = read_meta(root).get("speech") or {}
+    if not speech.get("codec"):
+        return None
+    source = str(root / CODEC_SUBDIR) if speech["codec"] == CODEC_SUBDIR else speech["codec"]
+    return SpeechCodec(source, speech.get("codec_fingerprint"), speech.get("n_q") or 0)
 
 
 def check_codec(ckpt: str | os.PathLike, prompt: PolicyPrompt, rows: list[dict]) -> None:

@@ -7,7 +7,9 @@
 Layout of `out_dir`:
     config.json                  the resolved ImproveConfig, the starting checkpoint, the data
     round-0/round.json           the starting policy's evaluation (eval/report.json)
-    round-k/candidates.jsonl     sampled from round k-1's policy
+    round-k/clips/               with improve.augment: the clips the round samples, randomised
+                                 copies of train clips (manifest, audio, clues, codes, pool.json)
+           /candidates.jsonl     sampled from round k-1's policy
            /judged.jsonl /pairs.jsonl
            /policy/              round k's checkpoint (DPO against round k-1's policy)
            /eval/report.json     + predictions.jsonl
@@ -51,6 +53,7 @@ from aligncap_core.improve.steps import (
     generate_candidates_step,
     judge_step,
     pairs_step,
+    round_clips_step,
 )
 from aligncap_core.train.identity import RunIdentity, claim_run_dir, locked_run_dir
 from aligncap_core.utils import atomic_write
@@ -70,7 +73,10 @@ class RoundSteps:
     output when a round is resumed.
 
     round_done(round_dir, record) runs after round.json is written (the flow publishes the
-    round's files there) and returns the record to keep."""
+    round's files there) and returns the record to keep. clips(policy, data_dir, out_dir, cfg,
+    round) gives the data dir the round samples from and learns from (`round_clips_step`: the
+    data dir itself, or the round's randomised copies with `improve.augment`); None runs
+    `round_clips_step` in process."""
 
     candidates: Callable[[str, str, str, dict, int], str]
     judge: Callable[[str, dict, str], str]
@@ -78,6 +84,7 @@ class RoundSteps:
     dpo: Callable[[str, str, str, str, dict, int], str]
     evaluate: EvaluateFn
     round_done: Callable[[Path, dict], dict] | None = None
+    clips: Callable[[str, str, str, dict, int], str] | None = None
 
 
 def _reuse(what: str, out_arg: int, done: Callable[[Path], bool],
@@ -107,6 +114,7 @@ def local_steps(evaluate_fn: EvaluateFn | None = None) -> RoundSteps:
     speech settings ("speech" is added to meta.json last); pairs are always rebuilt (cheap, and
     their summary is needed)."""
     return RoundSteps(
+        clips=round_clips_step,  # finds its own finished pool (pool.json)
         candidates=_reuse("candidates", 2, Path.exists, generate_candidates_step),
         judge=_reuse("judgments", 2, Path.exists, judge_step),
         pairs=pairs_step,
@@ -155,20 +163,26 @@ def run_round(policy_ckpt: str, data_dir: str, round_dir: str, cfg: dict, round:
         seconds[name] = round_s(time.monotonic() - t0)
         return result
 
+    # the clips the round samples and learns from: the train clips, or (improve.augment) their
+    # randomised copies in round-k/clips; the policy is always evaluated on data_dir
+    clips = timed("clips", lambda: (steps.clips or round_clips_step)(
+        policy_ckpt, data_dir, str(rdir / "clips"), cfg_d, round))
     cands = timed("candidates", lambda: steps.candidates(
-        policy_ckpt, data_dir, str(rdir / "candidates.jsonl"), cfg_d, round))
+        policy_ckpt, clips, str(rdir / "candidates.jsonl"), cfg_d, round))
     judged = timed("judge", lambda: steps.judge(cands, c.judge, str(rdir / "judged.jsonl")))
     pairs = timed("pairs", lambda: steps.pairs(judged, cfg_d, str(rdir / "pairs.jsonl"), round,
                                                policy_ckpt))
     result: dict[str, Any] = {"round": round, "policy": str(policy_ckpt),
                               "reference": str(policy_ckpt), "pairs": pairs}
+    if str(clips) != str(data_dir):
+        result["clips"] = str(clips)
     if pairs["n_pairs"] == 0:
         log.warning("round %d: no preference pairs (see %s); the policy is kept unchanged",
                     round, rdir / "judged.jsonl")
         result.update(checkpoint=str(policy_ckpt), no_update="no preference pairs")
     else:
         result["checkpoint"] = str(timed("dpo", lambda: steps.dpo(
-            policy_ckpt, pairs["path"], data_dir, str(rdir / "policy"), cfg_d, round)))
+            policy_ckpt, pairs["path"], clips, str(rdir / "policy"), cfg_d, round)))
     result["metrics"] = timed("evaluate", lambda: _evaluate(steps, result["checkpoint"], data_dir, rdir, c))
     result["score"] = selection_score(result["metrics"].get(c.select_split), c.select_metric)
     result["seconds"] = {**seconds, "total": round_s(sum(seconds.values()))}

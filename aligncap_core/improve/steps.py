@@ -12,8 +12,10 @@ written atomically, so a file that exists is complete. `cfg` is an `ImproveConfi
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from aligncap_core.improve.policy import (
     policy_prompt,
     teacher_adapter_of,
 )
-from aligncap_core.utils import read_jsonl, release_memory, write_jsonl
+from aligncap_core.utils import atomic_write, read_jsonl, release_memory, write_jsonl
 
 log = logging.getLogger(__name__)
 # the per-split numbers a round reports (the full report stays in the eval json)
@@ -50,6 +52,70 @@ def select_clips(data_dir: str | Path, clips_per_round: int | None, seed: int) -
         return rows
     keep = set(random.Random(seed).sample(range(len(rows)), clips_per_round))
     return [r for i, r in enumerate(rows) if i in keep]
+
+
+POOL_JSON = "pool.json"  # written last by round_clips_step: the round's clips are complete
+
+
+def round_clips_step(policy_ckpt: str, data_dir: str, out_dir: str, cfg: dict, round: int) -> str:
+    """The data dir round `round` samples its candidates from (and its DPO step reads).
+
+    Without `cfg.augment`: `data_dir` itself. With it: `out_dir`, holding one randomised copy
+    (`data.augment` with `cfg.augment_config(round)`; labels re-measured, captions rewritten
+    where a label moved, a copy that fails its checks left out) of each train clip the round
+    samples (`select_clips`, the same subsample as without), their clues, and their codes from
+    the policy's own codec. Writes OUT_DIR/pool.json last (what was kept and rejected) and
+    returns out_dir; a folder with pool.json is a finished pool."""
+    from aligncap_core.clues.annotate import add_clues
+    from aligncap_core.codec import tokenize_dataset
+    from aligncap_core.data.augment import augment_dataset
+    from aligncap_core.improve.policy import policy_codec
+    from aligncap_core.train.data import row_audio_path
+
+    c = ImproveConfig.from_dict(cfg)
+    if c.augment is None:
+        return str(data_dir)
+    out = Path(out_dir)
+    if (out / POOL_JSON).is_file():
+        return str(out)
+    codec = policy_codec(policy_ckpt)
+    if codec is None or not codec.source:
+        raise ConfigError(f"{policy_ckpt} records no codec; improve.augment tokenizes the round's "
+                          "copies with the policy's own codec: start from a student trained by "
+                          "this version, or set improve.augment: null")
+    rows = select_clips(data_dir, c.clips_per_round, c.seed + round)
+    source = out / "source"
+    source.mkdir(parents=True, exist_ok=True)
+    write_jsonl(source / "manifest.jsonl",
+                [{**r, "audio": str(row_audio_path(data_dir, r).resolve())} for r in rows])
+    summary = augment_dataset(source, out, c.augment_config(round), progress=False, copies_only=True)
+    if not summary["kept"]:
+        raise DataError(f"round {round}: every randomised copy of the {len(rows)} sampled clips was "
+                        f"rejected ({summary['rejects_by_reason']}; {out / 'rejects.jsonl'})")
+    kept_clues = {r["id"]: r.get("p_act") for r in read_jsonl(out / "manifest.jsonl")
+                  if r.get("augment", {}).get("captions") == "kept"}
+    add_clues(out, progress=False)
+    # a copy whose captions were kept must get its source's acoustic prompt back: if not, the
+    # data dir's clues were made with another template or parser and the KD teacher would read
+    # the round's clips differently from the ones it was trained on
+    differ = [r["id"] for r in read_jsonl(out / "manifest.jsonl")
+              if r["id"] in kept_clues and r.get("p_act") != kept_clues[r["id"]]]
+    if differ:
+        raise DataError(f"{data_dir}: the acoustic prompts of {len(differ)} clips (e.g. "
+                        f"{differ[0]}) are not what `aligncap data clues` with the default template "
+                        "builds from their captions; improve.augment needs the data's clues made "
+                        "with the default template")
+    tokenize_dataset(out, codec=codec.source, n_q=codec.n_q or 2, progress=False)
+    shutil.rmtree(source)
+    record = {"round": round, "clips": len(rows), "kept": summary["kept"],
+              "rejected": summary["rejected"], "rejects_by_reason": summary["rejects_by_reason"],
+              "relabeled": summary["relabeled"], "transforms": summary["transforms"],
+              "augment": c.augment_config(round).to_dict()}
+    with atomic_write(out / POOL_JSON) as f:
+        json.dump(record, f, indent=2)
+    log.info("round %d: %d randomised copies of %d sampled clips (%d rejected) in %s", round,
+             summary["kept"], len(rows), summary["rejected"], out)
+    return str(out)
 
 
 def generate_candidates_step(policy_ckpt: str, data_dir: str, out_path: str, cfg: dict,

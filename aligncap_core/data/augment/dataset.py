@@ -163,8 +163,10 @@ def _augment_copies(r: dict, src: Path, out: Path, cfg: AugmentConfig, tally: _T
 
 
 def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    cfg: AugmentConfig | None = None, progress: bool = True) -> dict:
-    """Write `data_dir`'s rows plus augmented copies of its train rows to `out_dir`.
+                    cfg: AugmentConfig | None = None, progress: bool = True,
+                    copies_only: bool = False) -> dict:
+    """Write `data_dir`'s rows plus augmented copies of its train rows to `out_dir` (with
+    `copies_only`, the copies alone: a preference round's clips, `improve.steps`).
 
     See the package docstring for the output layout and the labelling rules. Returns {rows_read,
     train_rows, skipped, produced, kept, rejected, rejects_by_reason, relabeled, label_changes,
@@ -199,15 +201,17 @@ def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             src = Path(r["audio"]) if os.path.isabs(r["audio"]) else data / r["audio"]
             if not src.is_file():
                 raise DataError(f"{r['id']}: audio file not found: {src}; re-run `aligncap data prepare`")
-            rel = f"audio/{safe_name(r['id'])}.wav"
-            sha = _copy_source(src, out / rel, r.get("audio_sha256"))
-            tally.written.append({**{k: v for k, v in r.items() if k not in STALE_KEYS}, "audio": rel,
-                                  "audio_sha256": sha})
+            if not copies_only:
+                rel = f"audio/{safe_name(r['id'])}.wav"
+                sha = _copy_source(src, out / rel, r.get("audio_sha256"))
+                tally.written.append({**{k: v for k, v in r.items() if k not in STALE_KEYS},
+                                      "audio": rel, "audio_sha256": sha})
             if r["id"] in eligible_ids:
                 _augment_copies(r, src, out, cfg, tally, advance)
 
     kept, rejects, written = tally.kept, tally.rejects, tally.written
-    if kept + len(rejects) != tally.produced or len(written) != len(rows) + kept:  # the contract
+    sources = 0 if copies_only else len(rows)
+    if kept + len(rejects) != tally.produced or len(written) != sources + kept:  # the contract
         raise DataError(f"internal error: {tally.produced} copies produced but {kept} kept + "
                         f"{len(rejects)} rejected")
     counts = tally.counts(rows, train, skipped)
