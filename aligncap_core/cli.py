@@ -292,17 +292,19 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="The model's dtype: auto 
 DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or consistent (default: the checkpoint's).")]
 LevelCheckOpt = Annotated[bool, typer.Option("--level-check/--no-level-check", help="Leave volume and emotion out of the caption of a clip whose level is far outside the training audio's (the reason is reported).")]
 VoiceCheckOpt = Annotated[bool, typer.Option("--voice-check/--no-voice-check", help="Leave gender out of a caption that states the gender the clip's formant spacing (vocal-tract length) contradicts; for human recordings (the reason is reported; off by default).")]
+PitchCheckOpt = Annotated[bool, typer.Option("--pitch-check/--no-pitch-check", help="State pitch only where the clip's F0 tells it for human voices' spread of normal F0 (pitch is relative to the speaker's normal voice, which one clip does not carry); for human recordings (the reason is reported; off by default).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 
 def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
             max_seconds: float, decoding: str | None, dtype: str = "auto", level_check: bool = True,
-            voice_check: bool = False, **settings):
+            voice_check: bool = False, pitch_check: bool = False, **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
                                 dtype=dtype, max_seconds=max_seconds, decoding=decoding,
-                                level_check=level_check, voice_check=voice_check, **settings)
+                                level_check=level_check, voice_check=voice_check,
+                                pitch_check=pitch_check, **settings)
     console.print(f"model {engine.model.uri} ({engine.version}, {engine.captioner.dtype_line}); "
                   f"{engine.captioner.decoding}; {engine.settings}", markup=False)
     return engine
@@ -323,6 +325,7 @@ def caption_cmd(
     decoding: DecodingOpt = None,
     level_check: LevelCheckOpt = True,
     voice_check: VoiceCheckOpt = False,
+    pitch_check: PitchCheckOpt = False,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -335,7 +338,7 @@ def caption_cmd(
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, num_beams=beams,
+                     voice_check, pitch_check, num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -374,6 +377,7 @@ def serve_cmd(
     decoding: DecodingOpt = None,
     level_check: LevelCheckOpt = True,
     voice_check: VoiceCheckOpt = False,
+    pitch_check: PitchCheckOpt = False,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -383,7 +387,7 @@ def serve_cmd(
     from aligncap_core.serving.http import serve
 
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check)
+                     voice_check, pitch_check)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -407,6 +411,7 @@ def evaluate_cmd(
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = DecodingSettings.risk,
     level_check: LevelCheckOpt = True,
     voice_check: VoiceCheckOpt = False,
+    pitch_check: PitchCheckOpt = False,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
@@ -421,7 +426,8 @@ def evaluate_cmd(
                                  batch_size=batch_size, kl_gap=not no_kl, teacher_ckpt=teacher,
                                  limit=limit, codec_dir=codec_dir, device=device, dtype=dtype,
                                  decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk,
-                                                           level_check=level_check, voice_check=voice_check),
+                                                           level_check=level_check, voice_check=voice_check,
+                                                           pitch_check=pitch_check),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")

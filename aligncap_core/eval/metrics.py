@@ -19,8 +19,10 @@ ATTRIBUTE_METRICS = ("acc", "mention", "acc_stated", "contradiction", "majority"
 
 
 # what `inference.evaluate_checkpoint` adds to each split's `compute_metrics` keys
-# level_withheld / voice_withheld: shares of clips the level / voice check withheld attributes of
-EVALUATION_METRICS = ("kl_gap", "kl_tokens", "level_withheld", "voice_withheld")  # inference.domain
+# level_withheld / voice_withheld / pitch_withheld: shares of clips the level / voice / pitch check
+# withheld attributes of
+EVALUATION_METRICS = ("kl_gap", "kl_tokens", "level_withheld", "voice_withheld",  # inference.domain
+                      "pitch_withheld")
 
 
 def report_keys() -> list[str]:

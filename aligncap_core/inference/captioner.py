@@ -285,15 +285,15 @@ class Captioner:
         sorted_prompts = [prompts[i] for i in order]
         clip_held = self.withheld(codes, d)
         held = [clip_held[owner[i]] for i in order]
-        clip_voice = self.voice_checks(codes, d)
-        voice = [clip_voice[owner[i]] for i in order]
+        clip_checks = self.clip_checks(codes, d)
+        checks = [clip_checks[owner[i]] for i in order]
         if d.strategy == "greedy":
             texts, decisions = greedy_captions(
                 lambda ps: generate_captions(self.model, self.tokenizer, ps, s, suppress_token_ids=suppress),
-                sorted_prompts, self.parser, omit, held, voice)
+                sorted_prompts, self.parser, omit, held, checks)
         else:
             texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit,
-                                                   held, voice)
+                                                   held, checks)
         out: list[str] = [""] * len(prompts)
         why: list[Decision | None] = [None] * len(prompts)
         for i, t, w in zip(order, texts, decisions, strict=True):
@@ -329,8 +329,9 @@ class Captioner:
                      decoding: DecodingSettings | None = None) -> list[Speech]:
         """What the student reads of each mono wave at the codec's rate: its codes `(n_q, T)`,
         the prosody stream when the student reads one, the clip's level (for the level check,
-        `inference.domain`) and, when `measures_voice(decoding)`, its formant spacing."""
-        from aligncap_core.inference.domain import clip_level_db, clip_spacing_hz
+        `inference.domain`) and, when `measures_voice(decoding)`, its formant spacing, and when
+        the pitch check is on its median F0."""
+        from aligncap_core.inference.domain import clip_f0_hz, clip_level_db, clip_spacing_hz
 
         codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
         rate = self.codec.sample_rate
@@ -339,17 +340,23 @@ class Captioner:
         # ~20 ms a clip: only for the voice check
         spacings = ([clip_spacing_hz(w, rate, prosody) for w in waves] if self.measures_voice(decoding)
                     else [None] * len(waves))
+        f0s = ([clip_f0_hz(w, rate, prosody) for w in waves] if (decoding or self.decoding).pitch_check
+               else [None] * len(waves))
         if prosody is None:
-            return [Speech(c, None, lv, sp) for c, lv, sp in zip(codes, levels, spacings, strict=True)]
+            return [Speech(c, None, lv, sp, f0) for c, lv, sp, f0 in zip(codes, levels, spacings, f0s, strict=True)]
         from aligncap_core.codec.prosody import clip_streams
 
-        return [Speech(*clip_streams(c, w, rate, prosody), lv, sp)
-                for c, w, lv, sp in zip(codes, waves, levels, spacings, strict=True)]
+        return [Speech(*clip_streams(c, w, rate, prosody), lv, sp, f0)
+                for c, w, lv, sp, f0 in zip(codes, waves, levels, spacings, f0s, strict=True)]
 
     def measures_voice(self, decoding: DecodingSettings | None = None) -> bool:
         """Whether a clip's formant spacing is measured: the voice check is on (`decoding`,
         default `self.decoding`) and the checkpoint records a voice boundary."""
         return bool(self.speech.voice_boundary and (decoding or self.decoding).voice_check)
+
+    def measures_f0(self, decoding: DecodingSettings | None = None) -> bool:
+        """Whether a clip's median F0 is measured: the pitch check is on."""
+        return (decoding or self.decoding).pitch_check
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -368,28 +375,37 @@ class Captioner:
         return [level_verdict(c.level_db, self.speech.level_range, d.level_margin_db)
                 if isinstance(c, Speech) else None for c in clips]
 
-    def voice_checks(self, clips: Sequence[np.ndarray | Speech],
-                     decoding: DecodingSettings | None = None) -> list[Any]:
-        """Per clip, the voice check (`domain.voice_verdict` of the gender a caption would
-        state) or None: the check off, a checkpoint without a voice boundary, a clip given as
-        bare codes or whose spacing could not be measured."""
+    def clip_checks(self, clips: Sequence[np.ndarray | Speech],
+                    decoding: DecodingSettings | None = None) -> list[Any]:
+        """Per clip, its voice and pitch checks as one function of what a caption would state
+        (`domain.clip_verdict`), or None: both checks off or not possible (a checkpoint without
+        a voice boundary, a clip given as bare codes or whose cues were not measured)."""
         from functools import partial
 
-        from aligncap_core.inference.domain import voice_reading, voice_verdict
+        from aligncap_core.inference.domain import clip_verdict, voice_reading
 
         d = decoding or self.decoding
         boundary = self.speech.voice_boundary
         if d.voice_check and not boundary:
             self._warn_once("the voice check is on, but this checkpoint records no voice boundary "
                             "(trained before it, or on clips without a gender): no caption is checked")
-        if not d.voice_check or not boundary:
-            return [None] * len(clips)
-        if any(isinstance(c, Speech) and c.spacing_hz is None for c in clips):
+        voice = bool(d.voice_check and boundary)
+        if voice and any(isinstance(c, Speech) and c.spacing_hz is None for c in clips):
             self._warn_once("the voice check is on, but some clips were encoded without their formant "
                             "spacing (encode_waves with the check off): those captions are not checked")
-        return [partial(voice_verdict, spacing_hz=c.spacing_hz, boundary=boundary)
-                if isinstance(c, Speech) and voice_reading(c.spacing_hz, boundary) else None
-                for c in clips]
+        if d.pitch_check and any(isinstance(c, Speech) and c.f0_hz is None for c in clips):
+            self._warn_once("the pitch check is on, but some clips were encoded without their F0 "
+                            "(encode_waves with the check off): their pitch is not checked")
+        threshold = d.risk / (1 + d.risk) if d.pitch_check else None
+        out: list[Any] = []
+        for c in clips:
+            speech = c if isinstance(c, Speech) else Speech(np.zeros((0, 0)))
+            bound = boundary if voice and voice_reading(speech.spacing_hz, boundary) else None
+            pitch = threshold if speech.f0_hz is not None else None
+            out.append(partial(clip_verdict, spacing_hz=speech.spacing_hz, boundary=bound,
+                               f0_hz=speech.f0_hz, pitch_threshold=pitch)
+                       if bound or pitch is not None else None)
+        return out
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[Speech]:
         """`encode_waves` of each file. Every file is read (and checked) before any encoding,
@@ -405,14 +421,16 @@ class Captioner:
 @dataclass
 class Speech:
     """One clip as the student reads it: EnCodec codes `(n_q, T)`, for a student that reads
-    one its prosody stream as tokens (`codec.prosody.prosody_to_tokens`), its level and (for
-    the voice check) its formant spacing."""
+    one its prosody stream as tokens (`codec.prosody.prosody_to_tokens`), its level, and (for
+    the voice and pitch checks) its formant spacing and median F0."""
 
     codes: np.ndarray
     prosody: list[str] | None = None
     level_db: float | None = None  # the clip's level, dBFS (`domain.clip_level_db`); None: unknown
     # the formant spacing, Hz (`domain.clip_spacing_hz`); None: not measured (no voice boundary)
     spacing_hz: float | None = None
+    # the median F0, Hz (`domain.clip_f0_hz`); None: not measured (the pitch check off)
+    f0_hz: float | None = None
 
 
 def _run_config(root: Path) -> dict:

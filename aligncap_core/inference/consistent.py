@@ -31,8 +31,9 @@ user can see why a caption says what it says.
 An attribute may also be *withheld* from a clip before any candidate is looked at (the level
 check, `inference.domain`): it counts as agreement 0, so stating it costs `risk`, and step 4
 captions the clip without its words when every candidate states it. The decision names it and
-the reason (`Decision.withheld`). The voice check withholds gender the same way, once the
-candidates are parsed: when their majority gender is the one the clip's vocal tract contradicts.
+the reason (`Decision.withheld`). The voice and pitch checks withhold the same way, once the
+candidates are parsed: gender when their majority gender is the one the clip's vocal tract
+contradicts, pitch when their majority pitch is not what the clip's F0 tells for human voices.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class DecodingSettings:
     level_margin_db (dB) outside the training audio's range, when the checkpoint records one
     (`inference.domain`; greedy decoding too). voice_check: leave gender out of a caption
     whose candidates state the gender the clip's formant spacing contradicts, when the
-    checkpoint records a voice boundary (`inference.domain`, off by default)."""
+    checkpoint records a voice boundary (`inference.domain`, off by default). pitch_check:
+    leave pitch out of a caption where the clip's F0 does not tell it for human voices'
+    spread of normal F0 (`inference.domain`, off by default; for human recordings)."""
 
     strategy: str = "consistent"
     samples: int = 8
@@ -71,6 +74,7 @@ class DecodingSettings:
     level_check: bool = True
     level_margin_db: float = 3.0
     voice_check: bool = False
+    pitch_check: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -189,13 +193,14 @@ def omit_token_ids(tokenizer: Any, attrs: Sequence[str]) -> list[int]:
 
 def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], settings: DecodingSettings,
                         parser: Any, omit: Any = None, withheld: Sequence[Any] | None = None,
-                        voice: Sequence[Any] | None = None) -> tuple[list[str], list[Decision]]:
+                        checks: Sequence[Any] | None = None) -> tuple[list[str], list[Decision]]:
     """One caption per prompt. `generate(prompts, do_sample, n, seed)` returns the decoded
     captions, n per prompt in order (the captioner's generation closure); `omit(prompts, attrs)`
     greedily captions `prompts` with the words of `attrs` suppressed (step 4; None skips it);
-    `withheld`: per prompt, a `domain.Withheld` or None (module docstring); `voice`: per
-    prompt, a function of the gender the candidates state to a `domain.Withheld` or None (the
-    voice check; None: no check)."""
+    `withheld`: per prompt, a `domain.Withheld` or None (module docstring); `checks`: per
+    prompt, a function of what the candidates state (attribute -> the most stated label) to a
+    `domain.Withheld` or None (the voice and pitch checks, `domain.clip_verdict`; None: no
+    check)."""
     held = list(withheld) if withheld is not None else [None] * len(prompts)
     greedy = generate(prompts, False, 1, None)
     sampled = generate(prompts, True, settings.samples, settings.seed)
@@ -203,10 +208,10 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
     groups = [[greedy[i], *sampled[i * k:(i + 1) * k]] for i in range(len(prompts))]
     flat = parser.parse_many([c for g in groups for c in g])
     parsed = [flat[i * (k + 1):(i + 1) * (k + 1)] for i in range(len(prompts))]
-    for i, check in enumerate(voice or ()):
-        said = agreement(parsed[i])["gender"].most_common(1)
-        verdict = check(said[0][0]) if check is not None and said else None
-        held[i] = merged(held[i], verdict)
+    for i, check in enumerate(checks or ()):
+        if check is not None:
+            said = {a: votes.most_common(1)[0][0] for a, votes in agreement(parsed[i]).items() if votes}
+            held[i] = merged(held[i], check(said))
     decisions = [choose(p, settings.risk, withheld=w) for p, w in zip(parsed, held, strict=True)]
     if omit is not None:
         threshold = settings.risk / (1 + settings.risk)
@@ -229,13 +234,13 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
 
 
 def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, omit: Any,
-                    withheld: Sequence[Any] | None = None, voice: Sequence[Any] | None = None,
+                    withheld: Sequence[Any] | None = None, checks: Sequence[Any] | None = None,
                     ) -> tuple[list[str], list[Decision | None]]:
     """One caption per prompt, greedily (`free(prompts)`: the captioner's own decoding). A
     prompt with attributes withheld is captioned once, with their words suppressed
-    (`omit(prompts, attrs)`) instead of freely; a caption stating a gender its voice check
-    (`consistent_captions`' `voice`) contradicts is captioned once more without the gender
-    words. The decision is None but for those (`Decision.withheld` says what and why)."""
+    (`omit(prompts, attrs)`) instead of freely; a caption stating what its checks
+    (`consistent_captions`' `checks`) withhold is captioned once more without those words.
+    The decision is None but for those (`Decision.withheld` says what and why)."""
     held = list(withheld) if withheld is not None else [None] * len(prompts)
     texts = [""] * len(prompts)
     decisions: list[Decision | None] = [None] * len(prompts)
@@ -247,9 +252,9 @@ def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, om
             texts[k] = t
             if attrs:
                 decisions[k] = Decision(0, 0.0, withheld=held[k].to_dict())
-    checked = [k for k, v in enumerate(voice or ()) if v is not None]
+    checked = [k for k, v in enumerate(checks or ()) if v is not None]
     for k, p in zip(checked, parser.parse_many([texts[k] for k in checked]) if checked else [], strict=True):
-        verdict = voice[k](p.attributes.get("gender"))
+        verdict = checks[k](dict(p.attributes))
         if verdict is not None:
             w = merged(held[k], verdict)
             texts[k] = omit([prompts[k]], w.attributes)[0]

@@ -228,8 +228,8 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
     `corpus` field, else its id's prefix before the first "-" ("emodb-03a01Fa" -> emodb).
 
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
-    {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap, kl_tokens, level_withheld and
-    voice_withheld.
+    {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap, kl_tokens, level_withheld,
+    voice_withheld and pitch_withheld.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -315,10 +315,11 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         return [d is not None and d.withheld is not None and check in d.withheld["checks"]
                 for d in decisions or [None] * len(rows)]
 
-    held, voiced = by("level"), by("voice")
+    held, voiced, pitched = by("level"), by("voice"), by("pitch")
     for name, idx in [*groups.items(), *((f"{group_by}:{v}", i) for v, i in _groups(rows, group_by).items())]:
         metrics[name]["level_withheld"] = sum(held[i] for i in idx) / len(idx)
         metrics[name]["voice_withheld"] = sum(voiced[i] for i in idx) / len(idx)
+        metrics[name]["pitch_withheld"] = sum(pitched[i] for i in idx) / len(idx)
     if len(groups) == 1:
         metrics["all"] = dict(metrics[next(iter(groups))])
     else:
@@ -327,7 +328,8 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         tokens = sum(n for _, n in kls.values())
         weighted = sum(v * n for v, n in kls.values() if v is not None)
         metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens,
-                              level_withheld=sum(held) / len(rows), voice_withheld=sum(voiced) / len(rows))
+                              level_withheld=sum(held) / len(rows), voice_withheld=sum(voiced) / len(rows),
+                              pitch_withheld=sum(pitched) / len(rows))
     return metrics, list(groups)
 
 
@@ -378,23 +380,25 @@ def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings
 
 def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSettings | None = None) -> Any:
     """A row as the student reads it: its codes, its prosody stream when the student reads one,
-    its level when the checkpoint records a level range (the level check), and its formant
-    spacing when the voice check is on and the checkpoint records a voice boundary."""
+    its level when the checkpoint records a level range (the level check), its formant
+    spacing when the voice check is on and the checkpoint records a voice boundary, and its
+    median F0 when the pitch check is on."""
     from aligncap_core.inference.captioner import Speech
-    from aligncap_core.inference.domain import clip_level_db, clip_spacing_hz
+    from aligncap_core.inference.domain import clip_f0_hz, clip_level_db, clip_spacing_hz
     from aligncap_core.train.data import PROSODY_RATE, row_audio, row_streams
 
     checked = bool(cap.speech.level_range)
-    voiced = cap.measures_voice(decoding)
+    voiced, pitched = cap.measures_voice(decoding), cap.measures_f0(decoding)
     # the audio is read once, for the stream and the checks alike
-    wav = row_audio(data_dir, row, "the prosody stream or the level and voice checks") \
-        if cap.prosody is not None or checked or voiced else None
+    wav = row_audio(data_dir, row, "the prosody stream or the level, voice and pitch checks") \
+        if cap.prosody is not None or checked or voiced or pitched else None
     codes, stream = row_streams(data_dir, row, cap.prosody, wav)
     level = clip_level_db(wav, PROSODY_RATE) if checked else None
     spacing = clip_spacing_hz(wav, PROSODY_RATE, cap.prosody) if voiced else None
-    if stream is None and level is None and spacing is None:
+    f0 = clip_f0_hz(wav, PROSODY_RATE, cap.prosody) if pitched else None
+    if stream is None and level is None and spacing is None and f0 is None:
         return codes
-    return Speech(codes, stream, level, spacing)
+    return Speech(codes, stream, level, spacing, f0)
 
 
 def _acoustic_prompt(cap: Captioner) -> bool:

@@ -33,13 +33,15 @@ class CaptionEngine:
     settings: `GenerationSettings` overrides (max_new_tokens, num_beams, batch_size, ...) on
     top of the checkpoint's defaults. decoding: a strategy ("greedy", "consistent") instead of
     the Captioner's default (`inference.consistent.DecodingSettings`). level_check: False turns
-    the level check off, voice_check: True turns the voice check on (`inference.domain`; None
-    keeps the defaults: level on, voice off). max_seconds: the longest clip accepted.
+    the level check off, voice_check / pitch_check: True turns the voice / pitch check on
+    (`inference.domain`; None keeps the defaults: level on, voice and pitch off). max_seconds:
+    the longest clip accepted.
     """
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,
                  decoding: str | None = None, level_check: bool | None = None,
-                 voice_check: bool | None = None, **settings: Any) -> None:
+                 voice_check: bool | None = None, pitch_check: bool | None = None,
+                 **settings: Any) -> None:
         import dataclasses
 
         self.captioner = captioner
@@ -51,6 +53,8 @@ class CaptionEngine:
             captioner.decoding = dataclasses.replace(captioner.decoding, level_check=level_check)
         if voice_check is not None:
             captioner.decoding = dataclasses.replace(captioner.decoding, voice_check=voice_check)
+        if pitch_check is not None:
+            captioner.decoding = dataclasses.replace(captioner.decoding, pitch_check=pitch_check)
         self.max_seconds = max_seconds
         self.parser = captioner.parser  # the one the consistent decoder votes with
         self._lock = threading.Lock()

@@ -131,7 +131,7 @@ def test_the_voice_check_withholds_a_gender_the_tract_contradicts(parser):
     from functools import partial
 
     from aligncap_core.inference.consistent import consistent_captions
-    from aligncap_core.inference.domain import LEVEL_ATTRS, Withheld, voice_verdict
+    from aligncap_core.inference.domain import LEVEL_ATTRS, Withheld, clip_verdict
 
     woman = "A woman speaks quickly, sounding happy."
     boundary = {"threshold_hz": 1080.0, "train_accuracy": 0.9, "clips": 100}
@@ -145,8 +145,8 @@ def test_the_voice_check_withholds_a_gender_the_tract_contradicts(parser):
         asked.append(tuple(attrs))
         return ["The speaker talks quickly, sounding happy."] * len(prompts)
 
-    checks = [partial(voice_verdict, spacing_hz=1000.0, boundary=boundary),
-              partial(voice_verdict, spacing_hz=1180.0, boundary=boundary), None]
+    checks = [partial(clip_verdict, spacing_hz=1000.0, boundary=boundary),
+              partial(clip_verdict, spacing_hz=1180.0, boundary=boundary), None]
     texts, why = consistent_captions(generate, [[1], [2], [3]], DecodingSettings(samples=3), parser,
                                      omit, None, checks)
     assert texts == ["The speaker talks quickly, sounding happy.", woman, woman]
@@ -168,7 +168,7 @@ def test_greedy_decoding_recaptions_a_gender_the_tract_contradicts(parser):
     from functools import partial
 
     from aligncap_core.inference.consistent import greedy_captions
-    from aligncap_core.inference.domain import LEVEL_ATTRS, Withheld, voice_verdict
+    from aligncap_core.inference.domain import LEVEL_ATTRS, Withheld, clip_verdict
 
     boundary = {"threshold_hz": 1080.0, "train_accuracy": 0.9, "clips": 100}
     asked = []
@@ -181,8 +181,8 @@ def test_greedy_decoding_recaptions_a_gender_the_tract_contradicts(parser):
         return ["Someone speaks."] * len(prompts)
 
     level = Withheld(LEVEL_ATTRS, "the clip's level is louder than the training audio's")
-    man = partial(voice_verdict, spacing_hz=1000.0, boundary=boundary)
-    woman = partial(voice_verdict, spacing_hz=1180.0, boundary=boundary)
+    man = partial(clip_verdict, spacing_hz=1000.0, boundary=boundary)
+    woman = partial(clip_verdict, spacing_hz=1180.0, boundary=boundary)
     texts, why = greedy_captions(free, [[1], [2], [3], [4]], parser, omit, [None, None, level, None],
                                  [man, woman, None, None])
     assert texts == ["Someone speaks.", "A woman speaks loudly, sounding happy.", "Someone speaks.",
@@ -190,6 +190,44 @@ def test_greedy_decoding_recaptions_a_gender_the_tract_contradicts(parser):
     assert asked == [("volume", "emotion"), ("gender",)]  # the level-checked clip is captioned once
     assert why[0].withheld["checks"] == ["voice"] and why[1] is None and why[3] is None
     assert why[2].withheld["checks"] == ["level"]
+
+
+def test_the_pitch_check_states_pitch_only_where_f0_tells_it_for_human_voices(parser):
+    """Every candidate says "high-pitched woman". At 220 Hz (an ordinary woman's voice) "high"
+    is withheld and the caption re-decoded without pitch words; at 330 Hz it is stated. A man's
+    caption is judged against men's voices: "high" at 220 Hz stands."""
+    from functools import partial
+
+    from aligncap_core.inference.consistent import consistent_captions, greedy_captions
+    from aligncap_core.inference.domain import clip_verdict
+
+    woman, man = "A woman speaks in a high-pitched voice.", "A man speaks in a high-pitched voice."
+    texts_of = {1: woman, 2: woman, 3: man}
+
+    def generate(prompts, do_sample, n, seed):
+        return [texts_of[p[0]] for p in prompts for _ in range(n if do_sample else 1)]
+
+    asked = []
+
+    def omit(prompts, attrs):
+        asked.append(tuple(attrs))
+        return ["A woman speaks."] * len(prompts)
+
+    bar = 0.75  # risk 3
+    checks = [partial(clip_verdict, f0_hz=220.0, pitch_threshold=bar),
+              partial(clip_verdict, f0_hz=330.0, pitch_threshold=bar),
+              partial(clip_verdict, f0_hz=220.0, pitch_threshold=bar)]
+    texts, why = consistent_captions(generate, [[1], [2], [3]], DecodingSettings(samples=3), parser,
+                                     omit, None, checks)
+    assert texts == ["A woman speaks.", woman, man] and asked == [("pitch",)]
+    assert why[0].withheld["checks"] == ["pitch"] and why[0].withheld["attributes"] == ["pitch"]
+    assert "220 Hz" in why[0].withheld["reason"] and "female speaker" in why[0].withheld["reason"]
+    assert why[1].withheld is None and why[2].withheld is None
+    asked.clear()
+    texts, why = greedy_captions(lambda ps: [texts_of[p[0]] for p in ps], [[1], [2], [3]], parser,
+                                 omit, None, checks)
+    assert texts == ["A woman speaks.", woman, man] and asked == [("pitch",)]
+    assert why[0].withheld["checks"] == ["pitch"] and why[1] is None and why[2] is None
 
 
 def test_a_caption_decoded_without_its_emotion_does_not_end_on_the_emotions_lead_in(parser):

@@ -1,7 +1,8 @@
 """The domain checks (inference.domain). The level check: the level the corpus measures its
 volume labels with, the training audio's range, and the verdict a clip far outside it gets. The
 voice check: the formant-spacing boundary between the training men and women, and the verdict
-on a caption whose gender the clip's vocal tract contradicts."""
+on a caption whose gender the clip's vocal tract contradicts. The pitch check: the chance of a
+pitch label given the clip's F0 and human voices' spread of normal F0, and its verdict."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ import soundfile as sf
 
 from aligncap_core.errors import DataError
 from aligncap_core.inference.domain import (
+    HUMAN_F0_HZ,
     LEVEL_ATTRS,
+    clip_f0_hz,
     clip_level_db,
+    clip_verdict,
     level_range,
     level_verdict,
+    pitch_probability,
+    pitch_verdict,
     training_level_range,
     training_voice_boundary,
     voice_boundary,
@@ -103,6 +109,54 @@ def test_voice_verdict_withholds_only_the_gender_the_tract_contradicts():
     both = level.merge(w)
     assert both.attributes == (*LEVEL_ATTRS, "gender") and both.checks == ("level", "voice")
     assert both.to_dict()["reason"].startswith(level.reason) and w.reason in both.reason
+
+
+def test_pitch_probability_follows_the_human_f0_spread():
+    # at a gender's centre "normal" is the likeliest label and neither extreme is likely
+    for g, f0 in HUMAN_F0_HZ.items():
+        p = {lab: pitch_probability(lab, f0, g) for lab in ("low", "normal", "high")}
+        assert p["normal"] > max(p["low"], p["high"]) and max(p["low"], p["high"]) < 0.1
+        assert sum(p.values()) < 1.0  # the gaps between the bands hold the rest
+    # "high" grows with F0, and is judged against the stated gender's voices
+    highs = [pitch_probability("high", f, "female") for f in (180, 220, 260, 300, 360)]
+    assert highs == sorted(highs) and highs[0] < 0.01 and highs[-1] > 0.95
+    assert pitch_probability("high", 220.0, "male") > 0.95 > 0.2 > pitch_probability("high", 220.0, "female")
+    # no gender: both populations, equally likely
+    both = pitch_probability("high", 220.0, None)
+    assert both == pytest.approx((pitch_probability("high", 220.0, "male")
+                                  + pitch_probability("high", 220.0, "female")) / 2)
+
+
+def test_pitch_verdict_withholds_a_pitch_the_f0_does_not_tell():
+    w = pitch_verdict("high", 220.0, "female", 0.75)
+    assert w.attributes == ("pitch",) and w.checks == ("pitch",)
+    assert "would say high pitch" in w.reason and "220 Hz" in w.reason and "75%" in w.reason
+    assert pitch_verdict("high", 330.0, "female", 0.75) is None
+    assert pitch_verdict("low", 80.0, "male", 0.75) is None and pitch_verdict("low", 110.0, "male", 0.75)
+    assert pitch_verdict("normal", 210.0, "female", 0.75) is not None  # never 75% sure for a stranger
+    # nothing to check: no pitch stated, a label the bands do not know, no F0
+    assert pitch_verdict(None, 220.0, "female", 0.75) is None
+    assert pitch_verdict("shrill", 220.0, "female", 0.75) is None
+    assert pitch_verdict("high", float("nan"), "female", 0.75) is None
+    # with the voice check: a gender the tract contradicts is withheld, and pitch is then judged
+    # against either gender's voices
+    b = {"threshold_hz": 1080.0, "train_accuracy": 0.9, "clips": 100}
+    said = {"gender": "male", "pitch": "high"}
+    assert clip_verdict(said, 1010.0, b, 220.0, 0.75) is None  # a man at 220 Hz: high
+    both = clip_verdict(said, 1150.0, b, 220.0, 0.75)
+    assert both.attributes == ("gender", "pitch") and both.checks == ("voice", "pitch")
+    assert clip_verdict(said, 1150.0, b, 220.0, None).checks == ("voice",)  # pitch check off
+    assert clip_verdict({"pitch": "high"}, None, None, 220.0, 0.75).checks == ("pitch",)
+
+
+def test_clip_f0_is_the_median_f0_of_the_span_the_student_reads():
+    from aligncap_core.codec.prosody import ProsodySettings
+
+    x = np.concatenate([np.zeros(SR // 2), vowel(180.0, 1180.0, sr=SR), np.zeros(SR // 2)])
+    assert clip_f0_hz(x, SR) == pytest.approx(180.0, rel=0.03)
+    assert clip_f0_hz(x, SR, ProsodySettings(trim_db=35)) == pytest.approx(180.0, rel=0.03)
+    assert np.isnan(clip_f0_hz(np.zeros(SR), SR))  # silence
+    assert np.isnan(clip_f0_hz(np.random.default_rng(0).normal(0, 0.1, SR), SR))  # noise: unvoiced
 
 
 def test_training_voice_boundary_is_read_from_the_rows_audio(tmp_path, caplog):

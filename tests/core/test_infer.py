@@ -287,14 +287,29 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
         assert cap.encode_waves([wave])[0].spacing_hz is None  # the check off: not measured
         [man] = cap.encode_waves([wave], on)
         assert man.spacing_hz == pytest.approx(1000.0, rel=0.05)
-        [check] = cap.voice_checks([man], on)
-        assert check("male") is None and "reads male" in check("female").reason
-        assert cap.voice_checks([man], DecodingSettings())[0] is None  # off by default
+        [check] = cap.clip_checks([man], on)
+        assert check({"gender": "male"}) is None and "reads male" in check({"gender": "female"}).reason
+        assert check({"gender": "male", "pitch": "high"}) is None  # the pitch check is off
+        assert cap.clip_checks([man], DecodingSettings())[0] is None  # off by default
+        # the pitch check: the clip's F0 is measured, and "high" for a 220 Hz woman is withheld
+        both = dataclasses.replace(on, pitch_check=True)
+        assert man.f0_hz is None
+        [clip] = cap.encode_waves([wave], both)
+        assert clip.f0_hz == pytest.approx(220.0, rel=0.05)
+        [check] = cap.clip_checks([clip], both)
+        w = check({"gender": "female", "pitch": "high"})
+        assert w.checks == ("voice", "pitch") and w.attributes == ("gender", "pitch")
+        assert check({"gender": "male", "pitch": "high"}) is None  # high for a man at 220 Hz
         for strategy in ("greedy", "consistent"):
             texts, why = cap.decode([man], gen, dataclasses.replace(on, strategy=strategy))
             said = cap.parser.parse(texts[0]).attributes.get("gender")
             assert said in (None, "male")
             assert why[0] is None or why[0].withheld is None or why[0].withheld["checks"] == ["voice"]
+            texts, why = cap.decode([clip], gen, dataclasses.replace(both, strategy=strategy))
+            said = cap.parser.parse(texts[0]).attributes
+            assert said.get("gender") in (None, "male")
+            if said.get("pitch"):  # a stated pitch passed the check
+                assert check({"gender": said.get("gender"), "pitch": said["pitch"]}) is None
     finally:
         cap.speech = dataclasses.replace(cap.speech, voice_boundary=None)
 
