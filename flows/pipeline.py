@@ -51,8 +51,10 @@ from tasks import register
 
 def pick_champion(stages: dict[str, dict[str, dict]], cfg: dict[str, Any]) -> tuple[str, float | None]:
     """The speech stage with the best selection score (ImproveConfig.select_metric on
-    select_split); the student when no stage has a score. Earlier stages win ties: a round must
-    really improve to replace its starting point."""
+    select_split); the student when no stage has a score. A later stage replaces the best so
+    far only when it beats it by more than ImproveConfig.min_delta, the rule the rounds' own
+    selection and the nightly registration use: a round must really improve on its start, not
+    win by a clip's noise."""
     from aligncap_core.improve import selection_score
 
     best, best_score = "student", None
@@ -60,7 +62,7 @@ def pick_champion(stages: dict[str, dict[str, dict]], cfg: dict[str, Any]) -> tu
         if stage == "teacher":  # reads text, not audio: never a speech captioning champion
             continue
         score = selection_score(by_split.get(cfg["select_split"]), cfg["select_metric"])
-        if score is not None and (best_score is None or score > best_score):
+        if score is not None and (best_score is None or score > best_score + cfg.get("min_delta", 0.0)):
             best, best_score = stage, score
     return best, best_score
 

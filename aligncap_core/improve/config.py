@@ -44,7 +44,9 @@ class ImproveConfig:
 
     rounds: preference rounds after round 0 (round 0 = evaluating the starting policy only).
     patience: stop when `select_metric` on `select_split` has not improved (by more than
-        `min_delta`) for this many consecutive rounds; 0 never stops early.
+        `min_delta`) for this many consecutive rounds; 0 never stops early. min_delta is also
+        the margin by which a round must beat the best stage before it to become the
+        pipeline's champion (`flows/pipeline.pick_champion`) or a new nightly version.
     select_metric: how rounds are ranked: a sum of `[coef *] metric` terms over the evaluation
         keys of one split, e.g. "clue_f1 - hallucination_rate" (default: clue agreement with the
         references, minus the share of captions contradicting the clip's known attributes, both

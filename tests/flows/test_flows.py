@@ -146,6 +146,23 @@ def _task_states(flow_run_id) -> dict[str, str]:
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
+def test_a_round_replaces_the_champion_only_by_more_than_min_delta():
+    from flows.pipeline import pick_champion
+
+    def stage(f1, halluc):
+        return {"valid": {"clue_f1": f1, "hallucination_rate": halluc}}
+
+    # the demo of fd712b7 (valid, 80 clips)
+    stages = {"teacher": stage(0.99, 0.0), "student": stage(0.8861, 0.0625),
+              "round-1": stage(0.8783, 0.05), "round-2": stage(0.8896, 0.0625)}
+    cfg = {"select_split": "valid", "select_metric": "clue_f1 - hallucination_rate", "min_delta": 0.0}
+    assert pick_champion(stages, cfg) == ("round-1", pytest.approx(0.8283))  # never the teacher
+    # round-1 wins by 0.005, less than one of 80 clips' hallucination (0.0125): the student stays
+    assert pick_champion(stages, {**cfg, "min_delta": 0.0125}) == ("student", pytest.approx(0.8236))
+    stages["round-2"] = stage(0.95, 0.05)  # a real improvement still wins
+    assert pick_champion(stages, {**cfg, "min_delta": 0.0125})[0] == "round-2"
+
+
 def test_model_loading_tasks_release_memory_when_they_end():
     import tasks
     from tasks.data import _release
