@@ -89,6 +89,15 @@ def round_clips_step(policy_ckpt: str, data_dir: str, out_dir: str, cfg: dict, r
     write_jsonl(source / "manifest.jsonl",
                 [{**r, "audio": str(row_audio_path(data_dir, r).resolve())} for r in rows])
     summary = augment_dataset(source, out, c.augment_config(round), progress=False, copies_only=True)
+    unlabelled = summary["skipped"].get("no_reference", 0)
+    if unlabelled:  # a copy's labels are re-measured against its source's measured ones
+        log.warning("round %d: %d of %d sampled clips carry no measured pitch / speed / volume "
+                    "(`measured`, as the built-in corpus' rows do) and get no copy", round,
+                    unlabelled, len(rows))
+    if not summary["kept"] and unlabelled == len(rows):
+        raise DataError(f"round {round}: none of the {len(rows)} sampled clips carries measured labels "
+                        "(`measured` and pitch / speed / volume attributes), which improve.augment "
+                        "re-measures its copies against; set improve.augment: null for this data")
     if not summary["kept"]:
         raise DataError(f"round {round}: every randomised copy of the {len(rows)} sampled clips was "
                         f"rejected ({summary['rejects_by_reason']}; {out / 'rejects.jsonl'})")

@@ -128,6 +128,15 @@ def test_clues_made_another_way_are_refused(data, student, tmp_path):
         round_clips_step(str(student), str(other), str(tmp_path / "clips"), cfg, 1)
 
 
+def test_clips_without_measured_labels_are_refused_with_the_reason(data, student, tmp_path):
+    other = tmp_path / "data"
+    shutil.copytree(data, other)
+    rows = read_jsonl(other / "manifest.jsonl")
+    write_jsonl(other / "manifest.jsonl", [{k: v for k, v in r.items() if k != "measured"} for r in rows])
+    with pytest.raises(DataError, match="carries measured labels"):
+        round_clips_step(str(student), str(other), str(tmp_path / "clips"), _cfg(), 1)
+
+
 def test_a_policy_without_a_codec_is_refused(data, student, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(student, old)
