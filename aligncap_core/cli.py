@@ -293,18 +293,19 @@ DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or c
 LevelCheckOpt = Annotated[bool, typer.Option("--level-check/--no-level-check", help="Leave volume and emotion out of the caption of a clip whose level is far outside the training audio's (the reason is reported).")]
 VoiceCheckOpt = Annotated[bool, typer.Option("--voice-check/--no-voice-check", help="Leave gender out of a caption that states the gender the clip's formant spacing (vocal-tract length) contradicts; for human recordings (the reason is reported; off by default).")]
 PitchCheckOpt = Annotated[bool, typer.Option("--pitch-check/--no-pitch-check", help="State pitch only where the clip's F0 tells it for human voices' spread of normal F0 (pitch is relative to the speaker's normal voice, which one clip does not carry); for human recordings (the reason is reported; off by default).")]
+OodChecksOpt = Annotated[bool, typer.Option("--ood-checks/--no-ood-checks", help="A clip the level check finds outside the training audio (a recording unlike it) also gets the voice and pitch checks (on by default; the reason is reported).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 
 def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
             max_seconds: float, decoding: str | None, dtype: str = "auto", level_check: bool = True,
-            voice_check: bool = False, pitch_check: bool = False, **settings):
+            voice_check: bool = False, pitch_check: bool = False, ood_checks: bool = True, **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
                                 dtype=dtype, max_seconds=max_seconds, decoding=decoding,
                                 level_check=level_check, voice_check=voice_check,
-                                pitch_check=pitch_check, **settings)
+                                pitch_check=pitch_check, ood_checks=ood_checks, **settings)
     console.print(f"model {engine.model.uri} ({engine.version}, {engine.captioner.dtype_line}); "
                   f"{engine.captioner.decoding}; {engine.settings}", markup=False)
     return engine
@@ -326,6 +327,7 @@ def caption_cmd(
     level_check: LevelCheckOpt = True,
     voice_check: VoiceCheckOpt = False,
     pitch_check: PitchCheckOpt = False,
+    ood_checks: OodChecksOpt = True,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -338,7 +340,7 @@ def caption_cmd(
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, pitch_check, num_beams=beams,
+                     voice_check, pitch_check, ood_checks, num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -378,6 +380,7 @@ def serve_cmd(
     level_check: LevelCheckOpt = True,
     voice_check: VoiceCheckOpt = False,
     pitch_check: PitchCheckOpt = False,
+    ood_checks: OodChecksOpt = True,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -387,7 +390,7 @@ def serve_cmd(
     from aligncap_core.serving.http import serve
 
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, pitch_check)
+                     voice_check, pitch_check, ood_checks)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -412,6 +415,7 @@ def evaluate_cmd(
     level_check: LevelCheckOpt = True,
     voice_check: VoiceCheckOpt = False,
     pitch_check: PitchCheckOpt = False,
+    ood_checks: OodChecksOpt = True,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
@@ -427,7 +431,7 @@ def evaluate_cmd(
                                  limit=limit, codec_dir=codec_dir, device=device, dtype=dtype,
                                  decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk,
                                                            level_check=level_check, voice_check=voice_check,
-                                                           pitch_check=pitch_check),
+                                                           pitch_check=pitch_check, ood_checks=ood_checks),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")

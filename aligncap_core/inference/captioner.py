@@ -329,19 +329,18 @@ class Captioner:
                      decoding: DecodingSettings | None = None) -> list[Speech]:
         """What the student reads of each mono wave at the codec's rate: its codes `(n_q, T)`,
         the prosody stream when the student reads one, the clip's level (for the level check,
-        `inference.domain`) and, when `measures_voice(decoding)`, its formant spacing, and when
-        the pitch check is on its median F0."""
+        `inference.domain`), and the cues of the checks `human_checks` turns on for it: its
+        formant spacing (voice check) and median F0 (pitch check)."""
         from aligncap_core.inference.domain import clip_f0_hz, clip_level_db, clip_spacing_hz
 
         codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
         rate = self.codec.sample_rate
         levels = [clip_level_db(w, rate) for w in waves]
         prosody = self.prosody
-        # ~20 ms a clip: only for the voice check
-        spacings = ([clip_spacing_hz(w, rate, prosody) for w in waves] if self.measures_voice(decoding)
-                    else [None] * len(waves))
-        f0s = ([clip_f0_hz(w, rate, prosody) for w in waves] if (decoding or self.decoding).pitch_check
-               else [None] * len(waves))
+        on = [self.human_checks(lv, decoding) for lv in levels]
+        # ~20 ms a clip each: only for the clips a check reads them for
+        spacings = [clip_spacing_hz(w, rate, prosody) if v else None for w, (v, _) in zip(waves, on, strict=True)]
+        f0s = [clip_f0_hz(w, rate, prosody) if p else None for w, (_, p) in zip(waves, on, strict=True)]
         if prosody is None:
             return [Speech(c, None, lv, sp, f0) for c, lv, sp, f0 in zip(codes, levels, spacings, f0s, strict=True)]
         from aligncap_core.codec.prosody import clip_streams
@@ -349,14 +348,19 @@ class Captioner:
         return [Speech(*clip_streams(c, w, rate, prosody), lv, sp, f0)
                 for c, w, lv, sp, f0 in zip(codes, waves, levels, spacings, f0s, strict=True)]
 
-    def measures_voice(self, decoding: DecodingSettings | None = None) -> bool:
-        """Whether a clip's formant spacing is measured: the voice check is on (`decoding`,
-        default `self.decoding`) and the checkpoint records a voice boundary."""
-        return bool(self.speech.voice_boundary and (decoding or self.decoding).voice_check)
+    def human_checks(self, level_db: float | None, decoding: DecodingSettings | None = None,
+                     ) -> tuple[bool, bool]:
+        """(voice check, pitch check) for a clip of this level: each on when asked for
+        (`voice_check`, `pitch_check`), and both on, with `ood_checks`, for a clip the level
+        check finds outside the training audio (a recording unlike the training audio: the
+        cues they read are those that carry over to human voices, `inference.domain`). The
+        voice check needs a checkpoint with a voice boundary."""
+        from aligncap_core.inference.domain import level_verdict
 
-    def measures_f0(self, decoding: DecodingSettings | None = None) -> bool:
-        """Whether a clip's median F0 is measured: the pitch check is on."""
-        return (decoding or self.decoding).pitch_check
+        d = decoding or self.decoding
+        unlike = bool(d.ood_checks and d.level_check and self.speech.level_range and level_db is not None
+                      and level_verdict(level_db, self.speech.level_range, d.level_margin_db) is not None)
+        return bool(self.speech.voice_boundary) and (d.voice_check or unlike), d.pitch_check or unlike
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -377,9 +381,10 @@ class Captioner:
 
     def clip_checks(self, clips: Sequence[np.ndarray | Speech],
                     decoding: DecodingSettings | None = None) -> list[Any]:
-        """Per clip, its voice and pitch checks as one function of what a caption would state
-        (`domain.clip_verdict`), or None: both checks off or not possible (a checkpoint without
-        a voice boundary, a clip given as bare codes or whose cues were not measured)."""
+        """Per clip, its voice and pitch checks (`human_checks`) as one function of what a
+        caption would state (`domain.clip_verdict`), or None: no check on for it, or not
+        possible (a checkpoint without a voice boundary, a clip given as bare codes or whose
+        cues were not measured)."""
         from functools import partial
 
         from aligncap_core.inference.domain import clip_verdict, voice_reading
@@ -389,22 +394,21 @@ class Captioner:
         if d.voice_check and not boundary:
             self._warn_once("the voice check is on, but this checkpoint records no voice boundary "
                             "(trained before it, or on clips without a gender): no caption is checked")
-        voice = bool(d.voice_check and boundary)
-        if voice and any(isinstance(c, Speech) and c.spacing_hz is None for c in clips):
-            self._warn_once("the voice check is on, but some clips were encoded without their formant "
-                            "spacing (encode_waves with the check off): those captions are not checked")
-        if d.pitch_check and any(isinstance(c, Speech) and c.f0_hz is None for c in clips):
-            self._warn_once("the pitch check is on, but some clips were encoded without their F0 "
-                            "(encode_waves with the check off): their pitch is not checked")
-        threshold = d.risk / (1 + d.risk) if d.pitch_check else None
+        threshold = d.risk / (1 + d.risk)
         out: list[Any] = []
         for c in clips:
-            speech = c if isinstance(c, Speech) else Speech(np.zeros((0, 0)))
-            bound = boundary if voice and voice_reading(speech.spacing_hz, boundary) else None
-            pitch = threshold if speech.f0_hz is not None else None
-            out.append(partial(clip_verdict, spacing_hz=speech.spacing_hz, boundary=bound,
-                               f0_hz=speech.f0_hz, pitch_threshold=pitch)
-                       if bound or pitch is not None else None)
+            if not isinstance(c, Speech):
+                out.append(None)
+                continue
+            voice, pitch = self.human_checks(c.level_db, d)
+            if (voice and c.spacing_hz is None) or (pitch and c.f0_hz is None):
+                self._warn_once("a voice or pitch check is on, but some clips were encoded without "
+                                "the cue it reads (encode_waves with other decoding settings): those "
+                                "are not checked")
+            bound = boundary if voice and voice_reading(c.spacing_hz, boundary) else None
+            bar = threshold if pitch and c.f0_hz is not None else None
+            out.append(partial(clip_verdict, spacing_hz=c.spacing_hz, boundary=bound, f0_hz=c.f0_hz,
+                               pitch_threshold=bar) if bound or bar is not None else None)
         return out
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[Speech]:

@@ -63,7 +63,10 @@ class DecodingSettings:
     whose candidates state the gender the clip's formant spacing contradicts, when the
     checkpoint records a voice boundary (`inference.domain`, off by default). pitch_check:
     leave pitch out of a caption where the clip's F0 does not tell it for human voices'
-    spread of normal F0 (`inference.domain`, off by default; for human recordings)."""
+    spread of normal F0 (`inference.domain`, off by default; for human recordings).
+    ood_checks: a clip the level check finds outside the training audio (a recording unlike
+    it) gets the voice and pitch checks whatever voice_check / pitch_check say (on by
+    default; the built-in corpus' clips are never outside it)."""
 
     strategy: str = "consistent"
     samples: int = 8
@@ -75,6 +78,7 @@ class DecodingSettings:
     level_margin_db: float = 3.0
     voice_check: bool = False
     pitch_check: bool = False
+    ood_checks: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -380,20 +380,21 @@ def _caption_rows(cap: Captioner, data_dir: Path, rows: Sequence[dict], settings
 
 def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSettings | None = None) -> Any:
     """A row as the student reads it: its codes, its prosody stream when the student reads one,
-    its level when the checkpoint records a level range (the level check), its formant
-    spacing when the voice check is on and the checkpoint records a voice boundary, and its
-    median F0 when the pitch check is on."""
+    its level when the checkpoint records a level range (the level check), and the cues of the
+    checks `Captioner.human_checks` turns on for it (formant spacing, median F0)."""
     from aligncap_core.inference.captioner import Speech
     from aligncap_core.inference.domain import clip_f0_hz, clip_level_db, clip_spacing_hz
     from aligncap_core.train.data import PROSODY_RATE, row_audio, row_streams
 
+    d = decoding or cap.decoding
     checked = bool(cap.speech.level_range)
-    voiced, pitched = cap.measures_voice(decoding), cap.measures_f0(decoding)
+    maybe = d.voice_check or d.pitch_check or (d.ood_checks and checked)
     # the audio is read once, for the stream and the checks alike
     wav = row_audio(data_dir, row, "the prosody stream or the level, voice and pitch checks") \
-        if cap.prosody is not None or checked or voiced or pitched else None
+        if cap.prosody is not None or checked or maybe else None
     codes, stream = row_streams(data_dir, row, cap.prosody, wav)
     level = clip_level_db(wav, PROSODY_RATE) if checked else None
+    voiced, pitched = cap.human_checks(level, d)
     spacing = clip_spacing_hz(wav, PROSODY_RATE, cap.prosody) if voiced else None
     f0 = clip_f0_hz(wav, PROSODY_RATE, cap.prosody) if pitched else None
     if stream is None and level is None and spacing is None and f0 is None:

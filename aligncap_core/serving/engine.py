@@ -33,15 +33,16 @@ class CaptionEngine:
     settings: `GenerationSettings` overrides (max_new_tokens, num_beams, batch_size, ...) on
     top of the checkpoint's defaults. decoding: a strategy ("greedy", "consistent") instead of
     the Captioner's default (`inference.consistent.DecodingSettings`). level_check: False turns
-    the level check off, voice_check / pitch_check: True turns the voice / pitch check on
-    (`inference.domain`; None keeps the defaults: level on, voice and pitch off). max_seconds:
-    the longest clip accepted.
+    the level check off, voice_check / pitch_check: True turns the voice / pitch check on,
+    ood_checks: False stops them for clips the level check finds unlike the training audio
+    (`inference.domain`; None keeps the defaults: level on, voice and pitch off but for those
+    clips). max_seconds: the longest clip accepted.
     """
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,
                  decoding: str | None = None, level_check: bool | None = None,
                  voice_check: bool | None = None, pitch_check: bool | None = None,
-                 **settings: Any) -> None:
+                 ood_checks: bool | None = None, **settings: Any) -> None:
         import dataclasses
 
         self.captioner = captioner
@@ -55,6 +56,8 @@ class CaptionEngine:
             captioner.decoding = dataclasses.replace(captioner.decoding, voice_check=voice_check)
         if pitch_check is not None:
             captioner.decoding = dataclasses.replace(captioner.decoding, pitch_check=pitch_check)
+        if ood_checks is not None:
+            captioner.decoding = dataclasses.replace(captioner.decoding, ood_checks=ood_checks)
         self.max_seconds = max_seconds
         self.parser = captioner.parser  # the one the consistent decoder votes with
         self._lock = threading.Lock()

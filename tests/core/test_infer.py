@@ -262,8 +262,11 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
     gen = GenerationSettings(max_new_tokens=12)
     for strategy in ("greedy", "consistent"):
         texts, why = cap.decode([quiet, inside], gen, DecodingSettings(strategy=strategy, samples=2))
-        assert why[0].withheld["attributes"] == ["volume", "emotion"]
+        assert why[0].withheld["attributes"][:2] == ["volume", "emotion"]
         assert "quieter than the training audio" in why[0].withheld["reason"]
+        # a clip unlike the training audio also gets the pitch check (ood_checks, on by default)
+        assert set(why[0].withheld["attributes"]) <= {"volume", "emotion", "pitch"}
+        assert ("pitch" in why[0].withheld["attributes"]) == ("pitch" in why[0].withheld["checks"])
         assert not {"volume", "emotion"} & set(cap.parser.parse(texts[0]).attributes)
         assert why[1] is None or why[1].withheld is None
     _, why = cap.decode([quiet], gen, DecodingSettings(samples=2, level_check=False))
@@ -284,13 +287,23 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
     try:
         on = DecodingSettings(samples=2, voice_check=True, level_check=False)  # the vowel is louder
         wave = vowel(220.0, 1000.0, sr=cap.codec.sample_rate)
-        assert cap.encode_waves([wave])[0].spacing_hz is None  # the check off: not measured
+        off = DecodingSettings(samples=2, ood_checks=False)
+        assert cap.encode_waves([wave], off)[0].spacing_hz is None  # the checks off: not measured
         [man] = cap.encode_waves([wave], on)
         assert man.spacing_hz == pytest.approx(1000.0, rel=0.05)
         [check] = cap.clip_checks([man], on)
         assert check({"gender": "male"}) is None and "reads male" in check({"gender": "female"}).reason
         assert check({"gender": "male", "pitch": "high"}) is None  # the pitch check is off
-        assert cap.clip_checks([man], DecodingSettings())[0] is None  # off by default
+        assert cap.clip_checks([man], off)[0] is None  # off by default
+        # a clip outside the training audio's level range (this vowel is louder) is a recording
+        # unlike the training audio: by default it gets the voice and pitch checks
+        from aligncap_core.inference.domain import level_verdict
+
+        [loud] = cap.encode_waves([wave])
+        assert level_verdict(loud.level_db, cap.speech.level_range, 3.0) is not None
+        assert loud.spacing_hz == pytest.approx(1000.0, rel=0.05) and loud.f0_hz == pytest.approx(220.0, rel=0.05)
+        assert cap.clip_checks([loud])[0]({"gender": "female", "pitch": "high"}).checks == ("voice", "pitch")
+        assert cap.clip_checks([loud], off)[0] is None
         # the pitch check: the clip's F0 is measured, and "high" for a 220 Hz woman is withheld
         both = dataclasses.replace(on, pitch_check=True)
         assert man.f0_hz is None
