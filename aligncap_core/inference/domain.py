@@ -43,6 +43,14 @@ of the voice literature, not fitted on any evaluation clip); the pitch is withhe
 chance is below the decoder's own bar for a statement, risk / (1 + risk) (`pitch_verdict`).
 Off by default because it applies human voices' spread to every clip: on the corpus' voices it
 withholds pitch from about half of the clips, which it reads right 0.98 of the time.
+
+**Recordings unlike the training audio** (`DecodingSettings.ood_checks`, on by default): a clip
+the level check finds outside the training audio's level range gets the voice and pitch checks
+whatever `voice_check` / `pitch_check` say (`Captioner.human_checks`). Such a clip is a
+recording made unlike the training audio, and the cues those checks read (the vocal tract, F0
+against human voices) are the ones that carry over to human speech. No clip of the demo's
+synthetic valid / zeroshot splits, nor of 400 fresh zeroshot clips, is outside the range, so
+synthetic captions do not change; on the real clips it applies to the 54% the level check flags.
 """
 
 from __future__ import annotations
