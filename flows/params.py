@@ -229,10 +229,15 @@ class EvalParams(_Params):
                                      "top_p, seed); a key left out keeps the library default.")
 
     def settings(self) -> dict[str, Any]:
-        """Keyword settings of the evaluate task (part of its cache key)."""
+        """Keyword settings of the evaluate task (part of its cache key). The decoding settings
+        are resolved in full, library defaults included: a default that changes (a new check,
+        another risk) makes a new key, so an evaluation made under the old default is not
+        returned as if it were made under the new one."""
+        import dataclasses
+
         return {"max_new_tokens": self.max_new_tokens, "meteor": self.meteor,
                 "kl_gap": self.kl_gap, "batch_size": self.batch_size,
-                "decoding": self.decoding.resolved()}
+                "decoding": dataclasses.asdict(DecodingSettings(**self.decoding.resolved()))}
 
     def realdata_manifest(self) -> str | None:
         """The real-data manifest when it exists here, else None (it is optional)."""

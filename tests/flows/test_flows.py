@@ -108,7 +108,7 @@ def test_stage_params_are_the_library_config_shape():
     assert prosody.voice_bins == 16 and prosody.trim_db == 35  # the voice token and the silence trim
     assert ImproveConfig.from_dict(demo["improve"]).dpo == demo["improve"]["dpo"]
     # the decoder section is DecodingSettings' shape too
-    assert EvalParams(decoding={"strategy": "greedy"}).settings()["decoding"] == {"strategy": "greedy"}
+    assert EvalParams(decoding={"strategy": "greedy"}).settings()["decoding"]["strategy"] == "greedy"
     # a real-data manifest that is set but not found is said, not skipped in silence
     missing = EvalParams(realdata="no/such/manifest.jsonl").realdata_missing()
     assert "no/such/manifest.jsonl not found" in missing and "skipped" in missing
@@ -144,6 +144,19 @@ def _task_states(flow_run_id) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def test_evaluation_key_holds_the_decoding_defaults():
+    """A decoding default that changes must change the evaluate task's cache key: the settings
+    carry every DecodingSettings field, given or not."""
+    import dataclasses
+
+    from aligncap_core.inference.consistent import DecodingSettings
+    from flows.params import EvalParams
+
+    assert EvalParams().settings()["decoding"] == dataclasses.asdict(DecodingSettings())
+    given = EvalParams(decoding={"risk": 2.0, "voice_check": True}).settings()["decoding"]
+    assert given == dataclasses.asdict(DecodingSettings(risk=2.0, voice_check=True))
 
 
 def test_a_round_replaces_the_champion_only_by_more_than_min_delta():
