@@ -148,13 +148,22 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
 
 # what `make demo` prints and plots (names of aligncap_core.eval.metrics.report_keys; a test checks)
 # level_withheld: share of clips the level check left volume and emotion out of (inference.domain)
-TABLE_METRICS = ("clue_f1", "hallucination_rate", "level_withheld", "kl_gap", "cider", "meteor")
+# "withheld": the shares of clips the level / voice / pitch checks withheld attributes of
+TABLE_METRICS = ("clue_f1", "hallucination_rate", "withheld", "kl_gap", "cider", "meteor")
+WITHHELD = ("level_withheld", "voice_withheld", "pitch_withheld")
 PLOT_METRICS = ("bleu4", "cider", "clue_f1", "hallucination_rate")
 TABLE_ATTRIBUTES = ("emotion", "pitch", "speed", "volume", "gender")  # of vocab.ATTRIBUTES
 
 
 def _num(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+
+def _metric(m: dict, key: str) -> str:
+    """One metric cell; "withheld" is the three checks' shares in one cell."""
+    if key == "withheld":
+        return " / ".join(_num(m.get(k)) for k in WITHHELD)
+    return _num(m.get(key))
 
 
 def _stated(m: dict, attr: str) -> str:
@@ -175,6 +184,7 @@ def results_table(results: dict[str, Any]) -> Any:
     table = Table(title=f"aligncap pipeline: champion {results['champion']} "
                         f"({results['select_metric']} on valid); attributes: mention / accuracy when stated")
     for title in ("stage", "split", *TABLE_METRICS, *TABLE_ATTRIBUTES):
+        title = "withheld: level / voice / pitch" if title == "withheld" else title
         table.add_column(title, justify="right" if title not in ("stage", "split") else "left")
     baselines: dict[str, dict] = {}
     for stage, by_split in results["stages"].items():
@@ -187,7 +197,7 @@ def results_table(results: dict[str, Any]) -> Any:
                               *(["-"] * (len(TABLE_METRICS) + len(TABLE_ATTRIBUTES) - 2)))
                 continue
             baselines.setdefault(split, m)
-            table.add_row(stage + mark, split, *(_num(m.get(k)) for k in TABLE_METRICS),
+            table.add_row(stage + mark, split, *(_metric(m, k) for k in TABLE_METRICS),
                           *(_stated(m, a) for a in TABLE_ATTRIBUTES))
     for split, m in baselines.items():
         table.add_row("majority", split, "-", _num(m.get("majority_hallucination_rate")),

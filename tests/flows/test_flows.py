@@ -288,6 +288,10 @@ def test_pipeline_end_to_end_micro(tmp_path):
     # the teacher was selected on its copy rate, which the table reports
     assert f"copies {stages['teacher']['valid']['copy_rate']:.3f}" in text
     assert f"{stages['round-1']['valid']['hallucination_rate']:.3f}" in text
+    # what the checks left out, per split: level / voice / pitch
+    v = stages["round-1"]["valid"]
+    assert "withheld: level / voice / pitch" in text
+    assert f"{v['level_withheld']:.3f} / {v['voice_withheld']:.3f} / {v['pitch_withheld']:.3f}" in text
     # hearing apart from phrasing: mention / accuracy when stated, and the no-audio baseline row
     m = stages["round-1"]["valid"]
     if m["mention_gender"] is not None and m["acc_stated_gender"] is not None:
