@@ -148,8 +148,8 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
 
 # what `make demo` prints and plots (names of aligncap_core.eval.metrics.report_keys; a test checks)
 # level_withheld: share of clips the level check left volume and emotion out of (inference.domain)
-# "withheld": the shares of clips the level / voice / pitch checks withheld attributes of
-TABLE_METRICS = ("clue_f1", "hallucination_rate", "withheld", "kl_gap", "cider", "meteor")
+TABLE_METRICS = ("clue_f1", "hallucination_rate", "level_withheld", "kl_gap", "cider", "meteor")
+# the level_withheld column shows the shares of clips all three checks withheld attributes of
 WITHHELD = ("level_withheld", "voice_withheld", "pitch_withheld")
 PLOT_METRICS = ("bleu4", "cider", "clue_f1", "hallucination_rate")
 TABLE_ATTRIBUTES = ("emotion", "pitch", "speed", "volume", "gender")  # of vocab.ATTRIBUTES
@@ -160,8 +160,8 @@ def _num(v: Any) -> str:
 
 
 def _metric(m: dict, key: str) -> str:
-    """One metric cell; "withheld" is the three checks' shares in one cell."""
-    if key == "withheld":
+    """One metric cell; level_withheld's holds the three checks' shares (WITHHELD)."""
+    if key == "level_withheld":
         return " / ".join(_num(m.get(k)) for k in WITHHELD)
     return _num(m.get(key))
 
@@ -184,7 +184,7 @@ def results_table(results: dict[str, Any]) -> Any:
     table = Table(title=f"aligncap pipeline: champion {results['champion']} "
                         f"({results['select_metric']} on valid); attributes: mention / accuracy when stated")
     for title in ("stage", "split", *TABLE_METRICS, *TABLE_ATTRIBUTES):
-        title = "withheld: level / voice / pitch" if title == "withheld" else title
+        title = "withheld: level / voice / pitch" if title == "level_withheld" else title
         table.add_column(title, justify="right" if title not in ("stage", "split") else "left")
     baselines: dict[str, dict] = {}
     for stage, by_split in results["stages"].items():
