@@ -52,19 +52,17 @@ from tasks import register
 def pick_champion(stages: dict[str, dict[str, dict]], cfg: dict[str, Any]) -> tuple[str, float | None]:
     """The speech stage with the best selection score (ImproveConfig.select_metric on
     select_split); the student when no stage has a score. A later stage replaces the best so
-    far only when it beats it by more than ImproveConfig.min_delta, the rule the rounds' own
-    selection and the nightly registration use: a round must really improve on its start, not
-    win by a clip's noise."""
-    from aligncap_core.improve import selection_score
+    far only when it beats it by more than ImproveConfig.min_delta (`RoundSelector`, the rounds'
+    own selection): a round must really improve on its start, not win by a clip's noise."""
+    from aligncap_core.improve import ImproveConfig, RoundSelector, selection_score
 
-    best, best_score = "student", None
+    sel = RoundSelector(ImproveConfig.from_dict(cfg), best={"stage": "student", "score": None})
     for stage, by_split in stages.items():
         if stage == "teacher":  # reads text, not audio: never a speech captioning champion
             continue
-        score = selection_score(by_split.get(cfg["select_split"]), cfg["select_metric"])
-        if score is not None and (best_score is None or score > best_score + cfg.get("min_delta", 0.0)):
-            best, best_score = stage, score
-    return best, best_score
+        sel.update({"stage": stage,
+                    "score": selection_score(by_split.get(cfg["select_split"]), cfg["select_metric"])})
+    return sel.best["stage"], sel.best["score"]
 
 
 def _plot(stages: dict[str, dict[str, dict]], split: str, out_png: Path, t: Any) -> None:

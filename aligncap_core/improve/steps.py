@@ -88,7 +88,8 @@ def round_clips_step(policy_ckpt: str, data_dir: str, out_dir: str, cfg: dict, r
     source.mkdir(parents=True, exist_ok=True)
     write_jsonl(source / "manifest.jsonl",
                 [{**r, "audio": str(row_audio_path(data_dir, r).resolve())} for r in rows])
-    summary = augment_dataset(source, out, c.augment_config(round), progress=False, copies_only=True)
+    augment = c.augment_config(round)
+    summary = augment_dataset(source, out, augment, progress=False, copies_only=True)
     unlabelled = summary["skipped"].get("no_reference", 0)
     if unlabelled:  # a copy's labels are re-measured against its source's measured ones
         log.warning("round %d: %d of %d sampled clips carry no measured pitch / speed / volume "
@@ -119,7 +120,7 @@ def round_clips_step(policy_ckpt: str, data_dir: str, out_dir: str, cfg: dict, r
     record = {"round": round, "clips": len(rows), "kept": summary["kept"],
               "rejected": summary["rejected"], "rejects_by_reason": summary["rejects_by_reason"],
               "relabeled": summary["relabeled"], "transforms": summary["transforms"],
-              "augment": c.augment_config(round).to_dict()}
+              "augment": augment.to_dict()}
     with atomic_write(out / POOL_JSON) as f:
         json.dump(record, f, indent=2)
     log.info("round %d: %d randomised copies of %d sampled clips (%d rejected) in %s", round,

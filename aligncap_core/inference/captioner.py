@@ -331,22 +331,28 @@ class Captioner:
         the prosody stream when the student reads one, the clip's level (for the level check,
         `inference.domain`), and the cues of the checks `human_checks` turns on for it: its
         formant spacing (voice check) and median F0 (pitch check)."""
-        from aligncap_core.inference.domain import clip_f0_hz, clip_level_db, clip_spacing_hz
+        from aligncap_core.inference.domain import clip_level_db
 
         codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
         rate = self.codec.sample_rate
         levels = [clip_level_db(w, rate) for w in waves]
+        cues = [self.check_cues(w, rate, lv, decoding) for w, lv in zip(waves, levels, strict=True)]
         prosody = self.prosody
-        on = [self.human_checks(lv, decoding) for lv in levels]
-        # ~20 ms a clip each: only for the clips a check reads them for
-        spacings = [clip_spacing_hz(w, rate, prosody) if v else None for w, (v, _) in zip(waves, on, strict=True)]
-        f0s = [clip_f0_hz(w, rate, prosody) if p else None for w, (_, p) in zip(waves, on, strict=True)]
         if prosody is None:
-            return [Speech(c, None, lv, sp, f0) for c, lv, sp, f0 in zip(codes, levels, spacings, f0s, strict=True)]
+            return [Speech(c, None, lv, *cue) for c, lv, cue in zip(codes, levels, cues, strict=True)]
         from aligncap_core.codec.prosody import clip_streams
 
-        return [Speech(*clip_streams(c, w, rate, prosody), lv, sp, f0)
-                for c, w, lv, sp, f0 in zip(codes, waves, levels, spacings, f0s, strict=True)]
+        return [Speech(*clip_streams(c, w, rate, prosody), lv, *cue)
+                for c, w, lv, cue in zip(codes, waves, levels, cues, strict=True)]
+
+    def check_cues(self, wav: np.ndarray | None, sample_rate: int, level_db: float | None,
+                   decoding: DecodingSettings | None = None) -> tuple[float | None, float | None]:
+        """(formant spacing, median F0) of a clip of this level, each measured only when
+        `human_checks` turns on the check that reads it (~20 ms a clip), else None."""
+        from aligncap_core.inference.domain import clip_cues
+
+        voice, pitch = self.human_checks(level_db, decoding)
+        return clip_cues(wav, sample_rate, self.prosody, spacing=voice, f0=pitch)
 
     def human_checks(self, level_db: float | None, decoding: DecodingSettings | None = None,
                      ) -> tuple[bool, bool]:

@@ -171,15 +171,32 @@ VOICE_ATTR = "gender"
 MIN_VOICE_CLIPS = 10  # per gender, for a boundary
 
 
-def clip_spacing_hz(wav: np.ndarray, sample_rate: int, prosody: Any = None) -> float:
-    """The formant spacing (Hz, nan when unmeasurable) of the span of the clip the student reads
-    (`codec.prosody.active_span` with the student's trim; the whole clip without one)."""
+def clip_cues(wav: np.ndarray | None, sample_rate: int, prosody: Any = None, spacing: bool = True,
+              f0: bool = True) -> tuple[float | None, float | None]:
+    """(formant spacing, median F0), Hz, of the span of the clip the student reads
+    (`codec.prosody.active_span` with the student's trim; the whole clip without one): each nan
+    when unmeasurable, None when not asked for. One trim and one YIN track serve both."""
     from aligncap_core.codec.prosody import active_span, formant_spacing
+    from aligncap_core.data.synth.measure import yin_track
 
+    if not (spacing or f0):
+        return None, None
     x = np.asarray(wav, dtype=np.float64)
     if prosody is not None:
         x = x[slice(*active_span(x, sample_rate, prosody))]
-    return formant_spacing(x, sample_rate)
+    nan = float("nan")
+    if not np.any(x):  # digital silence: YIN's dips are all zero there, and LPC has no frames
+        return (nan if spacing else None), (nan if f0 else None)
+    track, hop = yin_track(x, sample_rate)
+    voiced = track[~np.isnan(track)]
+    return (formant_spacing(x, sample_rate, track, hop) if spacing else None,
+            (float(np.median(voiced)) if len(voiced) else nan) if f0 else None)
+
+
+def clip_spacing_hz(wav: np.ndarray, sample_rate: int, prosody: Any = None) -> float:
+    """The formant spacing (Hz, nan when unmeasurable) of the span of the clip the student reads
+    (`clip_cues`)."""
+    return clip_cues(wav, sample_rate, prosody, f0=False)[0]
 
 
 def voice_boundary(spacings: Sequence[float], genders: Sequence[str]) -> dict | None:
@@ -258,18 +275,8 @@ PITCH_ATTR = "pitch"
 
 def clip_f0_hz(wav: np.ndarray, sample_rate: int, prosody: Any = None) -> float:
     """The median F0 (Hz; nan without voiced frames) of the span of the clip the student reads
-    (as `clip_spacing_hz`)."""
-    from aligncap_core.codec.prosody import active_span
-    from aligncap_core.data.synth.measure import yin_track
-
-    x = np.asarray(wav, dtype=np.float64)
-    if prosody is not None:
-        x = x[slice(*active_span(x, sample_rate, prosody))]
-    if not np.any(x):  # digital silence: YIN's dips are all zero there
-        return float("nan")
-    f0, _ = yin_track(x, sample_rate)
-    voiced = f0[~np.isnan(f0)]
-    return float(np.median(voiced)) if len(voiced) else float("nan")
+    (`clip_cues`)."""
+    return clip_cues(wav, sample_rate, prosody, spacing=False)[1]
 
 
 def pitch_probability(label: str, f0_hz: float, gender: str | None) -> float:

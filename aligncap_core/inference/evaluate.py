@@ -383,7 +383,7 @@ def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSett
     its level when the checkpoint records a level range (the level check), and the cues of the
     checks `Captioner.human_checks` turns on for it (formant spacing, median F0)."""
     from aligncap_core.inference.captioner import Speech
-    from aligncap_core.inference.domain import clip_f0_hz, clip_level_db, clip_spacing_hz
+    from aligncap_core.inference.domain import clip_level_db
     from aligncap_core.train.data import PROSODY_RATE, row_audio, row_streams
 
     d = decoding or cap.decoding
@@ -394,9 +394,7 @@ def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSett
         if cap.prosody is not None or checked or maybe else None
     codes, stream = row_streams(data_dir, row, cap.prosody, wav)
     level = clip_level_db(wav, PROSODY_RATE) if checked else None
-    voiced, pitched = cap.human_checks(level, d)
-    spacing = clip_spacing_hz(wav, PROSODY_RATE, cap.prosody) if voiced else None
-    f0 = clip_f0_hz(wav, PROSODY_RATE, cap.prosody) if pitched else None
+    spacing, f0 = cap.check_cues(wav, PROSODY_RATE, level, d)
     if stream is None and level is None and spacing is None and f0 is None:
         return codes
     return Speech(codes, stream, level, spacing, f0)
