@@ -271,7 +271,8 @@ def test_config_errors_name_the_bad_key(tmp_path):
              ({"noise": {"snr_db": [5]}}, "noise.snr_db"), ({"gain": {"db": [5, 1]}}, "gain.db"),
              ({"reverb": {"p": 2}}, "reverb.p"), ({"tempo": {"mode": "fast"}}, "tempo.mode"),
              ({"copies": -1}, "copies"), ({"resample": {"rates": [8000.5]}}, "resample.rates"),
-             ({"pitch": "on"}, "pitch"), ({"noise": {"colors": ["brown"]}}, "noise.colors")]
+             ({"pitch": "on"}, "pitch"), ({"noise": {"colors": ["brown"]}}, "noise.colors"),
+             ({"pitch": {"keep_formants": "yes"}}, "pitch.keep_formants")]
     for d, key in cases:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             AugmentConfig.from_dict(d)
@@ -337,6 +338,33 @@ def test_channel_transforms_keep_f0_duration_and_level(prepared):
     # the formant warps really move the spectral centroid, in opposite directions
     centroid = _centroid(x, sr)
     assert spectra[0] < 0.95 * centroid < centroid < 1.05 * centroid < spectra[1]
+
+
+def test_pitch_shift_with_formants_kept_moves_the_label_not_the_voice(prepared):
+    """`pitch.keep_formants`: the copy gets the target pitch label while its formant spacing (the
+    vocal tract, the voice's gender cue) stays; the plain shift moves the tract with F0."""
+    from aligncap_core.codec.prosody import formant_spacing
+    from aligncap_core.data.augment.plan import plan_copy
+
+    row = _pick(prepared, pitch="normal", gender="male")
+    x, sr = _load(prepared, row)
+    kept = augment_clip(row, x, sr, [{"name": "pitch", "semitones": 6.4, "formants": "kept"}],
+                        emotion_consistent=False)
+    plain = augment_clip(row, x, sr, [{"name": "pitch", "semitones": 6.4}], emotion_consistent=False)
+    for res in (kept, plain):
+        assert res.reason is None, res.message
+        assert res.attributes["pitch"] == "high" and res.attributes["gender"] == "male"
+        assert abs(res.measured["f0_ratio"] / row["measured"]["f0_ratio"] - 2 ** (6.4 / 12)) < 0.05
+    tract = formant_spacing(np.asarray(x, dtype=np.float64), sr)
+    assert abs(formant_spacing(kept.samples.astype(np.float64), sr) / tract - 1) < 0.07
+    centroid = _centroid(x, sr)
+    assert abs(_centroid(kept.samples, sr) / centroid - 1) < 0.05
+    assert _centroid(plain.samples, sr) / centroid > 1.15  # the whole envelope moved up with F0
+    # the setting reaches the plan: every pitch step of such a config keeps the formants
+    cfg = AugmentConfig.from_dict({"copies": 1, "pitch": {"p": 1.0, "keep_formants": True, "max_semitones": 8.0},
+                                   **{n: {"enabled": False} for n in ORDER if n != "pitch"}})
+    steps = [plan_copy(r, 0, cfg, sr) for r in _rows(prepared) if r["split"] == "train"]
+    assert steps and all(s == [{**s[0], "formants": "kept"}] and s[0]["name"] == "pitch" for s in steps)
 
 
 def _centroid(x: np.ndarray, sr: int) -> float:

@@ -98,9 +98,14 @@ class PitchConfig:
     # target mode: largest shift used to reach a target. The resampling moves the formants with
     # F0 (by 2^(st/12)) while the gender label is kept, so large shifts are not offered.
     max_semitones: float = 5.0
+    # warp the spectral envelope back after the shift (channel.voice_shift): the vocal tract,
+    # and with it the voice's gender cue, stays where it was while F0 and the label move
+    keep_formants: bool = False
 
     def __post_init__(self) -> None:
         _common("pitch", self)
+        if not isinstance(self.keep_formants, bool):
+            raise ConfigError(f"pitch.keep_formants must be true or false, got {self.keep_formants!r}")
         self.semitones = _pair("pitch.semitones", self.semitones, -12.0, 12.0)
         self.jitter = _positive("pitch.jitter", self.jitter) if self.jitter else 0.0
         if _positive("pitch.max_semitones", self.max_semitones) > 12:

@@ -78,6 +78,8 @@ def plan_copy(row: dict, k: int, cfg: AugmentConfig, sr: int) -> list[dict]:
             else:
                 st = round(float(rng.uniform(*c.semitones)), 3)
                 plan.append({"name": "pitch", "semitones": st})
+            if c.keep_formants:
+                plan[-1]["formants"] = "kept"
             pred["pitch"] *= 2.0 ** (st / 12.0)
         elif n == "gain":
             if c.mode == "target":

@@ -156,6 +156,10 @@ def apply_transform(x: np.ndarray, t: dict, sr: int, rng: np.random.Generator) -
     if name == "pitch":
         y, exact = pitch_shift(x, t["semitones"], sr)
         t["semitones_exact"] = round(exact, 4)
+        if t.get("formants") == "kept":
+            from aligncap_core.data.augment.channel import formant_warp
+
+            y = formant_warp(y, 2.0 ** (-exact / 12.0), sr)
         return y
     if name == "gain":
         return np.asarray(x, dtype=np.float64) * 10.0 ** (t["db"] / 20.0)
