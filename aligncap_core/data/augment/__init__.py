@@ -44,8 +44,11 @@ peak < 0.99). A value in the gap between two bands is never guessed: the copy is
 speed and pitch resample the signal, so the formants (timbre) move with F0 by the same factor
 while the speaker's gender label is kept; that is why the defaults stay within +-5% (speed) and
 5 semitones (pitch: formants moved by at most 33%). tempo keeps F0 and formants.
-Formant-preserving shifts (LPC residual, cepstral envelope correction) were tried and left out:
-on the espeak voices they changed octave-band levels by up to 9 dB.
+Formant-preserving shifts (LPC residual, cepstral envelope correction) were tried and left out
+of the defaults: on the espeak voices they changed octave-band levels by up to 9 dB. The
+`voice` transform and `pitch.keep_formants: true` use the cepstral envelope warp
+(`channel.formant_warp`) anyway, for copies whose point is a vocal tract that stays while F0
+moves (a high-pitched man, a low-pitched woman); the level is checked like every copy's.
 
 Degradations (resample, reverb, noise) are applied after the relabelling and do not change the
 labels: they change the channel, not how the speaker spoke. Assumptions: at SNR >= 10 dB the
