@@ -388,10 +388,10 @@ def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSett
 
     d = decoding or cap.decoding
     checked = bool(cap.speech.level_range)
-    maybe = d.voice_check or d.pitch_check or (d.ood_checks and checked)
-    # the audio is read once, for the stream and the checks alike
+    # the audio is read once, for the stream and the checks alike (the ood checks only apply
+    # with a level range, which reads it anyway)
     wav = row_audio(data_dir, row, "the prosody stream or the level, voice and pitch checks") \
-        if cap.prosody is not None or checked or maybe else None
+        if cap.prosody is not None or checked or d.voice_check or d.pitch_check else None
     codes, stream = row_streams(data_dir, row, cap.prosody, wav)
     level = clip_level_db(wav, PROSODY_RATE) if checked else None
     spacing, f0 = cap.check_cues(wav, PROSODY_RATE, level, d)

@@ -60,13 +60,13 @@ def _keep_level(y: np.ndarray, x: np.ndarray, sr: int) -> np.ndarray:
     return y * 10.0 ** ((level_over(x, mask, sr) - level_over(y, mask, sr)) / 20.0)
 
 
-def voice_shift(x: np.ndarray, semitones: float, sr: int) -> np.ndarray:
+def voice_shift(x: np.ndarray, semitones: float, sr: int) -> tuple[np.ndarray, float]:
     """F0 x 2^(st/12), duration and formants kept: WSOLA pitch shift (which moves the formants
-    with F0), then the envelope warped back by the inverse factor."""
+    with F0), then the envelope warped back by the inverse factor. Returns (y, exact st)."""
     from aligncap_core.data.augment.transforms import pitch_shift
 
     y, exact = pitch_shift(np.asarray(x, dtype=np.float64), semitones, sr)
-    return formant_warp(y, 2.0 ** (-exact / 12.0), sr)
+    return formant_warp(y, 2.0 ** (-exact / 12.0), sr), exact
 
 
 def formant_warp(x: np.ndarray, alpha: float, sr: int) -> np.ndarray:

@@ -154,12 +154,13 @@ def apply_transform(x: np.ndarray, t: dict, sr: int, rng: np.random.Generator) -
     if name == "tempo":
         return wsola(x, t["factor"], sr)
     if name == "pitch":
-        y, exact = pitch_shift(x, t["semitones"], sr)
-        t["semitones_exact"] = round(exact, 4)
-        if t.get("formants") == "kept":
-            from aligncap_core.data.augment.channel import formant_warp
+        if t.get("formants") == "kept":  # the same shift with the envelope put back
+            from aligncap_core.data.augment.channel import voice_shift
 
-            y = formant_warp(y, 2.0 ** (-exact / 12.0), sr)
+            y, exact = voice_shift(x, t["semitones"], sr)
+        else:
+            y, exact = pitch_shift(x, t["semitones"], sr)
+        t["semitones_exact"] = round(exact, 4)
         return y
     if name == "gain":
         return np.asarray(x, dtype=np.float64) * 10.0 ** (t["db"] / 20.0)
@@ -172,7 +173,7 @@ def apply_transform(x: np.ndarray, t: dict, sr: int, rng: np.random.Generator) -
     from aligncap_core.data.augment import channel
 
     if name == "voice":
-        return channel.voice_shift(x, t["semitones"], sr)
+        return channel.voice_shift(x, t["semitones"], sr)[0]
     if name == "formant":
         return channel.formant_warp(x, t["alpha"], sr)
     if name == "jitter":
