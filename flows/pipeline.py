@@ -158,9 +158,13 @@ def _num(v: Any) -> str:
 
 
 def _metric(m: dict, key: str) -> str:
-    """One metric cell; level_withheld's holds the three checks' shares (WITHHELD)."""
+    """One metric cell; level_withheld's holds the three checks' shares (WITHHELD), the
+    hallucination rate's its 95% interval (`clue_metrics.rate_interval`) when the report has it."""
     if key == "level_withheld":
         return " / ".join(_num(m.get(k)) for k in WITHHELD)
+    if key == "hallucination_rate" and m.get("hallucination_low") is not None:
+        # with its 95% interval: on 80 clips one clip is 0.0125 and the interval ~0.14 wide
+        return f"{_num(m.get(key))} ({m['hallucination_low']:.2f}-{m['hallucination_high']:.2f})"
     return _num(m.get(key))
 
 

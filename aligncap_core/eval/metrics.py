@@ -50,7 +50,8 @@ def metric_keys() -> list[str]:
     """Every key `compute_metrics` returns, in order."""
     return (["n", "n_with_refs", "n_with_attributes"] + list(REFERENCE_METRICS[:9]) + ["meteor_error"]
             + list(REFERENCE_METRICS[9:])
-            + ["hallucination_rate", "majority_hallucination_rate", "generic_rate", "distinct2"]
+            + ["hallucination_rate", "hallucination_low", "hallucination_high", "majority_hallucination_rate",
+               "generic_rate", "distinct2"]
             + [f"{p}_{a}" for p in ATTRIBUTE_METRICS for a in ATTRIBUTES])
 
 
@@ -81,6 +82,8 @@ def compute_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         clue_precision, clue_recall, clue_f1: micro-averaged clue-key overlap, 0-1
             (`clue_metrics.clue_prf`).
         hallucination_rate: share of clips with attributes whose caption contradicts one, 0-1.
+        hallucination_low, hallucination_high: its 95% Wilson interval over those clips
+            (`clue_metrics.rate_interval`): how far another sample of as many clips could read.
         majority_hallucination_rate: the same for a captioner that states every attribute's
             most frequent true value of this set (no audio): the per-caption baseline.
         generic_rate: share of captions with no emotional clue, 0-1.
@@ -128,6 +131,8 @@ def compute_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         out["generic_rate"] = cm.generic_rate(pred_parsed)
         out["distinct2"] = tm.distinct_n(hyps, 2)
         out["hallucination_rate"] = cm.hallucination_rate(pred_parsed, attributes)
+        out["hallucination_low"], out["hallucination_high"] = cm.rate_interval(
+            out["hallucination_rate"], out["n_with_attributes"])
         out["majority_hallucination_rate"] = cm.majority_hallucination_rate(attributes)
         out.update(cm.attribute_accuracy(pred_parsed, attributes))
 

@@ -5,7 +5,7 @@
 
 REPORT.json is what `aligncap evaluate` / `evaluate_checkpoint` writes; with `--pipeline` the
 stages of a pipeline's results.json are added as rows too. Prints one table per split: clue F1,
-per-caption hallucination rate (and the no-audio majority captioner's), and per attribute
+per-caption hallucination rate with its 95% interval (and the no-audio majority captioner's), and per attribute
 "mention / accuracy when stated", with the majority-class rate of each attribute in the header.
 """
 
@@ -13,13 +13,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from aligncap_core.eval.clue_metrics import rate_interval  # noqa: E402
 
 ATTRS = ("emotion", "pitch", "speed", "volume", "gender")
 
 
 def _f(v: object) -> str:
     return f"{v:.3f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+
+def _rate(s: dict) -> str:
+    """The hallucination rate with its 95% interval (reports before the interval was recorded:
+    computed from the rate and its clip count)."""
+    rate, n = s.get("hallucination_rate"), s.get("n_with_attributes") or s.get("n") or 0
+    low, high = rate_interval(rate, n)
+    return _f(rate) if low is None else f"{_f(rate)} ({low:.2f}-{high:.2f})"
 
 
 def table(rows: dict[str, dict], split: str) -> str:
@@ -34,7 +47,7 @@ def table(rows: dict[str, dict], split: str) -> str:
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in have.items():
         s = m[split]
-        cells = [name, str(s.get("n")), _f(s.get("clue_f1")), _f(s.get("hallucination_rate")),
+        cells = [name, str(s.get("n")), _f(s.get("clue_f1")), _rate(s),
                  _f(s.get("level_withheld"))]
         cells += ["-" if s.get(f"mention_{a}") is None else
                   f"{_f(s.get(f'mention_{a}'))} / {_f(s.get(f'acc_stated_{a}'))}" for a in ATTRS]

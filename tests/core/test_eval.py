@@ -84,6 +84,33 @@ def test_hallucination(parser):
     assert metrics(cap, parser=parser)["hallucination_rate"] is None
 
 
+def _wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval by its formula (Wilson 1927), to check the library's."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_hallucination_rate_comes_with_its_interval(parser):
+    from aligncap_core.eval.clue_metrics import rate_interval
+
+    # 9 of 80 clips: the demo's zeroshot split; the interval is wide (0.060-0.200)
+    low, high = rate_interval(9 / 80, 80)
+    assert (low, high) == pytest.approx(_wilson(9, 80), abs=1e-6)
+    assert low < 0.10 < high
+    # it narrows with the clips: 45 of 400 reads the same rate far more tightly
+    low4, high4 = rate_interval(45 / 400, 400)
+    assert high4 - low4 < 0.5 * (high - low)
+    assert rate_interval(0.0, 5) == pytest.approx(_wilson(0, 5), abs=1e-6) and rate_interval(0.0, 5)[0] == 0.0
+    assert rate_interval(None, 10) == (None, None) and rate_interval(0.5, 0) == (None, None)
+    # compute_metrics reports it over the clips with attributes (here 1 of 2 contradicts)
+    m = metrics(["a man speaks loudly"] * 3, attrs=[None, {"gender": "female"}, {"gender": "male"}], parser=parser)
+    assert m["hallucination_rate"] == 0.5
+    assert (m["hallucination_low"], m["hallucination_high"]) == pytest.approx(_wilson(1, 2), abs=1e-6)
+    assert metrics(["a man"], parser=parser)["hallucination_low"] is None
+
+
 def test_attribute_accuracy_counts_unmentioned_as_wrong(parser):
     m = metrics(["a man speaks loudly"] * 2,
                 attrs=[{"gender": "male", "volume": "loud", "pitch": "high"}, {"gender": "female"}], parser=parser)

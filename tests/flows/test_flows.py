@@ -288,6 +288,9 @@ def test_pipeline_end_to_end_micro(tmp_path):
     # the teacher was selected on its copy rate, which the table reports
     assert f"copies {stages['teacher']['valid']['copy_rate']:.3f}" in text
     assert f"{stages['round-1']['valid']['hallucination_rate']:.3f}" in text
+    # with its 95% interval: how far another split of as many clips could read
+    h = stages["round-1"]["valid"]
+    assert f"{h['hallucination_rate']:.3f} ({h['hallucination_low']:.2f}-{h['hallucination_high']:.2f})" in text
     # what the checks left out, per split: level / voice / pitch
     v = stages["round-1"]["valid"]
     assert "withheld: level / voice / pitch" in text
