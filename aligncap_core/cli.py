@@ -291,7 +291,7 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="The model's dtype: auto (bf16 on a GPU, and on a CPU whose bf16 units, AMX / AVX512-BF16, are measured faster; else fp32), fp32 or bf16.")]
 DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or consistent (default: the checkpoint's).")]
 LevelCheckOpt = Annotated[bool, typer.Option("--level-check/--no-level-check", help="Leave volume and emotion out of the caption of a clip whose level is far outside the training audio's (the reason is reported).")]
-VoiceCheckOpt = Annotated[bool, typer.Option("--voice-check/--no-voice-check", help="Leave gender out of a caption that states the gender the clip's formant spacing (vocal-tract length) contradicts; for human recordings (the reason is reported; off by default, but see --ood-checks).")]
+VoiceCheckOpt = Annotated[bool, typer.Option("--voice-check/--no-voice-check", help="Leave gender out of a caption that states the gender the clip's formant spacing (vocal-tract length) contradicts (the reason is reported; on by default: a caption may leave the gender out, it must not state a wrong one).")]
 PitchCheckOpt = Annotated[bool, typer.Option("--pitch-check/--no-pitch-check", help="State pitch only where the clip's F0 tells it for human voices' spread of normal F0 (pitch is relative to the speaker's normal voice, which one clip does not carry); for human recordings (the reason is reported; off by default, but see --ood-checks).")]
 OodChecksOpt = Annotated[bool, typer.Option("--ood-checks/--no-ood-checks", help="A clip the level check finds outside the training audio (a recording unlike it) also gets the voice and pitch checks (on by default; the reason is reported).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
@@ -299,7 +299,7 @@ MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip a
 
 def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
             max_seconds: float, decoding: str | None, dtype: str = "auto", level_check: bool = True,
-            voice_check: bool = False, pitch_check: bool = False, ood_checks: bool = True, **settings):
+            voice_check: bool = True, pitch_check: bool = False, ood_checks: bool = True, **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
@@ -325,7 +325,7 @@ def caption_cmd(
     max_seconds: MaxSeconds = 60.0,
     decoding: DecodingOpt = None,
     level_check: LevelCheckOpt = True,
-    voice_check: VoiceCheckOpt = False,
+    voice_check: VoiceCheckOpt = True,
     pitch_check: PitchCheckOpt = False,
     ood_checks: OodChecksOpt = True,
     tracking_uri: TrackingUri = None,
@@ -378,7 +378,7 @@ def serve_cmd(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more clips after its first.")] = 10.0,
     decoding: DecodingOpt = None,
     level_check: LevelCheckOpt = True,
-    voice_check: VoiceCheckOpt = False,
+    voice_check: VoiceCheckOpt = True,
     pitch_check: PitchCheckOpt = False,
     ood_checks: OodChecksOpt = True,
     tracking_uri: TrackingUri = None,
@@ -413,7 +413,7 @@ def evaluate_cmd(
     samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = DecodingSettings.samples,
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = DecodingSettings.risk,
     level_check: LevelCheckOpt = True,
-    voice_check: VoiceCheckOpt = False,
+    voice_check: VoiceCheckOpt = True,
     pitch_check: PitchCheckOpt = False,
     ood_checks: OodChecksOpt = True,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,

@@ -61,11 +61,11 @@ class DecodingSettings:
     level_margin_db (dB) outside the training audio's range, when the checkpoint records one
     (`inference.domain`; greedy decoding too). voice_check: leave gender out of a caption
     whose candidates state the gender the clip's formant spacing contradicts, when the
-    checkpoint records a voice boundary (`inference.domain`, off by default). pitch_check:
+    checkpoint records a voice boundary (`inference.domain`, on by default). pitch_check:
     leave pitch out of a caption where the clip's F0 does not tell it for human voices'
     spread of normal F0 (`inference.domain`, off by default; for human recordings).
     ood_checks: a clip the level check finds outside the training audio (a recording unlike
-    it) gets the voice and pitch checks whatever voice_check / pitch_check say (on by
+    it) gets the pitch check (and the voice check) whatever pitch_check / voice_check say (on by
     default; the built-in corpus' clips are never outside it)."""
 
     strategy: str = "consistent"
@@ -76,7 +76,7 @@ class DecodingSettings:
     seed: int = 0
     level_check: bool = True
     level_margin_db: float = 3.0
-    voice_check: bool = False
+    voice_check: bool = True
     pitch_check: bool = False
     ood_checks: bool = True
 

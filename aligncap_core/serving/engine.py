@@ -33,10 +33,10 @@ class CaptionEngine:
     settings: `GenerationSettings` overrides (max_new_tokens, num_beams, batch_size, ...) on
     top of the checkpoint's defaults. decoding: a strategy ("greedy", "consistent") instead of
     the Captioner's default (`inference.consistent.DecodingSettings`). level_check: False turns
-    the level check off, voice_check / pitch_check: True turns the voice / pitch check on,
-    ood_checks: False stops them for clips the level check finds unlike the training audio
-    (`inference.domain`; None keeps the defaults: level on, voice and pitch off but for those
-    clips). max_seconds: the longest clip accepted.
+    the level check off, voice_check: False turns the voice check off, pitch_check: True turns
+    the pitch check on, ood_checks: False stops the checks for clips the level check finds unlike
+    the training audio (`inference.domain`; None keeps the defaults: level and voice on, pitch
+    off but for those clips). max_seconds: the longest clip accepted.
     """
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,

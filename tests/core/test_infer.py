@@ -287,14 +287,17 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
     try:
         on = DecodingSettings(samples=2, voice_check=True, level_check=False)  # the vowel is louder
         wave = vowel(220.0, 1000.0, sr=cap.codec.sample_rate)
-        off = DecodingSettings(samples=2, ood_checks=False)
+        off = DecodingSettings(samples=2, voice_check=False, ood_checks=False)
         assert cap.encode_waves([wave], off)[0].spacing_hz is None  # the checks off: not measured
         [man] = cap.encode_waves([wave], on)
         assert man.spacing_hz == pytest.approx(1000.0, rel=0.05)
         [check] = cap.clip_checks([man], on)
         assert check({"gender": "male"}) is None and "reads male" in check({"gender": "female"}).reason
         assert check({"gender": "male", "pitch": "high"}) is None  # the pitch check is off
-        assert cap.clip_checks([man], off)[0] is None  # off by default
+        assert cap.clip_checks([man], off)[0] is None  # turned off
+        # on by default (the level check aside, as this vowel is louder than the training audio)
+        default = DecodingSettings(samples=2, level_check=False)
+        assert "reads male" in cap.clip_checks([man], default)[0]({"gender": "female"}).reason
         # a clip outside the training audio's level range (this vowel is louder) is a recording
         # unlike the training audio: by default it gets the voice and pitch checks
         from aligncap_core.inference.domain import level_verdict

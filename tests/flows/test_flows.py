@@ -155,8 +155,8 @@ def test_evaluation_key_holds_the_decoding_defaults():
     from flows.params import EvalParams
 
     assert EvalParams().settings()["decoding"] == dataclasses.asdict(DecodingSettings())
-    given = EvalParams(decoding={"risk": 2.0, "voice_check": True}).settings()["decoding"]
-    assert given == dataclasses.asdict(DecodingSettings(risk=2.0, voice_check=True))
+    given = EvalParams(decoding={"risk": 2.0, "voice_check": False}).settings()["decoding"]
+    assert given == dataclasses.asdict(DecodingSettings(risk=2.0, voice_check=False))
 
 
 def test_a_round_replaces_the_champion_only_by_more_than_min_delta():
