@@ -293,7 +293,7 @@ DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or c
 LevelCheckOpt = Annotated[bool, typer.Option("--level-check/--no-level-check", help="Leave volume and emotion out of the caption of a clip whose level is far outside the training audio's (the reason is reported).")]
 VoiceCheckOpt = Annotated[bool, typer.Option("--voice-check/--no-voice-check", help="Leave gender out of a caption that states the gender the clip's formant spacing (vocal-tract length) contradicts (the reason is reported; on by default: a caption may leave the gender out, it must not state a wrong one).")]
 PitchCheckOpt = Annotated[bool, typer.Option("--pitch-check/--no-pitch-check", help="State pitch only where the clip's F0 tells it for human voices' spread of normal F0 (pitch is relative to the speaker's normal voice, which one clip does not carry); for human recordings (the reason is reported; off by default, but see --ood-checks).")]
-OodChecksOpt = Annotated[bool, typer.Option("--ood-checks/--no-ood-checks", help="A clip the level check finds outside the training audio (a recording unlike it) also gets the voice and pitch checks (on by default; the reason is reported).")]
+OodChecksOpt = Annotated[bool, typer.Option("--ood-checks/--no-ood-checks", help="A clip the level check finds outside the training audio (a recording unlike it) also gets the pitch check, and the voice check if it was turned off (on by default; the reason is reported).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 

@@ -52,10 +52,11 @@ withholds pitch from about half of the clips, which it reads right 0.98 of the t
 **Recordings unlike the training audio** (`DecodingSettings.ood_checks`, on by default): a clip
 the level check finds outside the training audio's level range gets the pitch check (and the
 voice check, should it be turned off) whatever `pitch_check` / `voice_check` say
-(`Captioner.human_checks`). Such a clip is a recording made unlike the training audio, and the cues those checks read (the vocal tract, F0
-against human voices) are the ones that carry over to human speech. No clip of the demo's
-synthetic valid / zeroshot splits, nor of 400 fresh zeroshot clips, is outside the range, so
-synthetic captions do not change; on the real clips it applies to the 54% the level check flags.
+(`Captioner.human_checks`). Such a clip is a recording made unlike the training audio, and the
+cues those checks read (the vocal tract, F0 against human voices) are the ones that carry over to
+human speech. No clip of the demo's synthetic valid / zeroshot splits, nor of 400 fresh zeroshot
+clips, is outside the range, so synthetic captions do not change; on the real clips it applies to
+the 54% the level check flags.
 """
 
 from __future__ import annotations
