@@ -39,11 +39,20 @@ RUN_TIMEOUT_S = 480
 
 
 def _api(api: str, path: str, body: dict | None = None):
+    """One Prefect API call. A GET (a poll: nothing changes on the server) is tried up to three
+    times, 30 s each: with both cores busy running a flow, the server (SQLite) has once taken
+    longer than 10 s to answer one, which says nothing about the flows under test."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"{api}{path}", data=data, method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
+    tries = 3 if body is None else 1
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.load(r)
+        except TimeoutError:
+            if attempt == tries - 1:
+                raise
 
 
 # CIDEr: defined for any caption (the micro models' captions may assert no attribute at all,
