@@ -298,8 +298,10 @@ MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip a
 
 
 def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device: str,
-            max_seconds: float, decoding: str | None, dtype: str = "auto", level_check: bool = True,
-            voice_check: bool = True, pitch_check: bool = False, ood_checks: bool = True, **settings):
+            max_seconds: float, decoding: str | None, dtype: str = "auto",
+            level_check: bool = DecodingSettings.level_check, voice_check: bool = DecodingSettings.voice_check,
+            pitch_check: bool = DecodingSettings.pitch_check, ood_checks: bool = DecodingSettings.ood_checks,
+            **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
@@ -324,10 +326,10 @@ def caption_cmd(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips per generation batch.")] = None,
     max_seconds: MaxSeconds = 60.0,
     decoding: DecodingOpt = None,
-    level_check: LevelCheckOpt = True,
-    voice_check: VoiceCheckOpt = True,
-    pitch_check: PitchCheckOpt = False,
-    ood_checks: OodChecksOpt = True,
+    level_check: LevelCheckOpt = DecodingSettings.level_check,
+    voice_check: VoiceCheckOpt = DecodingSettings.voice_check,
+    pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
+    ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -377,10 +379,10 @@ def serve_cmd(
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most clips captioned together under load.")] = 16,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more clips after its first.")] = 10.0,
     decoding: DecodingOpt = None,
-    level_check: LevelCheckOpt = True,
-    voice_check: VoiceCheckOpt = True,
-    pitch_check: PitchCheckOpt = False,
-    ood_checks: OodChecksOpt = True,
+    level_check: LevelCheckOpt = DecodingSettings.level_check,
+    voice_check: VoiceCheckOpt = DecodingSettings.voice_check,
+    pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
+    ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -412,10 +414,10 @@ def evaluate_cmd(
     decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = DecodingSettings.strategy,
     samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = DecodingSettings.samples,
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = DecodingSettings.risk,
-    level_check: LevelCheckOpt = True,
-    voice_check: VoiceCheckOpt = True,
-    pitch_check: PitchCheckOpt = False,
-    ood_checks: OodChecksOpt = True,
+    level_check: LevelCheckOpt = DecodingSettings.level_check,
+    voice_check: VoiceCheckOpt = DecodingSettings.voice_check,
+    pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
+    ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
