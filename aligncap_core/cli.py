@@ -36,11 +36,19 @@ def data_synth(
     n: Annotated[int, typer.Option("--n", help="Number of clips.")] = SYNTH_N,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same corpus).")] = 0,
     workers: Annotated[int, typer.Option("--workers", help="Parallel synthesis processes (0 = all cores).")] = 0,
+    synthesizers: Annotated[str, typer.Option(
+        "--synthesizers", help="Comma-separated synthesizers (espeak-ng, flite) or 'auto' (espeak-ng "
+        "plus flite where installed); a named one that is missing is an error.")] = "espeak-ng",
+    other_share: Annotated[float, typer.Option(
+        "--other-share", min=0.0, max=1.0,
+        help="Share of the seen clips rendered by the synthesizers besides espeak-ng.")] = 0.3,
 ) -> None:
-    """Synthesize the built-in emotional speech corpus with espeak-ng (offline)."""
+    """Synthesize the built-in emotional speech corpus with espeak-ng, and flite if asked (offline)."""
     from aligncap_core.data.synth import synthesize_corpus
 
-    summary = synthesize_corpus(n=n, seed=seed, out_dir=out, workers=workers)
+    spec = synthesizers if synthesizers == "auto" else [s.strip() for s in synthesizers.split(",") if s.strip()]
+    summary = synthesize_corpus(n=n, seed=seed, out_dir=out, workers=workers, synthesizers=spec,
+                                other_share=other_share)
     stdout.print_json(json.dumps(summary))
 
 

@@ -166,6 +166,12 @@ class DataParams(_Params):
     synth_n: int = Field(SYNTH_N, ge=8, description="Built-in corpus: number of clips.")
     synth_seed: int = Field(0, ge=0, description="Built-in corpus: seed (same seed, same corpus).")
     synth_workers: int = Field(0, ge=0, description="Built-in corpus: synthesis processes (0 = all cores).")
+    synthesizers: str | list[str] = Field(["espeak-ng"], description="Built-in corpus: which synthesizers "
+                                          "render it: a list (espeak-ng, flite) or 'auto' (espeak-ng plus "
+                                          "flite where the `flite` command is installed). A named synthesizer "
+                                          "that is missing stops the run.")
+    synth_other_share: float = Field(0.3, ge=0, le=1, description="Built-in corpus: share of the seen "
+                                     "(train/valid/test) clips rendered by the synthesizers besides espeak-ng.")
     prepare: dict[str, Any] = Field(default_factory=dict, description="Extra prepare_dataset settings: "
                                     "sample_rate, min_duration, max_duration, split, workers, ...")
     clue_backend: str = Field("auto", description="Emotion clue parser backend: auto, spacy or blank.")
@@ -179,6 +185,12 @@ class DataParams(_Params):
 
     @model_validator(mode="after")
     def _check(self) -> DataParams:
+        from aligncap_core.data.synth.corpus import SYNTHESIZERS
+
+        names = [self.synthesizers] if isinstance(self.synthesizers, str) else self.synthesizers
+        if self.synthesizers != "auto" and (not names or set(names) - set(SYNTHESIZERS)):
+            raise ValueError(f"synthesizers: 'auto' or a list of {', '.join(SYNTHESIZERS)}; "
+                             f"got {self.synthesizers!r}")
         if self.augment:
             from aligncap_core.data.augment.config import AugmentConfig
 

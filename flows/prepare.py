@@ -40,10 +40,13 @@ def prepare_data(out_dir: str = "runs/pipeline", data: DataParams = DataParams()
         claim_run_dir(data_dir, ident)
         source, ran = data.source, False
         if not source:
-            corpus = str(st.local(f"corpus/{fingerprint(data.synth_n, data.synth_seed, source_fingerprint(None))}"))
+            key = fingerprint(data.synth_n, data.synth_seed, data.synth_other_share,
+                              source_fingerprint(None, data.synthesizers))
+            corpus = str(st.local(f"corpus/{key}"))
             source = f"{corpus}/manifest.jsonl"
             _, ran = run_stage(synth, corpus, n=data.synth_n, seed=data.synth_seed,
-                               workers=data.synth_workers, output=lambda _: exists(source))
+                               workers=data.synth_workers, synthesizers=data.synthesizers,
+                               other_share=data.synth_other_share, output=lambda _: exists(source))
         # prepare, clues and tokenize each rewrite DATA_DIR/manifest.jsonl: once one of them
         # really runs, the ones after it must run again (they add their columns in place)
         prepared = str(st.local(f"prepared/{ident.key}")) if data.augment else data_dir

@@ -43,14 +43,22 @@ RELEASE = dict(on_completion=[_release], on_failure=[_release])
 DATA_OPERATIONAL = frozenset({"synth_workers"})
 
 
-def source_fingerprint(source: str | None) -> str:
+def source_fingerprint(source: str | None, synthesizers: Any = None) -> str:
     """What the prepared data is made from: "builtin-<generator>" (the synthesized corpus, described
-    by its settings and the generator's code, `synth.generator_fingerprint`) or the content hash
-    of the source manifest (local, HF folder or s3://)."""
+    by its settings, the generator's code, `synth.generator_fingerprint`, and the synthesizers it
+    resolves to on this machine with their versions: `synthesizers: auto` names a different
+    corpus where flite is installed) or the content hash of the source manifest (local, HF folder
+    or s3://)."""
     if not source:
-        from aligncap_core.data.synth import generator_fingerprint
+        from aligncap_core.data.synth import (
+            generator_fingerprint,
+            resolve_synthesizers,
+            synthesizer_versions,
+        )
+        from aligncap_core.utils import fingerprint
 
-        return f"builtin-{generator_fingerprint()}"
+        versions = synthesizer_versions(resolve_synthesizers(synthesizers or ["espeak-ng"]))
+        return f"builtin-{generator_fingerprint()}-{fingerprint(versions)[:8]}"
     fp = manifest_sha(source)
     if fp is None and "://" in source:
         from aligncap_core.data.storage import read_bytes
@@ -71,7 +79,8 @@ def data_identity(settings: dict[str, Any]) -> Any:
 
     config = {k: v for k, v in settings.items() if k not in DATA_OPERATIONAL}
     config["prepare"] = {k: v for k, v in (config.get("prepare") or {}).items() if k != "workers"}
-    return RunIdentity("data", config, {"source": source_fingerprint(settings.get("source"))})
+    return RunIdentity("data", config, {"source": source_fingerprint(settings.get("source"),
+                                                                    settings.get("synthesizers"))})
 
 
 @task(name="publish", **IO_RETRIES)
@@ -91,18 +100,29 @@ def _synth_inputs(p: dict[str, Any]) -> list[Any] | None:
     # the corpus is reproducible from (n, seed, captions_per_clip) and the generator's code
     from aligncap_core.data.synth import generator_fingerprint
 
+    synthesizers = p.get("synthesizers") or ["espeak-ng"]
     return [p["n"], p["seed"], p.get("captions_per_clip", 4), generator_fingerprint(),
-            path_key(p["out_dir"])]
+            path_key(p["out_dir"]), source_fingerprint(None, synthesizers),
+            p.get("other_share", 0.3)]
 
 
 @task(name="synth", cache_key_fn=make_key_fn("synth", _synth_inputs), **IO_RETRIES, **PERSIST)
-def synth(out_dir: str, n: int, seed: int = 0, workers: int = 0, captions_per_clip: int = 4) -> dict:
-    """Synthesize the built-in espeak-ng corpus into `out_dir`; returns the corpus summary."""
-    from aligncap_core.data.synth import synthesize_corpus
+def synth(out_dir: str, n: int, seed: int = 0, workers: int = 0, captions_per_clip: int = 4,
+          synthesizers: Any = None, other_share: float = 0.3) -> dict:
+    """Synthesize the built-in corpus into `out_dir`; returns the corpus summary.
 
-    get_run_logger().info("synthesizing %d clips (seed %d) into %s", n, seed, out_dir)
-    return synthesize_corpus(n=n, seed=seed, out_dir=out_dir, workers=workers,
-                             captions_per_clip=captions_per_clip)
+    synthesizers: "auto" (espeak-ng plus flite where installed) or a list; default espeak-ng."""
+    from aligncap_core.data.synth import resolve_synthesizers, synthesize_corpus
+
+    names = resolve_synthesizers(synthesizers or ["espeak-ng"])
+    get_run_logger().info("synthesizing %d clips (seed %d) with %s into %s", n, seed,
+                          " + ".join(names), out_dir)
+    summary = synthesize_corpus(n=n, seed=seed, out_dir=out_dir, workers=workers,
+                                captions_per_clip=captions_per_clip, synthesizers=names,
+                                other_share=other_share)
+    get_run_logger().info("clips per synthesizer: %s (%s)", summary["synthesizers"],
+                          summary["synthesizer_versions"])
+    return summary
 
 
 # ---- prepare -----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""The built-in synthetic emotional speech corpus (espeak-ng, offline, measured labels).
+"""The built-in synthetic emotional speech corpus (espeak-ng, optionally flite; offline, measured labels).
 
 `synthesize_corpus(n, seed, out_dir, workers)` writes `audio/*.wav`, `manifest.jsonl` and
 `corpus.json`; see `corpus.py` for the steps, `checks.py` for the label thresholds,
-`profiles.py` for voices, emotions and the zero-shot split.
+`profiles.py` for voices, emotions and the zero-shot split, `flite.py` for the second synthesizer.
 """
 
 from __future__ import annotations
@@ -12,9 +12,16 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from .corpus import SynthConfig, plan_corpus, synthesize_corpus
+from .corpus import (
+    SynthConfig,
+    plan_corpus,
+    resolve_synthesizers,
+    synthesize_corpus,
+    synthesizer_versions,
+)
 
-__all__ = ["SynthConfig", "generator_fingerprint", "plan_corpus", "synthesize_corpus"]
+__all__ = ["SynthConfig", "generator_fingerprint", "plan_corpus", "resolve_synthesizers",
+           "synthesize_corpus", "synthesizer_versions"]
 
 
 @cache

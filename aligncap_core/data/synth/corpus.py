@@ -40,15 +40,50 @@ from aligncap_core.errors import ConfigError
 from aligncap_core.utils import atomic_write, progress, sha256_bytes, write_jsonl
 from aligncap_core.vocab import SPLITS
 
+from . import flite as F
 from . import profiles as P
 from .captions import write_captions
 from .checks import QUANTITY, THRESHOLDS, check, compare
 from .espeak import SAMPLE_RATE, Espeak
-from .measure import measure
+from .measure import Measurement, measure
 from .sentences import SEEN_SENTENCES, SENTENCES, ZEROSHOT_SENTENCES
 
 # Independent random streams per clip (numbers are part of the seed: do not renumber).
-_JITTER, _CAPTIONS = 2, 3
+_JITTER, _CAPTIONS, _SYNTH = 2, 3, 4
+SYNTHESIZERS = ("espeak-ng", F.NAME)
+
+
+def resolve_synthesizers(spec: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The synthesizers a corpus setting names: "auto" is espeak-ng plus every other one found on
+    this machine; a list is checked (a ConfigError says what to install when one is missing)."""
+    if spec is None or spec == "auto":
+        return ("espeak-ng",) + ((F.NAME,) if F.available() else ())
+    names = (spec,) if isinstance(spec, str) else tuple(spec)
+    if "espeak-ng" not in names:
+        names = ("espeak-ng",) + names
+    for name in names:
+        if name not in SYNTHESIZERS:
+            raise ConfigError(f"unknown synthesizer {name!r} (known: {', '.join(SYNTHESIZERS)}, or 'auto')")
+        if name == F.NAME:
+            F.require()
+    return tuple(sorted(set(names), key=SYNTHESIZERS.index))
+
+
+def synthesizer_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """{synthesizer: version} of what renders the corpus (recorded in corpus.json and the
+    corpus' cache key, so a corpus is never reused across synthesizer builds)."""
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        if name == "espeak-ng":
+            try:
+                out[name] = "espeakng-loader " + metadata.version("espeakng-loader")
+            except metadata.PackageNotFoundError:
+                out[name] = "unknown"
+        else:
+            out[name] = F.require()
+    return out
 
 
 @dataclass(frozen=True)
@@ -61,6 +96,11 @@ class SynthConfig:
     captions_per_clip: int = 4  # reference captions per clip (>= 3 for caption metrics)
     max_attempts: int = 4  # renderings of one label set (fresh jitter each) before dropping it
     max_replacements: int = 3  # fresh label sets tried after a drop
+    # Synthesizers besides espeak-ng ("flite", `flite.py`) render this share of the seen
+    # (train / valid / test) clips, half of them in a woman's voice; zeroshot stays espeak-ng's
+    # held-out voices. Without them the corpus is what espeak-ng alone makes, byte for byte.
+    synthesizers: tuple[str, ...] = ("espeak-ng",)
+    other_share: float = 0.3
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -69,6 +109,12 @@ class SynthConfig:
             raise ConfigError(f"proportions must be over {SPLITS} and sum to 1, got {self.proportions}")
         if self.captions_per_clip < 1:
             raise ConfigError("captions_per_clip must be at least 1")
+        unknown = set(self.synthesizers) - set(SYNTHESIZERS)
+        if unknown or "espeak-ng" not in self.synthesizers:
+            raise ConfigError(f"synthesizers must include 'espeak-ng' and be among {SYNTHESIZERS}, "
+                              f"got {list(self.synthesizers)}")
+        if not 0 <= self.other_share <= 1:
+            raise ConfigError(f"other_share must be in [0, 1], got {self.other_share}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +125,7 @@ class ClipPlan:
     accent: str
     variant: str
     sentence: int
+    synth: str = "espeak-ng"
 
     @property
     def id(self) -> str:
@@ -111,8 +158,17 @@ def plan_corpus(cfg: SynthConfig) -> list[ClipPlan]:
         voices = P.ZEROSHOT_VOICES if zs else P.SEEN_VOICES
         sentences = ZEROSHOT_SENTENCES if zs else SEEN_SENTENCES
         v = voices[int(rng.integers(len(voices)))]
-        plans.append(ClipPlan(i, split_of[i], emotion_of[i], v.accent, v.variant.name,
-                              int(sentences[int(rng.integers(len(sentences)))])))
+        plan = ClipPlan(i, split_of[i], emotion_of[i], v.accent, v.variant.name,
+                        int(sentences[int(rng.integers(len(sentences)))]))
+        if F.NAME in cfg.synthesizers and not zs:
+            # own stream: the espeak-ng draws above are the same with or without flite
+            pick = np.random.default_rng([cfg.seed, i, _SYNTH])
+            if pick.random() < cfg.other_share:
+                gender = "female" if pick.random() < 0.5 else "male"
+                options = [fv for fv in F.VOICES if fv.gender == gender]
+                fv = options[int(pick.integers(len(options)))]
+                plan = ClipPlan(i, plan.split, plan.emotion, fv.accent, fv.name, plan.sentence, F.NAME)
+        plans.append(plan)
     return plans
 
 
@@ -140,43 +196,86 @@ def _write_replace(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class _EspeakClip:
+    """One clip's renderings in espeak-ng. espeak's output depends on what the engine rendered
+    before (see `Espeak.run_isolated`), so each rendering replays the clip's own sequence
+    (reference, attempt 1, attempt 2, ...) in a fresh engine: the audio never depends on which
+    clips this worker rendered earlier. Replays cost ~2 ms a rendering; measurement stays in
+    this process (numpy in a forked child pays for fresh FFT plans and page faults, ~10x slower)."""
+
+    params_key = "espeak"
+
+    def __init__(self, plan: ClipPlan):
+        self.voice = P.Voice(plan.accent, _VARIANTS[plan.variant])
+        self.gender, self.speaker = self.voice.gender, self.voice.name
+        self.key = (self.voice.name, plan.sentence)
+        sentence = SENTENCES[plan.sentence]
+        prof = P.PROFILES[plan.emotion]
+        # the reference: the voice's normal rendering (modal voice, falling tune, espeak defaults)
+        self.sequence = [(P.spoken_text(sentence), self.voice.espeak(), P.reference_prosody(self.voice))]
+        self.text, self.espeak_voice = P.spoken_text(sentence, prof.tune), self.voice.espeak(prof.quality)
+        self.quality = prof.quality
+
+    def reference(self) -> Measurement:
+        return _STATE["refs"][self.key]
+
+    def attempt(self, rng: np.random.Generator, emotion: str, correction: P.Correction):
+        prosody = P.sample_prosody(rng, self.voice, emotion, correction)
+        self.sequence.append((self.text, self.espeak_voice, prosody))
+        outs = _STATE["engine"].synth_sequence(self.sequence)
+        if self.key not in _STATE["refs"]:
+            _STATE["refs"][self.key] = measure(outs[0])
+        return outs[-1], prosody
+
+    def fallback(self):
+        """The reference itself: neutral by definition (text, samples, prosody)."""
+        return self.sequence[0][0], _STATE["engine"].synth_sequence(self.sequence[:1])[0], self.sequence[0][2]
+
+
+class _FliteClip:
+    """One clip's renderings in flite (`flite.py`; stateless, so no replay is needed)."""
+
+    params_key = "flite"
+
+    def __init__(self, plan: ClipPlan):
+        self.voice = F.BY_NAME[plan.variant]
+        self.gender, self.speaker = self.voice.gender, self.voice.speaker
+        self.key = (self.voice.speaker, plan.sentence)
+        sentence = SENTENCES[plan.sentence]
+        self.ref_text = P.spoken_text(sentence)
+        self.text = P.spoken_text(sentence, P.PROFILES[plan.emotion].tune)
+        self.quality = "modal"  # flite has no breathy or harsh voice
+
+    def reference(self) -> Measurement:
+        if self.key not in _STATE["refs"]:
+            ref = F.synth(self.ref_text, self.voice, F.reference_prosody(self.voice))
+            _STATE["refs"][self.key] = measure(ref)
+        return _STATE["refs"][self.key]
+
+    def attempt(self, rng: np.random.Generator, emotion: str, correction: P.Correction):
+        prosody = F.sample_prosody(rng, self.voice, emotion, correction)
+        return F.synth(self.text, self.voice, prosody), prosody
+
+    def fallback(self):
+        prosody = F.reference_prosody(self.voice)
+        return self.ref_text, F.synth(self.ref_text, self.voice, prosody), prosody
+
+
 def render_clip(plan: ClipPlan) -> tuple[dict, dict]:
-    """Render, verify and write one clip; returns (manifest row, label-check stats).
-
-    espeak's output depends on what the engine rendered before (see `Espeak.run_isolated`),
-    so each rendering of this clip replays the clip's own sequence (reference, attempt 1,
-    attempt 2, ...) in a fresh engine: the audio never depends on which clips this worker
-    rendered earlier. Replays cost ~2 ms a rendering; measurement stays in this process
-    (numpy in a forked child pays for fresh FFT plans and page faults, ~10x slower).
-    """
+    """Render, verify and write one clip; returns (manifest row, label-check stats)."""
     cfg: SynthConfig = _STATE["cfg"]
-    engine: Espeak = _STATE["engine"]
-    voice = P.Voice(plan.accent, _VARIANTS[plan.variant])
-    sentence = SENTENCES[plan.sentence]
-    key = (voice.name, plan.sentence)
-    # the reference: the voice's normal rendering (modal voice, falling tune, espeak defaults)
-    sequence = [(P.spoken_text(sentence), voice.espeak(), P.reference_prosody(voice))]
-
-    def render(text, espeak_voice, prosody):
-        sequence.append((text, espeak_voice, prosody))
-        outs = engine.synth_sequence(sequence)
-        if key not in _STATE["refs"]:
-            _STATE["refs"][key] = measure(outs[0])
-        return outs[-1]
-
+    clip = _FliteClip(plan) if plan.synth == F.NAME else _EspeakClip(plan)
     stats = {"first_try": None, "renders": 0, "dropped": 0, "fallback": False}
     emotion = plan.emotion
-    prof = P.PROFILES[emotion]
     labels = P.labels_of(emotion)
-    text, espeak_voice = P.spoken_text(sentence, prof.tune), voice.espeak(prof.quality)
+    text = clip.text
     result = None
     for r in range(cfg.max_replacements + 1):
         correction = P.Correction()
         for attempt in range(cfg.max_attempts):
             jitter = np.random.default_rng([cfg.seed, plan.index, _JITTER, r, attempt])
-            prosody = P.sample_prosody(jitter, voice, emotion, correction)
-            samples = render(text, espeak_voice, prosody)
-            measured = compare(measure(samples), _STATE["refs"][key])
+            samples, prosody = clip.attempt(jitter, emotion, correction)
+            measured = compare(measure(samples), clip.reference())
             verdict = check(labels, measured)
             stats["renders"] += 1
             if stats["first_try"] is None:
@@ -193,14 +292,13 @@ def render_clip(plan: ClipPlan) -> tuple[dict, dict]:
     if result is None:
         # Last resort (not seen in practice): the reference itself is neutral by definition.
         stats["fallback"] = True
-        emotion, labels, text = "neutral", P.labels_of("neutral"), sequence[0][0]
-        samples = engine.synth_sequence(sequence[:1])[0]
-        prosody = sequence[0][2]
-        measured = compare(measure(samples), _STATE["refs"][key])
+        emotion, labels = "neutral", P.labels_of("neutral")
+        text, samples, prosody = clip.fallback()
+        measured = compare(measure(samples), clip.reference())
         result = (samples, prosody, measured)
     samples, prosody, measured = result
 
-    attributes = {"emotion": emotion, **labels, "gender": voice.gender}
+    attributes = {"emotion": emotion, **labels, "gender": clip.gender}
     caption_rng = np.random.default_rng([cfg.seed, plan.index, _CAPTIONS])
     captions, stated = write_captions(caption_rng, attributes, measured, n=cfg.captions_per_clip)
 
@@ -217,16 +315,17 @@ def render_clip(plan: ClipPlan) -> tuple[dict, dict]:
         "sentence": plan.sentence,  # index into sentences.SENTENCES
         "captions": captions,
         "caption_attributes": stated,
-        "speaker": voice.name,
+        "speaker": clip.speaker,
         "language": "en",
         "split": plan.split,
         "attributes": attributes,
         "measured": measured,
-        "voice": voice.variant.name,
-        "accent": voice.accent,
-        "accent_name": P.ACCENTS[voice.accent],
-        "voice_quality": P.PROFILES[emotion].quality,
-        "espeak": asdict(prosody),
+        "voice": plan.variant,
+        "accent": plan.accent,
+        "accent_name": P.ACCENTS[plan.accent],
+        "voice_quality": "modal" if stats["fallback"] else clip.quality,
+        "synthesizer": plan.synth,
+        clip.params_key: asdict(prosody),
         "duration_s": round(len(samples) / SAMPLE_RATE, 4),
         "sha256": sha256_bytes(data),
     }
@@ -248,20 +347,28 @@ def _summarise(cfg: SynthConfig, rows: list[dict], stats: list[dict]) -> dict:
         "renders": sum(s["renders"] for s in stats),
         "dropped_replaced": sum(s["dropped"] for s in stats),
         "fallback_neutral": sum(s["fallback"] for s in stats),
+        "synthesizers": dict(sorted(Counter(r["synthesizer"] for r in rows).items())),
     }
 
 
 def synthesize_corpus(n: int = SYNTH_N, seed: int = 0, out_dir: str | os.PathLike = "synth",
                       workers: int = 0, captions_per_clip: int = 4,
-                      show_progress: bool = True) -> dict:
+                      synthesizers: str | list[str] | tuple[str, ...] = ("espeak-ng",),
+                      other_share: float = 0.3, show_progress: bool = True) -> dict:
     """Synthesize `n` clips into `out_dir` (audio/, manifest.jsonl, corpus.json).
 
     workers: synthesis processes (0 = os.cpu_count(); 1 = in this process).
-    Returns a JSON-able summary: counts per split and emotion, first-try label-check pass rate
-    per attribute, regenerations, drops, clips_per_s, seconds, out_dir.
+    synthesizers: "auto" (espeak-ng plus whatever else is installed) or a list; other_share:
+    the share of seen clips the others render (`SynthConfig`).
+    Returns a JSON-able summary: counts per split, emotion and synthesizer, first-try
+    label-check pass rate per attribute, regenerations, drops, the synthesizers' versions,
+    clips_per_s, seconds, out_dir.
     """
     t0 = time.perf_counter()
-    cfg = SynthConfig(n=n, seed=seed, captions_per_clip=captions_per_clip)
+    names = resolve_synthesizers(synthesizers)
+    cfg = SynthConfig(n=n, seed=seed, captions_per_clip=captions_per_clip, synthesizers=names,
+                      other_share=other_share)
+    versions = synthesizer_versions(names)
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     plans = plan_corpus(cfg)
@@ -287,7 +394,7 @@ def synthesize_corpus(n: int = SYNTH_N, seed: int = 0, out_dir: str | os.PathLik
             with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, str(out))) as pool:
                 collect(pool.imap(render_clip, plans, chunksize=8))
 
-    summary = _summarise(cfg, rows, stats)
+    summary = {**_summarise(cfg, rows, stats), "synthesizer_versions": versions}
     write_jsonl(out / "manifest.jsonl", rows)
     corpus = {
         "config": asdict(cfg),
