@@ -41,7 +41,7 @@ def data_synth(
         "plus flite where installed); a named one that is missing is an error.")] = "espeak-ng",
     other_share: Annotated[float, typer.Option(
         "--other-share", min=0.0, max=1.0,
-        help="Share of the seen clips rendered by the synthesizers besides espeak-ng.")] = 0.3,
+        help="Train clips the synthesizers besides espeak-ng add, as a share of the train split.")] = 0.3,
 ) -> None:
     """Synthesize the built-in emotional speech corpus with espeak-ng, and flite if asked (offline)."""
     from aligncap_core.data.synth import synthesize_corpus

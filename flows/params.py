@@ -170,8 +170,9 @@ class DataParams(_Params):
                                           "render it: a list (espeak-ng, flite) or 'auto' (espeak-ng plus "
                                           "flite where the `flite` command is installed). A named synthesizer "
                                           "that is missing stops the run.")
-    synth_other_share: float = Field(0.3, ge=0, le=1, description="Built-in corpus: share of the seen "
-                                     "(train/valid/test) clips rendered by the synthesizers besides espeak-ng.")
+    synth_other_share: float = Field(0.3, ge=0, le=1, description="Built-in corpus: train clips the "
+                                     "synthesizers besides espeak-ng add to the synth_n, as a share of the "
+                                     "train split (valid, test and zeroshot stay espeak-ng's).")
     prepare: dict[str, Any] = Field(default_factory=dict, description="Extra prepare_dataset settings: "
                                     "sample_rate, min_duration, max_duration, split, workers, ...")
     clue_backend: str = Field("auto", description="Emotion clue parser backend: auto, spacy or blank.")

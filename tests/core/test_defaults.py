@@ -39,6 +39,8 @@ def _library() -> dict[str, dict[str, Any]]:
             "synth_n": _default(synthesize_corpus, "n"),
             "synth_seed": _default(synthesize_corpus, "seed"),
             "synth_workers": _default(synthesize_corpus, "workers"),
+            "synthesizers": list(_default(synthesize_corpus, "synthesizers")),
+            "synth_other_share": _default(synthesize_corpus, "other_share"),
             "clue_backend": _default(add_clues, "backend"),
             "codec": _default(tokenize_dataset, "codec"),
             "n_q": _default(tokenize_dataset, "n_q"),

@@ -18,6 +18,7 @@ from aligncap_core.data.synth import (
 from aligncap_core.data.synth import flite as F
 from aligncap_core.data.synth.checks import check
 from aligncap_core.data.synth.measure import measure
+from aligncap_core.data.synth.sentences import SEEN_SENTENCES
 from aligncap_core.errors import ConfigError
 from aligncap_core.utils import read_jsonl
 
@@ -25,24 +26,23 @@ needs_flite = pytest.mark.skipif(F.available() is None, reason="the `flite` comm
                                  "is not installed here")
 
 
-def test_flite_plans_leave_the_espeak_draws_and_the_zeroshot_split_alone():
+def test_flite_adds_train_clips_and_leaves_every_espeak_clip_alone():
     base = plan_corpus(SynthConfig(n=1000, seed=4))
     mixed = plan_corpus(SynthConfig(n=1000, seed=4, synthesizers=("espeak-ng", "flite"), other_share=0.3))
-    flite = [p for p in mixed if p.synth == "flite"]
-    kept = [p for p in mixed if p.synth == "espeak-ng"]
-    by_index = {p.index: p for p in base}
-    # every clip espeak-ng still renders is planned exactly as without flite
-    assert kept and all(p == by_index[p.index] for p in kept)
-    # flite takes ~30% of the seen clips, none of zeroshot's, the same emotion and sentence
-    seen = [p for p in base if p.split != "zeroshot"]
-    assert 0.25 < len(flite) / len(seen) < 0.35
-    assert not any(p.split == "zeroshot" for p in flite)
-    assert all((p.emotion, p.sentence, p.split) == (by_index[p.index].emotion, by_index[p.index].sentence,
-                                                    by_index[p.index].split) for p in flite)
-    # half of flite's clips are in its one woman's voice
+    # the n espeak-ng clips, every split, are planned exactly as without flite
+    assert mixed[:1000] == base
+    flite = mixed[1000:]
+    n_train = sum(p.split == "train" for p in base)
+    assert len(flite) == round(0.3 * n_train)
+    assert all(p.synth == "flite" and p.split == "train" for p in flite)
+    assert [p.index for p in flite] == list(range(1000, 1000 + len(flite)))
+    # emotions balanced, half of the clips in flite's one woman's voice, seen sentences only
+    emotions = Counter(p.emotion for p in flite)
+    assert max(emotions.values()) - min(emotions.values()) <= 1
     genders = Counter(F.BY_NAME[p.variant].gender for p in flite)
-    assert 0.4 < genders["female"] / len(flite) < 0.6
+    assert abs(genders["female"] - genders["male"]) <= 1
     assert {p.variant for p in flite} == {v.name for v in F.VOICES}
+    assert {p.sentence for p in flite} <= set(SEEN_SENTENCES)
 
 
 def test_synthesizer_settings_fail_loudly(monkeypatch, tmp_path):
@@ -99,7 +99,7 @@ def test_flite_clips_carry_their_labels_and_espeak_clips_are_unchanged(tmp_path)
     mixed = synthesize_corpus(n=n, seed=2, out_dir=tmp_path / "mixed", workers=1, show_progress=False,
                               synthesizers=["espeak-ng", "flite"], other_share=0.5)
     assert only["synthesizers"] == {"espeak-ng": n}
-    assert mixed["synthesizers"]["flite"] >= 8 and sum(mixed["synthesizers"].values()) == n
+    assert mixed["synthesizers"] == {"espeak-ng": n, "flite": round(0.5 * only["splits"]["train"])}
     meta = json.loads((tmp_path / "mixed" / "corpus.json").read_text())
     assert meta["config"]["synthesizers"] == ["espeak-ng", "flite"]
     assert meta["synthesizer_versions"]["flite"] == F.available()
@@ -110,7 +110,7 @@ def test_flite_clips_carry_their_labels_and_espeak_clips_are_unchanged(tmp_path)
             assert r["sha256"] == before[r["id"]]["sha256"]
             continue
         voice = F.BY_NAME[r["voice"]]
-        assert r["split"] != "zeroshot" and r["speaker"] == voice.speaker
+        assert r["split"] == "train" and r["speaker"] == voice.speaker
         assert r["attributes"]["gender"] == voice.gender and r["voice_quality"] == "modal"
         assert set(r["flite"]) == {"f0_mean", "f0_std", "stretch", "level_dbfs"}
         # the stored measurement passes the label checks, and so does measuring the file again

@@ -96,9 +96,9 @@ class SynthConfig:
     captions_per_clip: int = 4  # reference captions per clip (>= 3 for caption metrics)
     max_attempts: int = 4  # renderings of one label set (fresh jitter each) before dropping it
     max_replacements: int = 3  # fresh label sets tried after a drop
-    # Synthesizers besides espeak-ng ("flite", `flite.py`) render this share of the seen
-    # (train / valid / test) clips, half of them in a woman's voice; zeroshot stays espeak-ng's
-    # held-out voices. Without them the corpus is what espeak-ng alone makes, byte for byte.
+    # Synthesizers besides espeak-ng ("flite", `flite.py`) add other_share x the train split's
+    # size of train clips, half of them in a woman's voice. The n espeak-ng clips (every split)
+    # are byte for byte what espeak-ng alone makes; valid, test and zeroshot are only those.
     synthesizers: tuple[str, ...] = ("espeak-ng",)
     other_share: float = 0.3
 
@@ -158,17 +158,29 @@ def plan_corpus(cfg: SynthConfig) -> list[ClipPlan]:
         voices = P.ZEROSHOT_VOICES if zs else P.SEEN_VOICES
         sentences = ZEROSHOT_SENTENCES if zs else SEEN_SENTENCES
         v = voices[int(rng.integers(len(voices)))]
-        plan = ClipPlan(i, split_of[i], emotion_of[i], v.accent, v.variant.name,
-                        int(sentences[int(rng.integers(len(sentences)))]))
-        if F.NAME in cfg.synthesizers and not zs:
-            # own stream: the espeak-ng draws above are the same with or without flite
-            pick = np.random.default_rng([cfg.seed, i, _SYNTH])
-            if pick.random() < cfg.other_share:
-                gender = "female" if pick.random() < 0.5 else "male"
-                options = [fv for fv in F.VOICES if fv.gender == gender]
-                fv = options[int(pick.integers(len(options)))]
-                plan = ClipPlan(i, plan.split, plan.emotion, fv.accent, fv.name, plan.sentence, F.NAME)
-        plans.append(plan)
+        plans.append(ClipPlan(i, split_of[i], emotion_of[i], v.accent, v.variant.name,
+                              int(sentences[int(rng.integers(len(sentences)))])))
+    if F.NAME in cfg.synthesizers:
+        plans += _flite_plans(cfg, counts.get("train", 0))
+    return plans
+
+
+def _flite_plans(cfg: SynthConfig, n_train: int) -> list[ClipPlan]:
+    """flite's clips: `other_share` x the train split's size, added to train after the espeak-ng
+    clips (ids from `n` on), emotions balanced, half in flite's woman's voice, seen sentences.
+    Their own random stream: every espeak-ng clip, and every split but train, is the same as
+    without them."""
+    rng = np.random.default_rng([cfg.seed, _SYNTH])
+    extra = int(round(n_train * cfg.other_share))
+    emotions = [P.EMOTIONS[k % len(P.EMOTIONS)] for k in range(extra)]
+    rng.shuffle(emotions)
+    by_gender = {g: [v for v in F.VOICES if v.gender == g] for g in ("female", "male")}
+    plans = []
+    for k, emotion in enumerate(emotions):
+        options = by_gender["female" if k % 2 == 0 else "male"]
+        voice = options[int(rng.integers(len(options)))]
+        sentence = int(SEEN_SENTENCES[int(rng.integers(len(SEEN_SENTENCES)))])
+        plans.append(ClipPlan(cfg.n + k, "train", emotion, voice.accent, voice.name, sentence, F.NAME))
     return plans
 
 
@@ -359,7 +371,7 @@ def synthesize_corpus(n: int = SYNTH_N, seed: int = 0, out_dir: str | os.PathLik
 
     workers: synthesis processes (0 = os.cpu_count(); 1 = in this process).
     synthesizers: "auto" (espeak-ng plus whatever else is installed) or a list; other_share:
-    the share of seen clips the others render (`SynthConfig`).
+    the others' train clips, added to the n, as a share of the train split (`SynthConfig`).
     Returns a JSON-able summary: counts per split, emotion and synthesizer, first-try
     label-check pass rate per attribute, regenerations, drops, the synthesizers' versions,
     clips_per_s, seconds, out_dir.
@@ -372,10 +384,10 @@ def synthesize_corpus(n: int = SYNTH_N, seed: int = 0, out_dir: str | os.PathLik
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     plans = plan_corpus(cfg)
-    workers = min(workers or os.cpu_count() or 1, n)
+    workers = min(workers or os.cpu_count() or 1, len(plans))
     rows, stats = [], []
     with progress(disable=not show_progress) as bar:
-        task = bar.add_task("synthesize", total=n)
+        task = bar.add_task("synthesize", total=len(plans))
 
         def collect(results):
             for row, st in results:
@@ -419,5 +431,5 @@ def synthesize_corpus(n: int = SYNTH_N, seed: int = 0, out_dir: str | os.PathLik
     with atomic_write(out / "corpus.json") as f:
         json.dump(corpus, f, indent=2, sort_keys=True)
     seconds = time.perf_counter() - t0
-    return {**summary, "clips_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
+    return {**summary, "clips_per_s": round(len(plans) / seconds, 1), "seconds": round(seconds, 2),
             "workers": workers, "out_dir": str(out)}
