@@ -64,6 +64,28 @@ def test_synthesizer_settings_fail_loudly(monkeypatch, tmp_path):
         F.available.cache_clear()
 
 
+def test_cli_synth_without_flite_says_what_to_install(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from aligncap_core.cli import app
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    F.available.cache_clear()
+    try:
+        named = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "named"), "--n", "8",
+                                         "--workers", "1", "--synthesizers", "espeak-ng,flite"])
+        assert isinstance(named.exception, ConfigError) and "apt-get install flite" in str(named.exception)
+        assert not (tmp_path / "named" / "manifest.jsonl").exists()
+        auto = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "auto"), "--n", "8",
+                                        "--workers", "1", "--synthesizers", "auto"])
+        assert auto.exit_code == 0, auto.output
+        meta = json.loads((tmp_path / "auto" / "corpus.json").read_text())
+        assert meta["config"]["synthesizers"] == ["espeak-ng"] and meta["synthesizers"] == {"espeak-ng": 8}
+    finally:
+        monkeypatch.undo()
+        F.available.cache_clear()
+
+
 def test_pipeline_data_params_name_synthesizers_and_key_the_corpus_by_them():
     from flows.params import DataParams
     from tasks.data import data_identity

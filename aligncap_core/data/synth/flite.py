@@ -160,7 +160,7 @@ def synth(text: str, voice: FliteVoice, prosody: FliteProsody) -> np.ndarray:
     """Render `text` (float32 at the corpus' SAMPLE_RATE, scaled to `prosody.level_dbfs`)."""
     exe = shutil.which("flite")
     if exe is None:
-        require()
+        raise ConfigError(f"the `flite` command is not on PATH: {INSTALL_HINT}")
     fd, path = tempfile.mkstemp(suffix=".wav", prefix="aligncap-flite-")
     os.close(fd)
     try:
