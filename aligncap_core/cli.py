@@ -300,6 +300,7 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="The model's dtype: auto 
 DecodingOpt = Annotated[str | None, typer.Option("--decoding", help="greedy or consistent (default: the checkpoint's).")]
 LevelCheckOpt = Annotated[bool, typer.Option("--level-check/--no-level-check", help="Leave volume and emotion out of the caption of a clip whose level is far outside the training audio's (the reason is reported).")]
 VoiceCheckOpt = Annotated[bool, typer.Option("--voice-check/--no-voice-check", help="Leave gender out of a caption that states the gender the clip's formant spacing (vocal-tract length) contradicts (the reason is reported; on by default: a caption may leave the gender out, it must not state a wrong one).")]
+VoiceMarginOpt = Annotated[float, typer.Option("--voice-margin", min=0.0, max=0.49, help="Voice check: how far past the boundary (log ratio; 0.03 = 3%) the clip's formant spacing must be to contradict a gender.")]
 PitchCheckOpt = Annotated[bool, typer.Option("--pitch-check/--no-pitch-check", help="State pitch only where the clip's F0 tells it for human voices' spread of normal F0 (pitch is relative to the speaker's normal voice, which one clip does not carry); for human recordings (the reason is reported; off by default, but see --ood-checks).")]
 OodChecksOpt = Annotated[bool, typer.Option("--ood-checks/--no-ood-checks", help="A clip the level check finds outside the training audio (a recording unlike it) also gets the pitch check, and the voice check if it was turned off (on by default; the reason is reported).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
@@ -309,13 +310,14 @@ def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device
             max_seconds: float, decoding: str | None, dtype: str = "auto",
             level_check: bool = DecodingSettings.level_check, voice_check: bool = DecodingSettings.voice_check,
             pitch_check: bool = DecodingSettings.pitch_check, ood_checks: bool = DecodingSettings.ood_checks,
-            **settings):
+            voice_margin: float = DecodingSettings.voice_margin, **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
                                 dtype=dtype, max_seconds=max_seconds, decoding=decoding,
                                 level_check=level_check, voice_check=voice_check,
-                                pitch_check=pitch_check, ood_checks=ood_checks, **settings)
+                                voice_margin=voice_margin, pitch_check=pitch_check,
+                                ood_checks=ood_checks, **settings)
     console.print(f"model {engine.model.uri} ({engine.version}, {engine.captioner.dtype_line}); "
                   f"{engine.captioner.decoding}; {engine.settings}", markup=False)
     return engine
@@ -336,6 +338,7 @@ def caption_cmd(
     decoding: DecodingOpt = None,
     level_check: LevelCheckOpt = DecodingSettings.level_check,
     voice_check: VoiceCheckOpt = DecodingSettings.voice_check,
+    voice_margin: VoiceMarginOpt = DecodingSettings.voice_margin,
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     tracking_uri: TrackingUri = None,
@@ -350,7 +353,7 @@ def caption_cmd(
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, pitch_check, ood_checks, num_beams=beams,
+                     voice_check, pitch_check, ood_checks, voice_margin, num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -389,6 +392,7 @@ def serve_cmd(
     decoding: DecodingOpt = None,
     level_check: LevelCheckOpt = DecodingSettings.level_check,
     voice_check: VoiceCheckOpt = DecodingSettings.voice_check,
+    voice_margin: VoiceMarginOpt = DecodingSettings.voice_margin,
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     tracking_uri: TrackingUri = None,
@@ -400,7 +404,7 @@ def serve_cmd(
     from aligncap_core.serving.http import serve
 
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, pitch_check, ood_checks)
+                     voice_check, pitch_check, ood_checks, voice_margin)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -424,6 +428,7 @@ def evaluate_cmd(
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = DecodingSettings.risk,
     level_check: LevelCheckOpt = DecodingSettings.level_check,
     voice_check: VoiceCheckOpt = DecodingSettings.voice_check,
+    voice_margin: VoiceMarginOpt = DecodingSettings.voice_margin,
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
@@ -441,7 +446,8 @@ def evaluate_cmd(
                                  limit=limit, codec_dir=codec_dir, device=device, dtype=dtype,
                                  decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk,
                                                            level_check=level_check, voice_check=voice_check,
-                                                           pitch_check=pitch_check, ood_checks=ood_checks),
+                                                           voice_margin=voice_margin, pitch_check=pitch_check,
+                                                           ood_checks=ood_checks),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")

@@ -397,6 +397,8 @@ class Captioner:
 
         d = decoding or self.decoding
         boundary = self.speech.voice_boundary
+        if boundary and d.voice_margin:
+            boundary = {**boundary, "margin": d.voice_margin}
         if d.voice_check and not boundary:
             self._warn_once("the voice check is on, but this checkpoint records no voice boundary "
                             "(trained before it, or on clips without a gender): no caption is checked")

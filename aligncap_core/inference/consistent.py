@@ -61,7 +61,9 @@ class DecodingSettings:
     level_margin_db (dB) outside the training audio's range, when the checkpoint records one
     (`inference.domain`; greedy decoding too). voice_check: leave gender out of a caption
     whose candidates state the gender the clip's formant spacing contradicts, when the
-    checkpoint records a voice boundary (`inference.domain`, on by default). pitch_check:
+    checkpoint records a voice boundary (`inference.domain`, on by default); voice_margin: the
+    spacing must be this far past the boundary (log ratio; 0.03 = 3%) to contradict a gender.
+    pitch_check:
     leave pitch out of a caption where the clip's F0 does not tell it for human voices'
     spread of normal F0 (`inference.domain`, off by default; for human recordings).
     ood_checks: a clip the level check finds outside the training audio (a recording unlike
@@ -77,6 +79,7 @@ class DecodingSettings:
     level_check: bool = True
     level_margin_db: float = 3.0
     voice_check: bool = True
+    voice_margin: float = 0.0
     pitch_check: bool = False
     ood_checks: bool = True
 
@@ -93,6 +96,8 @@ class DecodingSettings:
             raise ConfigError(f"decoding risk must be >= 0, got {self.risk}")
         if self.level_margin_db < 0:
             raise ConfigError(f"decoding level_margin_db must be >= 0, got {self.level_margin_db}")
+        if not 0 <= self.voice_margin < 0.5:
+            raise ConfigError(f"decoding voice_margin must be in [0, 0.5), got {self.voice_margin}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

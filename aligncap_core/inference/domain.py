@@ -252,11 +252,18 @@ def training_voice_boundary(data_dir: str | os.PathLike, rows: Sequence[dict], p
 
 
 def voice_reading(spacing_hz: float | None, boundary: dict | None) -> str | None:
-    """"male" / "female": the side of the boundary the clip's spacing is on; None when either
-    is unknown (an unmeasurable clip, a checkpoint without a boundary)."""
+    """"male" / "female": the side of the boundary the clip's spacing is on, at least the
+    boundary's `margin` (log ratio, 0 when absent; `DecodingSettings.voice_margin`) past it;
+    None when either is unknown (an unmeasurable clip, a checkpoint without a boundary) or the
+    clip is within the margin."""
     if spacing_hz is None or not boundary or not np.isfinite(spacing_hz):
         return None
-    return "male" if spacing_hz < boundary["threshold_hz"] else "female"
+    margin = float(boundary.get("margin", 0.0))
+    if spacing_hz < boundary["threshold_hz"] * np.exp(-margin):
+        return "male"
+    if spacing_hz > boundary["threshold_hz"] * np.exp(margin):
+        return "female"
+    return None
 
 
 def voice_verdict(said: str | None, spacing_hz: float | None, boundary: dict | None) -> Withheld | None:
@@ -268,7 +275,12 @@ def voice_verdict(said: str | None, spacing_hz: float | None, boundary: dict | N
     return Withheld((VOICE_ATTR,), f"the caption would say {said}, but the clip's formant spacing "
                                    f"({spacing_hz:.0f} Hz) reads {reads} (boundary "
                                    f"{boundary['threshold_hz']:.0f} Hz, fitted on the training "
-                                   "voices): gender is not stated", ("voice",))
+                                   f"voices{_margin_text(boundary)}): gender is not stated", ("voice",))
+
+
+def _margin_text(boundary: dict) -> str:
+    m = float(boundary.get("margin", 0.0))
+    return f", margin {np.expm1(m):.0%}" if m else ""
 
 
 # Adult speaking F0 (Hz, the centre of each gender's population) and its spread within a

@@ -33,7 +33,8 @@ class CaptionEngine:
     settings: `GenerationSettings` overrides (max_new_tokens, num_beams, batch_size, ...) on
     top of the checkpoint's defaults. decoding: a strategy ("greedy", "consistent") instead of
     the Captioner's default (`inference.consistent.DecodingSettings`). level_check: False turns
-    the level check off, voice_check: False turns the voice check off, pitch_check: True turns
+    the level check off, voice_check: False turns the voice check off (voice_margin: how far past
+    its boundary a clip's tract must be to contradict a gender), pitch_check: True turns
     the pitch check on, ood_checks: False stops the checks for clips the level check finds unlike
     the training audio (`inference.domain`; None keeps the defaults: level and voice on, pitch
     off but for those clips). max_seconds: the longest clip accepted.
@@ -41,8 +42,9 @@ class CaptionEngine:
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,
                  decoding: str | None = None, level_check: bool | None = None,
-                 voice_check: bool | None = None, pitch_check: bool | None = None,
-                 ood_checks: bool | None = None, **settings: Any) -> None:
+                 voice_check: bool | None = None, voice_margin: float | None = None,
+                 pitch_check: bool | None = None, ood_checks: bool | None = None,
+                 **settings: Any) -> None:
         import dataclasses
 
         self.captioner = captioner
@@ -54,6 +56,8 @@ class CaptionEngine:
             captioner.decoding = dataclasses.replace(captioner.decoding, level_check=level_check)
         if voice_check is not None:
             captioner.decoding = dataclasses.replace(captioner.decoding, voice_check=voice_check)
+        if voice_margin is not None:
+            captioner.decoding = dataclasses.replace(captioner.decoding, voice_margin=voice_margin)
         if pitch_check is not None:
             captioner.decoding = dataclasses.replace(captioner.decoding, pitch_check=pitch_check)
         if ood_checks is not None:

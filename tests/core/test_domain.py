@@ -109,6 +109,22 @@ def test_voice_verdict_withholds_only_the_gender_the_tract_contradicts():
     both = level.merge(w)
     assert both.attributes == (*LEVEL_ATTRS, "gender") and both.checks == ("level", "voice")
     assert both.to_dict()["reason"].startswith(level.reason) and w.reason in both.reason
+    # with a margin, a clip just past the boundary contradicts nothing; one far past it does
+    m = {**b, "margin": 0.03}  # 1080 Hz x e^-0.03 = 1048 Hz, x e^0.03 = 1113 Hz
+    assert voice_reading(1060.0, m) is None and voice_reading(1100.0, m) is None
+    assert voice_reading(1040.0, m) == "male" and voice_reading(1120.0, m) == "female"
+    assert voice_verdict("female", 1060.0, m) is None
+    far = voice_verdict("female", 1040.0, m)
+    assert far.attributes == ("gender",) and "margin 3%" in far.reason
+
+
+def test_decoding_voice_margin_reaches_the_checks():
+    from aligncap_core.errors import ConfigError
+    from aligncap_core.inference.consistent import DecodingSettings
+
+    assert DecodingSettings(voice_margin=0.03).to_dict()["voice_margin"] == 0.03
+    with pytest.raises(ConfigError, match="voice_margin"):
+        DecodingSettings(voice_margin=-0.01)
 
 
 def test_pitch_probability_follows_the_human_f0_spread():

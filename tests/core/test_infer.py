@@ -298,6 +298,11 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
         # on by default (the level check aside, as this vowel is louder than the training audio)
         default = DecodingSettings(samples=2, level_check=False)
         assert "reads male" in cap.clip_checks([man], default)[0]({"gender": "female"}).reason
+        # a margin the clip is inside (1,000 Hz is 7.7% below 1,080) leaves it unchecked
+        wide = dataclasses.replace(default, voice_margin=0.1)
+        assert cap.clip_checks([man], wide)[0] is None
+        narrow = dataclasses.replace(default, voice_margin=0.05)
+        assert "margin 5%" in cap.clip_checks([man], narrow)[0]({"gender": "female"}).reason
         # a clip outside the training audio's level range (this vowel is louder) is a recording
         # unlike the training audio: by default it gets the voice and pitch checks
         from aligncap_core.inference.domain import level_verdict
