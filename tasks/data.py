@@ -97,13 +97,10 @@ def publish(store: str | None, out_dir: str, rel: str, result: dict[str, Any] | 
 
 # ---- synth -------------------------------------------------------------------------------------
 def _synth_inputs(p: dict[str, Any]) -> list[Any] | None:
-    # the corpus is reproducible from (n, seed, captions_per_clip) and the generator's code
-    from aligncap_core.data.synth import generator_fingerprint
-
-    synthesizers = p.get("synthesizers") or ["espeak-ng"]
-    return [p["n"], p["seed"], p.get("captions_per_clip", 4), generator_fingerprint(),
-            path_key(p["out_dir"]), source_fingerprint(None, synthesizers),
-            p.get("other_share", 0.3)]
+    # the corpus is reproducible from (n, seed, captions_per_clip, other_share), the generator's
+    # code and the synthesizers it resolves to (`source_fingerprint` holds both)
+    return [p["n"], p["seed"], p.get("captions_per_clip", 4), path_key(p["out_dir"]),
+            source_fingerprint(None, p.get("synthesizers")), p.get("other_share", 0.3)]
 
 
 @task(name="synth", cache_key_fn=make_key_fn("synth", _synth_inputs), **IO_RETRIES, **PERSIST)

@@ -42,14 +42,14 @@ from functools import cache
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
+from aligncap_core.data.audio import resample, to_mono
 from aligncap_core.errors import ConfigError
 
 from . import profiles as P
 from .espeak import SAMPLE_RATE
 from .measure import active_level_db, frame_levels_db
-from .voicebank import F0_CENTRE, F0_SPREAD_KEPT
+from .voicebank import pitch_scale
 
 NAME = "flite"
 INSTALL_HINT = "install it (Debian/Ubuntu: `apt-get install flite`) or leave it out of synthesizers"
@@ -66,8 +66,7 @@ class FliteVoice:
     def normal_f0(self) -> float:
         """The F0 the corpus renders this voice's normal speech at: pulled towards its gender's
         centre like the espeak variants (`voicebank.pitch_scale`)."""
-        centre = F0_CENTRE[self.gender]
-        return centre * (self.f0_hz / centre) ** F0_SPREAD_KEPT
+        return self.f0_hz * pitch_scale(self.gender, self.f0_hz)
 
     @property
     def speaker(self) -> str:
@@ -175,10 +174,7 @@ def synth(text: str, voice: FliteVoice, prosody: FliteProsody) -> np.ndarray:
         x, sr = sf.read(path, dtype="float32")
     finally:
         os.unlink(path)
-    if x.ndim > 1:
-        x = x.mean(axis=1)
-    g = np.gcd(int(sr), SAMPLE_RATE)
-    x = resample_poly(x, SAMPLE_RATE // g, int(sr) // g).astype(np.float32)
+    x = resample(to_mono(x), int(sr), SAMPLE_RATE)
     level = active_level_db(frame_levels_db(x, SAMPLE_RATE))
     if level <= -100:
         raise RuntimeError(f"flite rendered silence for {text[:40]!r} with voice {voice.name}")
