@@ -277,7 +277,8 @@ class Captioner:
         def omit(ps: Sequence[Sequence[int]], attrs: Sequence[str]) -> list[str]:
             from aligncap_core.inference.consistent import omit_token_ids, trim_dangling
 
-            g = dataclasses.replace(s, do_sample=False, num_return_sequences=1, num_beams=1)
+            g = dataclasses.replace(s, do_sample=False, num_return_sequences=1, num_beams=1,
+                                    no_repeat_ngram_size=d.retry_ngram)
             return [trim_dangling(t) for t in generate_captions(
                 self.model, self.tokenizer, ps, g,
                 suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs))]

@@ -23,7 +23,10 @@ sure of. This decoder looks at what the model believes about each *attribute* in
    caption the clip once more, greedily, with that attribute's words suppressed (`omit_words`:
    the clue lexicon's words for it, e.g. every gender noun and pronoun), and choose again with
    that caption among the candidates. The parser checks what it says, so a suppression that
-   slips through can only lose the choice, never add a false statement.
+   slips through can only lose the choice, never add a false statement. That caption never
+   repeats one of its own `retry_ngram`-grams of tokens: kept off its likeliest words, the
+   model otherwise falls into loops ("... at someone says the sentence at someone says the
+   sentence ..."), which the parser reads as stating nothing uncertain and so lets win.
 
 The choice and the agreement per attribute are returned with the caption (`Decision`), so a
 user can see why a caption says what it says.
@@ -38,6 +41,7 @@ contradicts, pitch when their majority pitch is not what the clip's F0 tells for
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -66,6 +70,8 @@ class DecodingSettings:
     pitch_check:
     leave pitch out of a caption where the clip's F0 does not tell it for human voices'
     spread of normal F0 (`inference.domain`, off by default; for human recordings).
+    retry_ngram: step 4's re-decoding (and greedy decoding's, for withheld attributes) never
+    repeats one of its own n-grams of tokens (0: no such rule).
     ood_checks: a clip the level check finds outside the training audio (a recording unlike
     it) gets the pitch check (and the voice check) whatever pitch_check / voice_check say (on by
     default; the built-in corpus' clips are never outside it)."""
@@ -82,6 +88,7 @@ class DecodingSettings:
     voice_margin: float = 0.0
     pitch_check: bool = False
     ood_checks: bool = True
+    retry_ngram: int = 3
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -98,6 +105,8 @@ class DecodingSettings:
             raise ConfigError(f"decoding level_margin_db must be >= 0, got {self.level_margin_db}")
         if not 0 <= self.voice_margin < 0.5:
             raise ConfigError(f"decoding voice_margin must be in [0, 0.5), got {self.voice_margin}")
+        if self.retry_ngram < 0:
+            raise ConfigError(f"decoding retry_ngram must be >= 0, got {self.retry_ngram}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,13 +116,31 @@ class DecodingSettings:
 class Decision:
     """Why a caption was chosen: index (0 = greedy), its utility, the agreement q_a of each
     attribute's majority value, the attributes left out although some candidate stated
-    them, and those withheld before decoding with the reason (`domain.Withheld.to_dict`)."""
+    them, and those withheld with the reason (`domain.Withheld.to_dict`). When the returned
+    caption states a withheld attribute all the same (no caption without it won the choice),
+    `withheld["stated"]` names it and the reason says so (`flag_stated`)."""
 
     index: int
     utility: float
     agreement: dict[str, tuple[str, float]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
     withheld: dict | None = None
+
+
+def flag_stated(decision: Decision | None, said: dict[str, str]) -> Decision | None:
+    """`decision` with `withheld["stated"]` and a line in its reason when the caption (its
+    parsed attributes `said`) states an attribute the checks withheld; else unchanged. A
+    reason saying "gender is not stated" next to a caption that states it would be a quiet
+    lie; this makes it a visible one."""
+    if decision is None or not decision.withheld:
+        return decision
+    stated = [a for a in decision.withheld["attributes"] if a in said]
+    if not stated:
+        return decision
+    w = dict(decision.withheld, stated=stated)
+    w["reason"] = (f"{w['reason']}; but the returned caption still states {', '.join(stated)} "
+                   "(no caption decoded without it was chosen)")
+    return dataclasses.replace(decision, withheld=w)
 
 
 def agreement(parsed: Sequence[Any]) -> dict[str, Counter]:
@@ -222,6 +249,7 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
             said = {a: votes.most_common(1)[0][0] for a, votes in agreement(parsed[i]).items() if votes}
             held[i] = merged(held[i], check(said))
     decisions = [choose(p, settings.risk, withheld=w) for p, w in zip(parsed, held, strict=True)]
+    pool = [list(p) for p in parsed]  # every candidate's parse, retries included
     if omit is not None:
         threshold = settings.risk / (1 + settings.risk)
         retry: dict[tuple[str, ...], list[int]] = {}
@@ -236,9 +264,10 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
             extra = omit([prompts[i] for i in idx], attrs)
             for i, text, p in zip(idx, extra, parser.parse_many(extra), strict=True):
                 groups[i].append(text)
+                pool[i].append(p)
                 # the agreement stays that of the k + 1 freely decoded candidates
-                decisions[i] = choose([*parsed[i], p], settings.risk, voters=parsed[i],
-                                      withheld=held[i])
+                decisions[i] = choose(pool[i], settings.risk, voters=parsed[i], withheld=held[i])
+    decisions = [flag_stated(d, pool[i][d.index].attributes) for i, d in enumerate(decisions)]
     return [g[d.index] for g, d in zip(groups, decisions, strict=True)], decisions
 
 
@@ -261,11 +290,16 @@ def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, om
             texts[k] = t
             if attrs:
                 decisions[k] = Decision(0, 0.0, withheld=held[k].to_dict())
+    withheld_first = [k for k in range(len(prompts)) if decisions[k] is not None]
+    for k, p in zip(withheld_first, parser.parse_many([texts[k] for k in withheld_first])
+                    if withheld_first else [], strict=True):
+        decisions[k] = flag_stated(decisions[k], p.attributes)
     checked = [k for k, v in enumerate(checks or ()) if v is not None]
     for k, p in zip(checked, parser.parse_many([texts[k] for k in checked]) if checked else [], strict=True):
         verdict = checks[k](dict(p.attributes))
         if verdict is not None:
             w = merged(held[k], verdict)
             texts[k] = omit([prompts[k]], w.attributes)[0]
-            decisions[k] = Decision(0, 0.0, withheld=w.to_dict())
+            decisions[k] = flag_stated(Decision(0, 0.0, withheld=w.to_dict()),
+                                       parser.parse(texts[k]).attributes)
     return texts, decisions

@@ -41,6 +41,11 @@ class GenerationSettings:
         even from a barely trained model whose most likely first token is eos).
     num_return_sequences: continuations per prompt (greedy or sampling, not beam search); each
         prompt is prefilled once and its n continuations are decoded from copies of its cache.
+    no_repeat_ngram_size: n > 0: a continuation never repeats one of its own n-grams of token
+        ids (transformers' rule of the same name); 0: no such rule. The decoder's re-decoding
+        with words suppressed uses it (`inference.consistent`, step 4): a model kept off its
+        likeliest words otherwise falls into loops ("at someone says the sentence at someone
+        says the sentence ...").
     """
 
     max_new_tokens: int = EVAL.max_new_tokens
@@ -51,6 +56,7 @@ class GenerationSettings:
     batch_size: int = 16
     min_new_tokens: int = 1
     num_return_sequences: int = 1
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -71,6 +77,8 @@ class GenerationSettings:
             raise ConfigError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
         if self.num_return_sequences > 1 and self.num_beams > 1:
             raise ConfigError("num_return_sequences > 1 needs greedy or sampling, not beam search")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
@@ -181,6 +189,10 @@ def _decode_shared_prefix(model: Any, ids: torch.Tensor, attn: torch.Tensor, n: 
     eos_col = (int(ok[:eos].sum()) if eos is not None and 0 <= eos < vocab and ok[eos]
                else None)
     allowed = None if ok.all() else ok.nonzero().squeeze(1).to(dev)
+    col_of = None  # token id -> column of the (possibly reduced) logits, for the n-gram rule
+    if s.no_repeat_ngram_size:
+        col_of = torch.full((vocab,), -1, dtype=torch.long)
+        col_of[ok.nonzero().squeeze(1)] = torch.arange(int(ok.sum()))
     _repeat_cache_rows(cache, n)
     mask = mask.repeat_interleave(n, dim=0)
     next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
@@ -198,6 +210,8 @@ def _decode_shared_prefix(model: Any, ids: torch.Tensor, attn: torch.Tensor, n: 
             logits = logits.index_select(1, allowed)
         if eos_col is not None and t < s.min_new_tokens:
             logits[:, eos_col] = float("-inf")
+        if col_of is not None and t >= s.no_repeat_ngram_size - 1:
+            _block_repeated_ngrams(logits, new[:, :t].tolist(), s.no_repeat_ngram_size, col_of)
         if s.do_sample:
             tok = _sample_top_p(logits / s.temperature, s.top_p, generator)
         else:
@@ -211,6 +225,19 @@ def _decode_shared_prefix(model: Any, ids: torch.Tensor, attn: torch.Tensor, n: 
             if not bool(unfinished.any()):
                 break
     return new
+
+
+def _block_repeated_ngrams(logits: torch.Tensor, rows: list[list[int]], n: int,
+                           col_of: torch.Tensor) -> None:
+    """Set to -inf, per row, the next tokens that would repeat one of the row's own n-grams
+    (`rows`: the token ids generated so far; `col_of`: token id -> logits column, -1 when
+    the id is not a column)."""
+    for r, toks in enumerate(rows):
+        key = tuple(toks[len(toks) - n + 1:]) if n > 1 else ()
+        banned = {toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i:i + n - 1]) == key}
+        cols = [int(col_of[b]) for b in banned if 0 <= b < len(col_of) and int(col_of[b]) >= 0]
+        if cols:
+            logits[r, cols] = float("-inf")
 
 
 def _in_weights_dtype(model: Any, device: torch.device) -> contextlib.AbstractContextManager:
@@ -258,6 +285,7 @@ def _generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[i
     kwargs: dict[str, Any] = dict(
         max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None,
         num_beams=s.num_beams, do_sample=False,
+        no_repeat_ngram_size=s.no_repeat_ngram_size or None,
         eos_token_id=eos, pad_token_id=pad, use_cache=True,
         logits_to_keep=last_logits_only(model),
     )

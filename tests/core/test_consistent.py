@@ -124,6 +124,39 @@ def test_a_withheld_attribute_is_never_chosen_however_sure_the_candidates_are(pa
         DecodingSettings(level_margin_db=-1)
 
 
+def test_a_caption_that_states_a_withheld_attribute_all_the_same_says_so(parser):
+    """The check withholds gender; the caption decoded without gender words says only the
+    emotion (utility 1), a free caption says the gender and four sure values (4 - risk 3 = 1):
+    the tie goes to the free caption, which states the gender. The decision says so, in
+    `withheld["stated"]` and in its reason, instead of a reason that says it is not stated."""
+    from aligncap_core.inference.consistent import consistent_captions, flag_stated, greedy_captions
+    from aligncap_core.inference.domain import Withheld
+
+    full = "A woman speaks quickly and loudly in a high-pitched voice, sounding happy."
+    held = Withheld(("gender",), "the clip's formant spacing reads male: gender is not stated", ("voice",))
+
+    def generate(prompts, do_sample, n, seed):
+        return [full] * (n * len(prompts) if do_sample else len(prompts))
+
+    def omit(prompts, attrs):
+        return ["Someone sounds happy."] * len(prompts)
+
+    texts, why = consistent_captions(generate, [[1]], DecodingSettings(samples=3), parser, omit, [held])
+    assert texts == [full] and why[0].withheld["stated"] == ["gender"]
+    assert why[0].withheld["reason"].endswith("but the returned caption still states gender "
+                                              "(no caption decoded without it was chosen)")
+    # a caption that leaves it out is not flagged (the usual case), nor one without a check
+    texts, why = consistent_captions(lambda ps, s_, n, seed: ["Someone speaks quickly, sounding happy."] *
+                                     (n * len(ps) if s_ else len(ps)), [[1]], DecodingSettings(samples=3),
+                                     parser, omit, [held])
+    assert "stated" not in why[0].withheld and why[0].withheld["reason"] == held.reason
+    assert flag_stated(None, {"gender": "male"}) is None
+    # greedy decoding: a suppression that slips through is flagged too
+    texts, why = greedy_captions(lambda ps: [full] * len(ps), [[1]], parser,
+                                 lambda ps, attrs: ["A lady speaks quickly."] * len(ps), [held])
+    assert why[0].withheld["stated"] == ["gender"]
+
+
 def test_the_voice_check_withholds_a_gender_the_tract_contradicts(parser):
     """Every candidate says "woman"; the clip's formant spacing reads a man: the caption leaves
     gender out (the re-decoding step suppresses its words), the decision says why. A clip whose

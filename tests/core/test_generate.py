@@ -256,3 +256,35 @@ def test_fp32_model_generates_inside_a_bf16_autocast_region(mtk):
             got = generate_token_ids(model, tok, prompts, s, suppress_token_ids=audio_ids)
             assert torch.is_autocast_enabled("cpu")  # the caller's region is left as it was
         assert got == ref
+
+
+def test_no_repeat_ngram_size_blocks_a_captions_own_repeats(mtk):
+    """The n-gram rule of the step-4 re-decoding (`no_repeat_ngram_size`, over the generated
+    tokens: the prompt's audio tokens are not caption text): no output repeats one of its own
+    n-grams; each equals plain greedy up to where greedy first repeats one (the rule changes
+    nothing before), batched or not; plain greedy on this model does repeat (bigrams, 48
+    tokens)."""
+    model, tok, audio_ids, prompts = mtk
+    n = 2
+
+    def first_repeat(r):
+        seen = set()
+        for i in range(len(r) - n + 1):
+            if tuple(r[i:i + n]) in seen:
+                return i + n - 1  # the token that completes the repeat
+            seen.add(tuple(r[i:i + n]))
+        return None
+
+    s = GenerationSettings(max_new_tokens=48, batch_size=8, no_repeat_ngram_size=n)
+    out = generate_token_ids(model, tok, prompts, s, suppress_token_ids=audio_ids)
+    assert out == [generate_token_ids(model, tok, [p], s, suppress_token_ids=audio_ids)[0] for p in prompts]
+    plain = generate_token_ids(model, tok, prompts, GenerationSettings(max_new_tokens=48),
+                               suppress_token_ids=audio_ids)
+    assert sum(first_repeat(r) is not None for r in plain) >= 2  # the rule has something to do
+    for r, g in zip(out, plain, strict=True):
+        assert first_repeat(r) is None
+        k = first_repeat(g)
+        assert r[:k] == g[:k] if k is not None else r == g
+        assert k is None or r[k] != g[k]
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
+        GenerationSettings(no_repeat_ngram_size=-1)

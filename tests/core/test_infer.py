@@ -271,6 +271,26 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
         assert why[1] is None or why[1].withheld is None
     _, why = cap.decode([quiet], gen, DecodingSettings(samples=2, level_check=False))
     assert why[0].withheld is None
+    # the decoding without the withheld words (greedy: the withheld clip is captioned that way
+    # only) blocks its own repeated trigrams of tokens (retry_ngram, 3 by default); free ones do not
+    import aligncap_core.inference.captioner as C
+
+    seen, real = [], C.generate_captions
+
+    def spy(model, tok, ps, g, suppress_token_ids=(), **kw):
+        seen.append((len(suppress_token_ids), g.no_repeat_ngram_size))
+        return real(model, tok, ps, g, suppress_token_ids=suppress_token_ids, **kw)
+
+    C.generate_captions = spy
+    try:
+        cap.decode([quiet, inside], gen, DecodingSettings(strategy="greedy"))
+        free = min(n for n, _ in seen)
+        assert {k for n, k in seen if n == free} == {0} and {k for n, k in seen if n > free} == {3}
+        seen.clear()
+        cap.decode([quiet], gen, DecodingSettings(strategy="greedy", retry_ngram=0))
+        assert seen and {k for _, k in seen} == {0} and all(n > free for n, _ in seen)
+    finally:
+        C.generate_captions = real
     # the toy corpus has no gender: no voice boundary, and asking for the voice check says so
     assert speech["voice_boundary"] is None and quiet.spacing_hz is None
     with caplog.at_level(logging.WARNING):
