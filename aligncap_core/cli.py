@@ -426,7 +426,7 @@ def evaluate_cmd(
     decoding: Annotated[str, typer.Option("--decoding", help="consistent (sample several captions, keep the one agreeing with the per-attribute majority, leave out uncertain attributes) or greedy.")] = DecodingSettings.strategy,
     samples: Annotated[int, typer.Option("--samples", help="Consistent decoding: sampled captions per clip.")] = DecodingSettings.samples,
     risk: Annotated[float, typer.Option("--risk", help="Consistent decoding: cost of a false statement relative to a true one.")] = DecodingSettings.risk,
-    retry_ngram: Annotated[int, typer.Option("--retry-ngram", min=0, help="A caption decoded again without an attribute's words never repeats one of its own n-grams of tokens (0: off).")] = DecodingSettings.retry_ngram,
+    retry_ngram: Annotated[int, typer.Option("--retry-ngram", min=0, help="N > 0: a caption decoded again without an attribute's words never repeats one of its own N-grams of tokens (fewer loops, some more wrong values; 0: off, the default).")] = DecodingSettings.retry_ngram,
     level_check: LevelCheckOpt = DecodingSettings.level_check,
     voice_check: VoiceCheckOpt = DecodingSettings.voice_check,
     voice_margin: VoiceMarginOpt = DecodingSettings.voice_margin,

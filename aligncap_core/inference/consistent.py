@@ -23,10 +23,13 @@ sure of. This decoder looks at what the model believes about each *attribute* in
    caption the clip once more, greedily, with that attribute's words suppressed (`omit_words`:
    the clue lexicon's words for it, e.g. every gender noun and pronoun), and choose again with
    that caption among the candidates. The parser checks what it says, so a suppression that
-   slips through can only lose the choice, never add a false statement. That caption never
-   repeats one of its own `retry_ngram`-grams of tokens: kept off its likeliest words, the
-   model otherwise falls into loops ("... at someone says the sentence at someone says the
-   sentence ..."), which the parser reads as stating nothing uncertain and so lets win.
+   slips through can only lose the choice, never add a false statement. Kept off its likeliest
+   words, the model sometimes falls into a loop ("... at someone says the sentence at someone
+   says the sentence ..."), which the parser reads as stating nothing uncertain and so lets
+   win: an unreadable caption, but not a false one. `retry_ngram` 3 forbids the re-decoding to
+   repeat one of its own token trigrams: far fewer loops, but the fluent captions it writes
+   instead state some wrong values; measured, it is off by default
+   (docs/experiments/zeroshot_ceiling.md, "Loops in the re-decoded captions").
 
 The choice and the agreement per attribute are returned with the caption (`Decision`), so a
 user can see why a caption says what it says.
@@ -70,8 +73,8 @@ class DecodingSettings:
     pitch_check:
     leave pitch out of a caption where the clip's F0 does not tell it for human voices'
     spread of normal F0 (`inference.domain`, off by default; for human recordings).
-    retry_ngram: step 4's re-decoding (and greedy decoding's, for withheld attributes) never
-    repeats one of its own n-grams of tokens (0: no such rule).
+    retry_ngram: n > 0: step 4's re-decoding (and greedy decoding's, for withheld attributes)
+    never repeats one of its own n-grams of tokens (0, the default: no such rule).
     ood_checks: a clip the level check finds outside the training audio (a recording unlike
     it) gets the pitch check (and the voice check) whatever pitch_check / voice_check say (on by
     default; the built-in corpus' clips are never outside it)."""
@@ -88,7 +91,7 @@ class DecodingSettings:
     voice_margin: float = 0.0
     pitch_check: bool = False
     ood_checks: bool = True
-    retry_ngram: int = 3
+    retry_ngram: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -272,7 +272,8 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
     _, why = cap.decode([quiet], gen, DecodingSettings(samples=2, level_check=False))
     assert why[0].withheld is None
     # the decoding without the withheld words (greedy: the withheld clip is captioned that way
-    # only) blocks its own repeated trigrams of tokens (retry_ngram, 3 by default); free ones do not
+    # only) can be kept from repeating its own token trigrams (retry_ngram 3; 0, the default,
+    # is no rule); free captions never are
     import aligncap_core.inference.captioner as C
 
     seen, real = [], C.generate_captions
@@ -283,11 +284,11 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
 
     C.generate_captions = spy
     try:
-        cap.decode([quiet, inside], gen, DecodingSettings(strategy="greedy"))
+        cap.decode([quiet, inside], gen, DecodingSettings(strategy="greedy", retry_ngram=3))
         free = min(n for n, _ in seen)
         assert {k for n, k in seen if n == free} == {0} and {k for n, k in seen if n > free} == {3}
         seen.clear()
-        cap.decode([quiet], gen, DecodingSettings(strategy="greedy", retry_ngram=0))
+        cap.decode([quiet], gen, DecodingSettings(strategy="greedy"))
         assert seen and {k for _, k in seen} == {0} and all(n > free for n, _ in seen)
     finally:
         C.generate_captions = real
