@@ -42,10 +42,11 @@ class GenerationSettings:
     num_return_sequences: continuations per prompt (greedy or sampling, not beam search); each
         prompt is prefilled once and its n continuations are decoded from copies of its cache.
     no_repeat_ngram_size: n > 0: a continuation never repeats one of its own n-grams of token
-        ids (transformers' rule of the same name); 0: no such rule. The decoder's re-decoding
-        with words suppressed uses it (`inference.consistent`, step 4): a model kept off its
-        likeliest words otherwise falls into loops ("at someone says the sentence at someone
-        says the sentence ...").
+        ids (transformers' rule of that name, over the new tokens only: the prompt's audio
+        tokens are not caption text); 0: no such rule. Greedy or sampling only. The decoder's
+        re-decoding with words suppressed can use it (`DecodingSettings.retry_ngram`, off by
+        default): a model kept off its likeliest words sometimes loops ("at someone says the
+        sentence at someone says the sentence ...").
     """
 
     max_new_tokens: int = EVAL.max_new_tokens
@@ -79,6 +80,8 @@ class GenerationSettings:
             raise ConfigError("num_return_sequences > 1 needs greedy or sampling, not beam search")
         if self.no_repeat_ngram_size < 0:
             raise ConfigError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.no_repeat_ngram_size and self.num_beams > 1:
+            raise ConfigError("no_repeat_ngram_size needs greedy or sampling, not beam search")
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
@@ -285,7 +288,6 @@ def _generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[i
     kwargs: dict[str, Any] = dict(
         max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None,
         num_beams=s.num_beams, do_sample=False,
-        no_repeat_ngram_size=s.no_repeat_ngram_size or None,
         eos_token_id=eos, pad_token_id=pad, use_cache=True,
         logits_to_keep=last_logits_only(model),
     )

@@ -288,3 +288,5 @@ def test_no_repeat_ngram_size_blocks_a_captions_own_repeats(mtk):
         assert k is None or r[k] != g[k]
     with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
         GenerationSettings(no_repeat_ngram_size=-1)
+    with pytest.raises(ConfigError, match="not beam search"):
+        GenerationSettings(no_repeat_ngram_size=3, num_beams=2)
