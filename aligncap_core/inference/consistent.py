@@ -294,15 +294,19 @@ def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, om
             if attrs:
                 decisions[k] = Decision(0, 0.0, withheld=held[k].to_dict())
     withheld_first = [k for k in range(len(prompts)) if decisions[k] is not None]
-    for k, p in zip(withheld_first, parser.parse_many([texts[k] for k in withheld_first])
-                    if withheld_first else [], strict=True):
-        decisions[k] = flag_stated(decisions[k], p.attributes)
     checked = [k for k, v in enumerate(checks or ()) if v is not None]
-    for k, p in zip(checked, parser.parse_many([texts[k] for k in checked]) if checked else [], strict=True):
-        verdict = checks[k](dict(p.attributes))
+    need = sorted({*withheld_first, *checked})  # each caption parsed once
+    said = dict(zip(need, parser.parse_many([texts[k] for k in need]) if need else [], strict=True))
+    for k in withheld_first:
+        decisions[k] = flag_stated(decisions[k], said[k].attributes)
+    redone = []
+    for k in checked:
+        verdict = checks[k](dict(said[k].attributes))
         if verdict is not None:
             w = merged(held[k], verdict)
             texts[k] = omit([prompts[k]], w.attributes)[0]
-            decisions[k] = flag_stated(Decision(0, 0.0, withheld=w.to_dict()),
-                                       parser.parse(texts[k]).attributes)
+            decisions[k] = Decision(0, 0.0, withheld=w.to_dict())
+            redone.append(k)
+    for k, p in zip(redone, parser.parse_many([texts[k] for k in redone]) if redone else [], strict=True):
+        decisions[k] = flag_stated(decisions[k], p.attributes)
     return texts, decisions
