@@ -302,7 +302,8 @@ LevelCheckOpt = Annotated[bool, typer.Option("--level-check/--no-level-check", h
 VoiceCheckOpt = Annotated[bool, typer.Option("--voice-check/--no-voice-check", help="Leave gender out of a caption that states the gender the clip's formant spacing (vocal-tract length) contradicts (the reason is reported; on by default: a caption may leave the gender out, it must not state a wrong one).")]
 VoiceMarginOpt = Annotated[float, typer.Option("--voice-margin", min=0.0, max=0.49, help="Voice check: how far past the boundary (log ratio; 0.03 = 3%) the clip's formant spacing must be to contradict a gender.")]
 PitchCheckOpt = Annotated[bool, typer.Option("--pitch-check/--no-pitch-check", help="State pitch only where the clip's F0 tells it for human voices' spread of normal F0 (pitch is relative to the speaker's normal voice, which one clip does not carry); for human recordings (the reason is reported; off by default, but see --ood-checks).")]
-OodChecksOpt = Annotated[bool, typer.Option("--ood-checks/--no-ood-checks", help="A clip the level check finds outside the training audio (a recording unlike it) also gets the pitch check, and the voice check if it was turned off (on by default; the reason is reported).")]
+OodChecksOpt = Annotated[bool, typer.Option("--ood-checks/--no-ood-checks", help="A recording unlike the training audio (its level or band edge outside the training clips' range) also gets the pitch check, and the voice check if it was turned off (on by default; the reason is reported).")]
+OodGenderOpt = Annotated[bool, typer.Option("--ood-gender/--no-ood-gender", help="On a recording unlike the training audio, the caption states the gender the clip's formant spacing reads instead of the model's (on by default, with --ood-checks; the reason is reported).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 
@@ -310,14 +311,15 @@ def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device
             max_seconds: float, decoding: str | None, dtype: str = "auto",
             level_check: bool = DecodingSettings.level_check, voice_check: bool = DecodingSettings.voice_check,
             pitch_check: bool = DecodingSettings.pitch_check, ood_checks: bool = DecodingSettings.ood_checks,
-            voice_margin: float = DecodingSettings.voice_margin, **settings):
+            voice_margin: float = DecodingSettings.voice_margin,
+            ood_gender: bool = DecodingSettings.ood_gender, **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
                                 dtype=dtype, max_seconds=max_seconds, decoding=decoding,
                                 level_check=level_check, voice_check=voice_check,
                                 voice_margin=voice_margin, pitch_check=pitch_check,
-                                ood_checks=ood_checks, **settings)
+                                ood_checks=ood_checks, ood_gender=ood_gender, **settings)
     console.print(f"model {engine.model.uri} ({engine.version}, {engine.captioner.dtype_line}); "
                   f"{engine.captioner.decoding}; {engine.settings}", markup=False)
     return engine
@@ -341,6 +343,7 @@ def caption_cmd(
     voice_margin: VoiceMarginOpt = DecodingSettings.voice_margin,
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
+    ood_gender: OodGenderOpt = DecodingSettings.ood_gender,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -353,7 +356,7 @@ def caption_cmd(
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, pitch_check, ood_checks, voice_margin, num_beams=beams,
+                     voice_check, pitch_check, ood_checks, voice_margin, ood_gender, num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -368,9 +371,10 @@ def caption_cmd(
             for line in Path(summary["predictions"]).read_text().splitlines():
                 row = json.loads(line)
                 typer.echo(f"{row['audio']}\t{row['caption']}")
-                if row.get("withheld"):
-                    console.print(f"note: {row['audio']}: {row['withheld']['reason']}", soft_wrap=True,
-                                  markup=False)
+                for note in (row.get("withheld"), row.get("told")):
+                    if note:
+                        console.print(f"note: {row['audio']}: {note['reason']}", soft_wrap=True,
+                                      markup=False)
     if out is not None:
         stdout.print_json(json.dumps(summary))
     console.print(f"{summary['captioned']} captioned ({summary['withheld']} with attributes withheld, "
@@ -395,6 +399,7 @@ def serve_cmd(
     voice_margin: VoiceMarginOpt = DecodingSettings.voice_margin,
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
+    ood_gender: OodGenderOpt = DecodingSettings.ood_gender,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -404,7 +409,7 @@ def serve_cmd(
     from aligncap_core.serving.http import serve
 
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, pitch_check, ood_checks, voice_margin)
+                     voice_check, pitch_check, ood_checks, voice_margin, ood_gender)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -432,6 +437,7 @@ def evaluate_cmd(
     voice_margin: VoiceMarginOpt = DecodingSettings.voice_margin,
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
+    ood_gender: OodGenderOpt = DecodingSettings.ood_gender,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
@@ -448,7 +454,8 @@ def evaluate_cmd(
                                  decoding=DecodingSettings(strategy=strategy, samples=samples, risk=risk,
                                                            level_check=level_check, voice_check=voice_check,
                                                            voice_margin=voice_margin, pitch_check=pitch_check,
-                                                           ood_checks=ood_checks, retry_ngram=retry_ngram),
+                                                           ood_checks=ood_checks, ood_gender=ood_gender,
+                                                           retry_ngram=retry_ngram),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")

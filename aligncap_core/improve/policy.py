@@ -85,11 +85,11 @@ def inherit_student_settings(policy_ckpt: str | os.PathLike, new_ckpt: str | os.
     speech = read_meta(policy_root).get("speech") or {}
     codec = policy_codec(policy_root) or find_codec(data_dir)  # an older student: the data dir's
     # the round's policy reads exactly what its starting policy read (the prosody stream too)
-    # and keeps its training audio's level range and voice boundary (inference.domain)
+    # and keeps its training audio's level and band ranges and voice boundary (inference.domain)
     attach_codec(new, codec, instruction=prompt.instruction, keep_q=prompt.keep_q,
                  n_q=speech.get("n_q") or codec.n_q or None,
                  prosody=ProsodySettings.coerce(prompt.prosody), level_range=speech.get("level_range"),
-                 voice_boundary=speech.get("voice_boundary"))
+                 voice_boundary=speech.get("voice_boundary"), band_range=speech.get("band_range"))
     return new
 
 

@@ -274,27 +274,39 @@ class Captioner:
             return generate_captions(self.model, self.tokenizer, ps, g, suppress_token_ids=suppress,
                                      generator_seed=seed)
 
-        def omit(ps: Sequence[Sequence[int]], attrs: Sequence[str]) -> list[str]:
-            from aligncap_core.inference.consistent import omit_token_ids, trim_dangling
+        def omit(ps: Sequence[Sequence[int]], attrs: Sequence[str], tell: dict | None = None,
+                 start: bool = False) -> list[str]:
+            from aligncap_core.inference.consistent import (
+                join_prefix,
+                omit_token_ids,
+                tell_prefix,
+                trim_dangling,
+            )
 
+            # a told attribute's other values are suppressed; with `start`, the caption starts
+            # with the told value's words (`tell_prefix`)
+            prefix = tell_prefix(tell) if start else ""
+            start = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
             g = dataclasses.replace(s, do_sample=False, num_return_sequences=1, num_beams=1,
-                                    no_repeat_ngram_size=d.retry_ngram)
-            return [trim_dangling(t) for t in generate_captions(
-                self.model, self.tokenizer, ps, g,
-                suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs))]
+                                    no_repeat_ngram_size=d.retry_ngram,
+                                    max_new_tokens=max(1, s.max_new_tokens - len(start)))
+            return [trim_dangling(join_prefix(prefix, t)) for t in generate_captions(
+                self.model, self.tokenizer, [[*p, *start] for p in ps], g,
+                suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs, tell))]
 
         sorted_prompts = [prompts[i] for i in order]
         clip_held = self.withheld(codes, d)
         held = [clip_held[owner[i]] for i in order]
-        clip_checks = self.clip_checks(codes, d)
+        clip_checks, clip_told = self.clip_checks(codes, d)
         checks = [clip_checks[owner[i]] for i in order]
+        told = [clip_told[owner[i]] for i in order]
         if d.strategy == "greedy":
             texts, decisions = greedy_captions(
                 lambda ps: generate_captions(self.model, self.tokenizer, ps, s, suppress_token_ids=suppress),
-                sorted_prompts, self.parser, omit, held, checks)
+                sorted_prompts, self.parser, omit, held, checks, told)
         else:
             texts, decisions = consistent_captions(generate, sorted_prompts, d, self.parser, omit,
-                                                   held, checks)
+                                                   held, checks, told)
         out: list[str] = [""] * len(prompts)
         why: list[Decision | None] = [None] * len(prompts)
         for i, t, w in zip(order, texts, decisions, strict=True):
@@ -329,44 +341,57 @@ class Captioner:
     def encode_waves(self, waves: Sequence[np.ndarray],
                      decoding: DecodingSettings | None = None) -> list[Speech]:
         """What the student reads of each mono wave at the codec's rate: its codes `(n_q, T)`,
-        the prosody stream when the student reads one, the clip's level (for the level check,
-        `inference.domain`), and the cues of the checks `human_checks` turns on for it: its
-        formant spacing (voice check) and median F0 (pitch check)."""
-        from aligncap_core.inference.domain import clip_level_db
+        the prosody stream when the student reads one, the clip's level and band edge (for the
+        level check and the checks of recordings unlike the training audio, `inference.domain`),
+        and the cues of the checks `human_checks` turns on for it: its formant spacing (voice
+        check) and median F0 (pitch check)."""
+        from aligncap_core.inference.domain import clip_band_hz, clip_level_db
 
         codes = self.codec.encode(list(waves), batch_size=self.codec_batch_size)
         rate = self.codec.sample_rate
         levels = [clip_level_db(w, rate) for w in waves]
-        cues = [self.check_cues(w, rate, lv, decoding) for w, lv in zip(waves, levels, strict=True)]
+        bands = [clip_band_hz(w, rate) if self.speech.band_range else None for w in waves]
+        cues = [self.check_cues(w, rate, lv, decoding, b) for w, lv, b in zip(waves, levels, bands, strict=True)]
         prosody = self.prosody
         if prosody is None:
-            return [Speech(c, None, lv, *cue) for c, lv, cue in zip(codes, levels, cues, strict=True)]
+            return [Speech(c, None, lv, *cue, b) for c, lv, cue, b in zip(codes, levels, cues, bands, strict=True)]
         from aligncap_core.codec.prosody import clip_streams
 
-        return [Speech(*clip_streams(c, w, rate, prosody), lv, *cue)
-                for c, w, lv, cue in zip(codes, waves, levels, cues, strict=True)]
+        return [Speech(*clip_streams(c, w, rate, prosody), lv, *cue, b)
+                for c, w, lv, cue, b in zip(codes, waves, levels, cues, bands, strict=True)]
 
     def check_cues(self, wav: np.ndarray | None, sample_rate: int, level_db: float | None,
-                   decoding: DecodingSettings | None = None) -> tuple[float | None, float | None]:
-        """(formant spacing, median F0) of a clip of this level, each measured only when
-        `human_checks` turns on the check that reads it (~20 ms a clip), else None."""
+                   decoding: DecodingSettings | None = None,
+                   band_hz: float | None = None) -> tuple[float | None, float | None]:
+        """(formant spacing, median F0) of a clip of this level and band edge, each measured only
+        when `human_checks` turns on the check that reads it (~20 ms a clip), else None."""
         from aligncap_core.inference.domain import clip_cues
 
-        voice, pitch = self.human_checks(level_db, decoding)
+        voice, pitch = self.human_checks(level_db, decoding, band_hz)
         return clip_cues(wav, sample_rate, self.prosody, spacing=voice, f0=pitch)
 
-    def human_checks(self, level_db: float | None, decoding: DecodingSettings | None = None,
-                     ) -> tuple[bool, bool]:
-        """(voice check, pitch check) for a clip of this level: each on when asked for
-        (`voice_check`, `pitch_check`), and both on, with `ood_checks`, for a clip the level
-        check finds outside the training audio (a recording unlike the training audio: the
-        cues they read are those that carry over to human voices, `inference.domain`). The
-        voice check needs a checkpoint with a voice boundary."""
-        from aligncap_core.inference.domain import level_verdict
+    def unlike(self, level_db: float | None, decoding: DecodingSettings | None = None,
+               band_hz: float | None = None) -> str | None:
+        """Why a clip of this level and band edge is a recording unlike the training audio
+        (`domain.unlike_reason` against the checkpoint's ranges), or None: like it, unknown
+        (a checkpoint that records neither range), or `ood_checks` off."""
+        from aligncap_core.inference.domain import unlike_reason
 
         d = decoding or self.decoding
-        unlike = bool(d.ood_checks and d.level_check and self.speech.level_range and level_db is not None
-                      and level_verdict(level_db, self.speech.level_range, d.level_margin_db) is not None)
+        if not d.ood_checks:
+            return None
+        return unlike_reason(level_db, self.speech.level_range if d.level_check else None,
+                             d.level_margin_db, band_hz, self.speech.band_range, d.band_margin_hz)
+
+    def human_checks(self, level_db: float | None, decoding: DecodingSettings | None = None,
+                     band_hz: float | None = None) -> tuple[bool, bool]:
+        """(voice check, pitch check) for a clip of this level and band edge: each on when asked
+        for (`voice_check`, `pitch_check`), and both on, with `ood_checks`, for a recording
+        unlike the training audio (`unlike`: the cues they read are those that carry over to
+        human voices, `inference.domain`). The voice check needs a checkpoint with a voice
+        boundary."""
+        d = decoding or self.decoding
+        unlike = self.unlike(level_db, d, band_hz) is not None
         return bool(self.speech.voice_boundary) and (d.voice_check or unlike), d.pitch_check or unlike
 
     def _warn_once(self, message: str) -> None:
@@ -387,14 +412,16 @@ class Captioner:
                 if isinstance(c, Speech) else None for c in clips]
 
     def clip_checks(self, clips: Sequence[np.ndarray | Speech],
-                    decoding: DecodingSettings | None = None) -> list[Any]:
-        """Per clip, its voice and pitch checks (`human_checks`) as one function of what a
+                    decoding: DecodingSettings | None = None) -> tuple[list[Any], list[Any]]:
+        """Per clip, (its voice and pitch checks (`human_checks`) as one function of what a
         caption would state (`domain.clip_verdict`), or None: no check on for it, or not
         possible (a checkpoint without a voice boundary, a clip given as bare codes or whose
-        cues were not measured)."""
+        cues were not measured); and the gender its caption states from its formant spacing
+        (`domain.voice_told`, for a recording unlike the training audio with `ood_gender`; the
+        voice check's veto is then not needed), or None)."""
         from functools import partial
 
-        from aligncap_core.inference.domain import clip_verdict, voice_reading
+        from aligncap_core.inference.domain import clip_verdict, voice_reading, voice_told
 
         d = decoding or self.decoding
         boundary = self.speech.voice_boundary
@@ -404,21 +431,26 @@ class Captioner:
             self._warn_once("the voice check is on, but this checkpoint records no voice boundary "
                             "(trained before it, or on clips without a gender): no caption is checked")
         threshold = d.risk / (1 + d.risk)
-        out: list[Any] = []
+        checks: list[Any] = []
+        told: list[Any] = []
         for c in clips:
             if not isinstance(c, Speech):
-                out.append(None)
+                checks.append(None)
+                told.append(None)
                 continue
-            voice, pitch = self.human_checks(c.level_db, d)
+            voice, pitch = self.human_checks(c.level_db, d, c.band_hz)
             if (voice and c.spacing_hz is None) or (pitch and c.f0_hz is None):
                 self._warn_once("a voice or pitch check is on, but some clips were encoded without "
                                 "the cue it reads (encode_waves with other decoding settings): those "
                                 "are not checked")
-            bound = boundary if voice and voice_reading(c.spacing_hz, boundary) else None
+            why = self.unlike(c.level_db, d, c.band_hz) if voice and d.ood_gender else None
+            tell = voice_told(c.spacing_hz, boundary, why) if why else None
+            bound = boundary if voice and tell is None and voice_reading(c.spacing_hz, boundary) else None
             bar = threshold if pitch and c.f0_hz is not None else None
-            out.append(partial(clip_verdict, spacing_hz=c.spacing_hz, boundary=bound, f0_hz=c.f0_hz,
-                               pitch_threshold=bar) if bound or bar is not None else None)
-        return out
+            told.append(tell)
+            checks.append(partial(clip_verdict, spacing_hz=c.spacing_hz, boundary=bound, f0_hz=c.f0_hz,
+                                  pitch_threshold=bar) if bound or bar is not None else None)
+        return checks, told
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> list[Speech]:
         """`encode_waves` of each file. Every file is read (and checked) before any encoding,
@@ -434,8 +466,8 @@ class Captioner:
 @dataclass
 class Speech:
     """One clip as the student reads it: EnCodec codes `(n_q, T)`, for a student that reads
-    one its prosody stream as tokens (`codec.prosody.prosody_to_tokens`), its level, and (for
-    the voice and pitch checks) its formant spacing and median F0."""
+    one its prosody stream as tokens (`codec.prosody.prosody_to_tokens`), its level, (for the
+    voice and pitch checks) its formant spacing and median F0, and its band edge."""
 
     codes: np.ndarray
     prosody: list[str] | None = None
@@ -444,6 +476,8 @@ class Speech:
     spacing_hz: float | None = None
     # the median F0, Hz (`domain.clip_f0_hz`); None: not measured (the pitch check off)
     f0_hz: float | None = None
+    # the band edge, Hz (`domain.clip_band_hz`); None: not measured (no band range recorded)
+    band_hz: float | None = None
 
 
 def _run_config(root: Path) -> dict:

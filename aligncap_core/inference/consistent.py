@@ -75,9 +75,12 @@ class DecodingSettings:
     spread of normal F0 (`inference.domain`, off by default; for human recordings).
     retry_ngram: n > 0: step 4's re-decoding (and greedy decoding's, for withheld attributes)
     never repeats one of its own n-grams of tokens (0, the default: no such rule).
-    ood_checks: a clip the level check finds outside the training audio (a recording unlike
-    it) gets the pitch check (and the voice check) whatever pitch_check / voice_check say (on by
-    default; the built-in corpus' clips are never outside it)."""
+    ood_checks: a recording unlike the training audio (its level more than level_margin_db, or
+    its band edge more than band_margin_hz (Hz), outside the training clips' range) gets the
+    pitch check (and the voice check) whatever pitch_check / voice_check say (on by default; the
+    built-in corpus' clips are never outside it). ood_gender: on such a recording the caption
+    states the gender the clip's formant spacing reads (`domain.voice_told`) instead of the
+    model's (on by default; with ood_checks)."""
 
     strategy: str = "consistent"
     samples: int = 8
@@ -92,6 +95,8 @@ class DecodingSettings:
     pitch_check: bool = False
     ood_checks: bool = True
     retry_ngram: int = 0
+    band_margin_hz: float = 500.0
+    ood_gender: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -108,6 +113,8 @@ class DecodingSettings:
             raise ConfigError(f"decoding level_margin_db must be >= 0, got {self.level_margin_db}")
         if not 0 <= self.voice_margin < 0.5:
             raise ConfigError(f"decoding voice_margin must be in [0, 0.5), got {self.voice_margin}")
+        if self.band_margin_hz < 0:
+            raise ConfigError(f"decoding band_margin_hz must be >= 0, got {self.band_margin_hz}")
         if self.retry_ngram < 0:
             raise ConfigError(f"decoding retry_ngram must be >= 0, got {self.retry_ngram}")
 
@@ -121,21 +128,34 @@ class Decision:
     attribute's majority value, the attributes left out although some candidate stated
     them, and those withheld with the reason (`domain.Withheld.to_dict`). When the returned
     caption states a withheld attribute all the same (no caption without it won the choice),
-    `withheld["stated"]` names it and the reason says so (`flag_stated`)."""
+    `withheld["stated"]` names it and the reason says so (`flag_stated`). told: the values
+    stated from a cue of the clip instead of the model's reading (`domain.Told.to_dict`);
+    `told["missing"]` names those the returned caption does not state (`flag_stated`)."""
 
     index: int
     utility: float
     agreement: dict[str, tuple[str, float]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
     withheld: dict | None = None
+    told: dict | None = None
 
 
 def flag_stated(decision: Decision | None, said: dict[str, str]) -> Decision | None:
     """`decision` with `withheld["stated"]` and a line in its reason when the caption (its
     parsed attributes `said`) states an attribute the checks withheld; else unchanged. A
     reason saying "gender is not stated" next to a caption that states it would be a quiet
-    lie; this makes it a visible one."""
-    if decision is None or not decision.withheld:
+    lie; this makes it a visible one. Likewise a value `told` that the caption does not state
+    (`told["missing"]`)."""
+    if decision is None:
+        return decision
+    if decision.told:
+        missing = [a for a, v in decision.told["attributes"].items() if said.get(a) != v]
+        if missing:
+            t = dict(decision.told, missing=missing)
+            t["reason"] = (f"{t['reason']}; but the returned caption does not state "
+                           f"{', '.join(missing)} so (no caption that does was chosen)")
+            decision = dataclasses.replace(decision, told=t)
+    if not decision.withheld:
         return decision
     stated = [a for a in decision.withheld["attributes"] if a in said]
     if not stated:
@@ -157,16 +177,20 @@ def agreement(parsed: Sequence[Any]) -> dict[str, Counter]:
 
 
 def choose(parsed: Sequence[Any], risk: float, voters: Sequence[Any] | None = None,
-           withheld: Any = None) -> Decision:
+           withheld: Any = None, told: Any = None) -> Decision:
     """The candidate (index into `parsed`, 0 = greedy) of highest expected utility; the
     agreement is counted over `voters` (default: the candidates themselves). A `withheld`
-    attribute (`domain.Withheld`) counts as agreement 0: stating it costs `risk`."""
+    attribute (`domain.Withheld`) counts as agreement 0: stating it costs `risk`. A `told`
+    value (`domain.Told`) counts as agreement 1, any other value of its attribute as 0."""
     voters = parsed if voters is None else voters
     n = len(voters)
     votes = agreement(voters)
     barred = set(withheld.attributes) if withheld is not None else set()
+    fixed = dict(told.attributes) if told is not None else {}
 
     def q(a: str, v: str) -> float:
+        if a in fixed:
+            return float(v == fixed[a])
         return 0.0 if a in barred else votes[a][v] / n
 
     best_i, best_u = 0, float("-inf")
@@ -179,19 +203,28 @@ def choose(parsed: Sequence[Any], risk: float, voters: Sequence[Any] | None = No
     return Decision(best_i, round(best_u, 4),
                     {a: (v, round(k / n, 3)) for a, (v, k) in majority.items()},
                     [a for a in majority if a not in chosen],
-                    withheld.to_dict() if withheld is not None else None)
+                    withheld.to_dict() if withheld is not None else None,
+                    told.to_dict() if told is not None else None)
 
 
-def omit_words(attr: str) -> list[str]:
+def omit_words(attr: str, keep: str | None = None) -> list[str]:
     """Words whose suppression keeps a caption from stating `attr`: the clue lexicon's
     single words for every value of it (the first part of hyphenated ones) and the nouns its
-    phrases are built on ("pitch", "pace", "volume")."""
+    phrases are built on ("pitch", "pace", "volume"). With `keep`, only the words of its other
+    values: what keeps a caption from stating any value but `keep` ("woman", "she", ... for
+    keep="male")."""
     from aligncap_core.clues import lexicon as lx
 
     bank = {"emotion": lx.EMOTION, "pitch": lx.PITCH, "speed": lx.SPEED, "volume": lx.VOLUME,
             "gender": lx.GENDER}[attr]
-    words = {w.split("-")[0] for text in bank.values() for w in lx.phrase_list(text) if " " not in w}
-    words |= set(OMIT_EXTRA.get(attr, ()))
+
+    def single(values: Any) -> set[str]:
+        return {w.split("-")[0] for v in values for w in lx.phrase_list(bank[v]) if " " not in w}
+
+    if keep is not None:
+        words = single(v for v in bank if v != keep) - single([keep])
+    else:
+        words = single(bank) | set(OMIT_EXTRA.get(attr, ()))
     return sorted(w for w in words if w.isalpha())
 
 
@@ -217,30 +250,41 @@ def trim_dangling(text: str) -> str:
     return text if cut == text.rstrip() else cut.rstrip(" ,;") + "."
 
 
-def omit_token_ids(tokenizer: Any, attrs: Sequence[str]) -> list[int]:
+def omit_token_ids(tokenizer: Any, attrs: Sequence[str], keep: dict[str, str] | None = None) -> list[int]:
     """First token ids of `omit_words` of each attribute (as a word start with and without a
-    leading space, lower-case and capitalised), to suppress in generation."""
-    ids: set[int] = set()
-    for attr in attrs:
-        for w in omit_words(attr):
+    leading space, lower-case and capitalised), to suppress in generation; for each attribute
+    of `keep` (attribute -> value), those of its other values but not of the kept one."""
+    def first_ids(words: Sequence[str]) -> set[int]:
+        ids: set[int] = set()
+        for w in words:
             for form in (w, " " + w, w.capitalize(), " " + w.capitalize()):
                 toks = tokenizer(form, add_special_tokens=False)["input_ids"]
                 if toks:
                     ids.add(int(toks[0]))
-    return sorted(ids)
+        return ids
+
+    out = set().union(*(first_ids(omit_words(a)) for a in attrs))
+    for a, v in (keep or {}).items():
+        out |= first_ids(omit_words(a, v)) - first_ids([w for w in omit_words(a) if w not in omit_words(a, v)])
+    return sorted(out)
 
 
 def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], settings: DecodingSettings,
                         parser: Any, omit: Any = None, withheld: Sequence[Any] | None = None,
-                        checks: Sequence[Any] | None = None) -> tuple[list[str], list[Decision]]:
+                        checks: Sequence[Any] | None = None, told: Sequence[Any] | None = None,
+                        ) -> tuple[list[str], list[Decision]]:
     """One caption per prompt. `generate(prompts, do_sample, n, seed)` returns the decoded
-    captions, n per prompt in order (the captioner's generation closure); `omit(prompts, attrs)`
-    greedily captions `prompts` with the words of `attrs` suppressed (step 4; None skips it);
-    `withheld`: per prompt, a `domain.Withheld` or None (module docstring); `checks`: per
-    prompt, a function of what the candidates state (attribute -> the most stated label) to a
-    `domain.Withheld` or None (the voice and pitch checks, `domain.clip_verdict`; None: no
-    check)."""
+    captions, n per prompt in order (the captioner's generation closure); `omit(prompts, attrs,
+    tell)` greedily captions `prompts` with the words of `attrs` suppressed and, with `tell`
+    (attribute -> value), starting with the words that state it (`TELL_PREFIX`) (step 4; None
+    skips it); `withheld`: per prompt, a `domain.Withheld` or None (module docstring); `checks`:
+    per prompt, a function of what the candidates state (attribute -> the most stated label) to
+    a `domain.Withheld` or None (the voice and pitch checks, `domain.clip_verdict`; None: no
+    check); `told`: per prompt, a `domain.Told` or None (values stated from a cue of the clip:
+    they count as agreed on, and a clip whose chosen caption does not state them is captioned
+    once more starting with them)."""
     held = list(withheld) if withheld is not None else [None] * len(prompts)
+    tells = list(told) if told is not None else [None] * len(prompts)
     greedy = generate(prompts, False, 1, None)
     sampled = generate(prompts, True, settings.samples, settings.seed)
     k = settings.samples
@@ -250,39 +294,130 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
     for i, check in enumerate(checks or ()):
         if check is not None:
             said = {a: votes.most_common(1)[0][0] for a, votes in agreement(parsed[i]).items() if votes}
+            if tells[i] is not None:  # the pitch check reads F0 against the told gender
+                said.update(tells[i].attributes)
             held[i] = merged(held[i], check(said))
-    decisions = [choose(p, settings.risk, withheld=w) for p, w in zip(parsed, held, strict=True)]
+    decisions = [choose(p, settings.risk, withheld=w, told=t)
+                 for p, w, t in zip(parsed, held, tells, strict=True)]
     pool = [list(p) for p in parsed]  # every candidate's parse, retries included
     if omit is not None:
         threshold = settings.risk / (1 + settings.risk)
-        retry: dict[tuple[str, ...], list[int]] = {}
+        retry: dict[tuple, list[int]] = {}
         for i, d in enumerate(decisions):
             said = parsed[i][d.index].attributes
             barred = set(held[i].attributes) if held[i] is not None else set()
-            unsure = tuple(sorted(a for a, v in said.items() if a in ATTRS and (
-                a in barred or d.agreement.get(a, (v, 0.0))[1] < threshold)))
-            if unsure:  # a withheld attribute is suppressed too, whether this caption says it or not
-                retry.setdefault(tuple(sorted({*unsure, *barred})), []).append(i)
-        for attrs, idx in retry.items():
-            extra = omit([prompts[i] for i in idx], attrs)
+            fixed = dict(tells[i].attributes) if tells[i] is not None else {}
+            unsure = {a for a, v in said.items() if a in ATTRS and a not in fixed and (
+                a in barred or d.agreement.get(a, (v, 0.0))[1] < threshold)}
+            missing = any(said.get(a) != v for a, v in fixed.items())
+            if unsure or missing:  # a withheld attribute is suppressed too, whether this caption says it or not
+                attrs = tuple(sorted((unsure | barred) - set(fixed)))
+                tell = tuple(sorted(fixed.items()))
+                # a told attribute's other values are suppressed, and where the caption does
+                # not state the told value, a caption starting with it is offered too
+                retry.setdefault((attrs, tell, False), []).append(i)
+                if missing:
+                    retry.setdefault((attrs, tell, True), []).append(i)
+        for (attrs, tell, start), idx in retry.items():
+            extra = omit([prompts[i] for i in idx], attrs, dict(tell), start) if tell else \
+                omit([prompts[i] for i in idx], attrs)
             for i, text, p in zip(idx, extra, parser.parse_many(extra), strict=True):
+                if start and repeats(text):  # the told start is offered only as a readable caption
+                    continue
                 groups[i].append(text)
                 pool[i].append(p)
                 # the agreement stays that of the k + 1 freely decoded candidates
-                decisions[i] = choose(pool[i], settings.risk, voters=parsed[i], withheld=held[i])
-    decisions = [flag_stated(d, pool[i][d.index].attributes) for i, d in enumerate(decisions)]
-    return [g[d.index] for g, d in zip(groups, decisions, strict=True)], decisions
+                decisions[i] = choose(pool[i], settings.risk, voters=parsed[i], withheld=held[i],
+                                      told=tells[i])
+    texts = [g[d.index] for g, d in zip(groups, decisions, strict=True)]
+    said = [pool[i][d.index].attributes for i, d in enumerate(decisions)]
+    texts, said, decisions = tell_in(texts, said, decisions, tells, parser)
+    return texts, [flag_stated(d, a) for d, a in zip(decisions, said, strict=True)]
+
+
+# the subjects a told value is put into: "the speaker" -> "the male speaker", "a person" -> "a man"
+_SUBJECT = re.compile(r"\b(?P<det>the|a|this)\s+(?:(?P<speaker>speaker)|(?P<person>person))\b", re.IGNORECASE)
+TOLD_WORDS = {"gender": {"female": ("female", "woman"), "male": ("male", "man")}}
+
+
+def put_told(text: str, attr: str, value: str) -> str | None:
+    """`text` with the told value put into its first subject ("The speaker's speech ..." ->
+    "The male speaker's speech ..."; "A person speaks ..." -> "A woman speaks ..."), or None
+    when it has none (or the value has no words, `TOLD_WORDS`)."""
+    words = TOLD_WORDS.get(attr, {}).get(value)
+    m = _SUBJECT.search(text)
+    if words is None or m is None:
+        return None
+    put = f"{m['det']} {words[0]} speaker" if m["speaker"] else f"{m['det']} {words[1]}"
+    return text[:m.start()] + put + text[m.end():]
+
+
+def tell_in(texts: list[str], said: list[dict], decisions: list[Any], tells: Sequence[Any],
+            parser: Any) -> tuple[list[str], list[dict], list[Any]]:
+    """Where a caption leaves a told attribute out, the told value put into its subject
+    (`put_told`), kept only when the parser then reads exactly the caption's statements plus
+    the told value; the decision says so (`told["put"]`). Captions, their statements and
+    decisions, updated."""
+    todo = []
+    for i, t in enumerate(tells):
+        if t is not None:
+            for a, v in t.attributes.items():
+                edited = put_told(texts[i], a, v) if a not in said[i] else None
+                if edited is not None:
+                    todo.append((i, a, v, edited))
+    texts, said, decisions = list(texts), list(said), list(decisions)
+    for (i, a, v, edited), p in zip(todo, parser.parse_many([e for *_, e in todo]) if todo else [],
+                                    strict=True):
+        if dict(p.attributes) == {**said[i], a: v}:
+            texts[i], said[i] = edited, dict(p.attributes)
+            t = dict(decisions[i].told, put=[a])
+            t["reason"] += f" (put into the model's caption, which did not state {a})"
+            decisions[i] = dataclasses.replace(decisions[i], told=t)
+    return texts, said, decisions
+
+
+def repeats(text: str, n: int = 4) -> bool:
+    """Whether a caption repeats a run of n words ("... at someone says the sentence at someone
+    says the sentence ..."): a decoding that fell into a loop."""
+    words = re.findall(r"[\w']+", text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) < len(grams)
+
+
+# the words a caption that states a told value starts with (the built-in references' subjects)
+TELL_PREFIX = {"gender": {"female": "A woman", "male": "A man"}}
+
+
+def tell_prefix(tell: dict[str, str] | None) -> str:
+    """The words a caption stating `tell` (attribute -> value) starts with ("" for None)."""
+    if not tell:
+        return ""
+    unknown = [f"{a}={v}" for a, v in tell.items() if v not in TELL_PREFIX.get(a, {})]
+    if unknown or len(tell) > 1:
+        raise ConfigError(f"no caption start states {', '.join(unknown) or tell} (TELL_PREFIX)")
+    a, v = next(iter(tell.items()))
+    return TELL_PREFIX[a][v]
+
+
+def join_prefix(prefix: str, text: str) -> str:
+    """`prefix` and the caption decoded after it, as one caption ("A woman" + "speaks ..." ->
+    "A woman speaks ..."; "A man" + "'s voice ..." -> "A man's voice ...")."""
+    if not prefix:
+        return text
+    return prefix + ("" if text[:1] in ("'", ",", ".", ";", ":", "!", "?", "") else " ") + text
 
 
 def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, omit: Any,
                     withheld: Sequence[Any] | None = None, checks: Sequence[Any] | None = None,
-                    ) -> tuple[list[str], list[Decision | None]]:
+                    told: Sequence[Any] | None = None) -> tuple[list[str], list[Decision | None]]:
     """One caption per prompt, greedily (`free(prompts)`: the captioner's own decoding). A
     prompt with attributes withheld is captioned once, with their words suppressed
-    (`omit(prompts, attrs)`) instead of freely; a caption stating what its checks
-    (`consistent_captions`' `checks`) withhold is captioned once more without those words.
-    The decision is None but for those (`Decision.withheld` says what and why)."""
+    (`omit(prompts, attrs, tell)`) instead of freely; a caption stating what its checks
+    (`consistent_captions`' `checks`) withhold, or not stating what it is `told`, is captioned
+    once more without those words and starting with the told value's. The decision is None
+    but for those (`Decision.withheld` / `Decision.told` say what and why)."""
     held = list(withheld) if withheld is not None else [None] * len(prompts)
+    tells = list(told) if told is not None else [None] * len(prompts)
     texts = [""] * len(prompts)
     decisions: list[Decision | None] = [None] * len(prompts)
     keys = [w.attributes if w is not None else () for w in held]
@@ -294,19 +429,40 @@ def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, om
             if attrs:
                 decisions[k] = Decision(0, 0.0, withheld=held[k].to_dict())
     withheld_first = [k for k in range(len(prompts)) if decisions[k] is not None]
-    checked = [k for k, v in enumerate(checks or ()) if v is not None]
+    checked = sorted({k for k, v in enumerate(checks or ()) if v is not None}
+                     | {k for k, t in enumerate(tells) if t is not None})
     need = sorted({*withheld_first, *checked})  # each caption parsed once
     said = dict(zip(need, parser.parse_many([texts[k] for k in need]) if need else [], strict=True))
     for k in withheld_first:
         decisions[k] = flag_stated(decisions[k], said[k].attributes)
     redone = []
     for k in checked:
-        verdict = checks[k](dict(said[k].attributes))
-        if verdict is not None:
+        fixed = dict(tells[k].attributes) if tells[k] is not None else {}
+        check = checks[k] if checks else None
+        verdict = check({**said[k].attributes, **fixed}) if check is not None else None
+        missing = {a: v for a, v in fixed.items() if said[k].attributes.get(a) != v}
+        if verdict is not None or missing:
             w = merged(held[k], verdict)
-            texts[k] = omit([prompts[k]], w.attributes)[0]
-            decisions[k] = Decision(0, 0.0, withheld=w.to_dict())
+            attrs = tuple(a for a in (w.attributes if w is not None else ()) if a not in fixed)
+            if fixed:  # starting with the told value; where that loops, without its other values
+                texts[k] = omit([prompts[k]], attrs, fixed, True)[0]
+                if repeats(texts[k]):
+                    texts[k] = omit([prompts[k]], attrs, fixed, False)[0]
+            else:
+                texts[k] = omit([prompts[k]], attrs)[0]
+            decisions[k] = Decision(0, 0.0, withheld=w.to_dict() if w is not None else None,
+                                    told=tells[k].to_dict() if tells[k] is not None else None)
             redone.append(k)
-    for k, p in zip(redone, parser.parse_many([texts[k] for k in redone]) if redone else [], strict=True):
-        decisions[k] = flag_stated(decisions[k], p.attributes)
+    for k in sorted(set(checked) - set(redone)):  # told, and the free caption states it
+        if tells[k] is not None:
+            decisions[k] = dataclasses.replace(decisions[k] or Decision(0, 0.0), told=tells[k].to_dict())
+    final = dict(zip(redone, (p.attributes for p in parser.parse_many([texts[k] for k in redone]))
+                     if redone else [], strict=True))
+    told_k = [k for k in range(len(prompts)) if tells[k] is not None]
+    got = tell_in([texts[k] for k in told_k], [dict(final.get(k, said[k].attributes)) for k in told_k],
+                  [decisions[k] for k in told_k], [tells[k] for k in told_k], parser)
+    for k, text, attrs, d in zip(told_k, *got, strict=True):
+        texts[k], final[k], decisions[k] = text, attrs, d
+    for k, attrs in final.items():
+        decisions[k] = flag_stated(decisions[k], attrs)
     return texts, decisions

@@ -229,7 +229,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
 
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
     {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap, kl_tokens, level_withheld,
-    voice_withheld and pitch_withheld.
+    voice_withheld, pitch_withheld and voice_told.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -316,10 +316,12 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
                 for d in decisions or [None] * len(rows)]
 
     held, voiced, pitched = by("level"), by("voice"), by("pitch")
+    told = [d is not None and d.told is not None for d in decisions or [None] * len(rows)]
     for name, idx in [*groups.items(), *((f"{group_by}:{v}", i) for v, i in _groups(rows, group_by).items())]:
         metrics[name]["level_withheld"] = sum(held[i] for i in idx) / len(idx)
         metrics[name]["voice_withheld"] = sum(voiced[i] for i in idx) / len(idx)
         metrics[name]["pitch_withheld"] = sum(pitched[i] for i in idx) / len(idx)
+        metrics[name]["voice_told"] = sum(told[i] for i in idx) / len(idx)
     if len(groups) == 1:
         metrics["all"] = dict(metrics[next(iter(groups))])
     else:
@@ -329,7 +331,7 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         weighted = sum(v * n for v, n in kls.values() if v is not None)
         metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens,
                               level_withheld=sum(held) / len(rows), voice_withheld=sum(voiced) / len(rows),
-                              pitch_withheld=sum(pitched) / len(rows))
+                              pitch_withheld=sum(pitched) / len(rows), voice_told=sum(told) / len(rows))
     return metrics, list(groups)
 
 
@@ -383,21 +385,22 @@ def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSett
     its level when the checkpoint records a level range (the level check), and the cues of the
     checks `Captioner.human_checks` turns on for it (formant spacing, median F0)."""
     from aligncap_core.inference.captioner import Speech
-    from aligncap_core.inference.domain import clip_level_db
+    from aligncap_core.inference.domain import clip_band_hz, clip_level_db
     from aligncap_core.train.data import PROSODY_RATE, row_audio, row_streams
 
     d = decoding or cap.decoding
-    checked = bool(cap.speech.level_range)
+    checked = bool(cap.speech.level_range or cap.speech.band_range)
     # the audio is read once, for the stream and the checks alike (the ood checks only apply
     # with a level range, which reads it anyway)
     wav = row_audio(data_dir, row, "the prosody stream or the level, voice and pitch checks") \
         if cap.prosody is not None or checked or d.voice_check or d.pitch_check else None
     codes, stream = row_streams(data_dir, row, cap.prosody, wav)
-    level = clip_level_db(wav, PROSODY_RATE) if checked else None
-    spacing, f0 = cap.check_cues(wav, PROSODY_RATE, level, d)
-    if stream is None and level is None and spacing is None and f0 is None:
+    level = clip_level_db(wav, PROSODY_RATE) if cap.speech.level_range else None
+    band = clip_band_hz(wav, PROSODY_RATE) if cap.speech.band_range else None
+    spacing, f0 = cap.check_cues(wav, PROSODY_RATE, level, d, band)
+    if stream is None and level is None and spacing is None and f0 is None and band is None:
         return codes
-    return Speech(codes, stream, level, spacing, f0)
+    return Speech(codes, stream, level, spacing, f0, band)
 
 
 def _acoustic_prompt(cap: Captioner) -> bool:

@@ -62,6 +62,8 @@ class SpeechSettings:
     level_range: list[float] | None = None
     # formant spacing between its training men and women (`domain.voice_boundary`); None: none
     voice_boundary: dict | None = None
+    # [low, high] Hz of its training clips' band edges (`domain.band_range`); None: not recorded
+    band_range: list[float] | None = None
 
 
 def _codes_meta(data_dir: Path) -> dict:
@@ -112,16 +114,18 @@ def find_codec(data_dir: str | os.PathLike) -> SpeechCodec:
 def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.PathLike | None, *,
                  instruction: str, keep_q: int | None, n_q: int | None = None,
                  prosody: Any = None, level_range: Sequence[float] | None = None,
-                 voice_boundary: dict | None = None) -> Path:
+                 voice_boundary: dict | None = None, band_range: Sequence[float] | None = None,
+                 ) -> Path:
     """Make a student checkpoint self-contained; returns `ckpt_dir`.
 
     codec: a `SpeechCodec` (from `find_codec`), a local codec dir (copied into ckpt/codec),
     a hub id (recorded), or None (only the settings are recorded). The copy is atomic (built
     under a temporary name); meta.json gains "speech" only once the codec is in place.
     prosody: the ProsodySettings of the prosody stream the student reads (None: it reads none).
-    level_range: the training audio's level range (`domain.training_level_range`; None: the
-    level check is off for this checkpoint). voice_boundary: `domain.training_voice_boundary`
-    (None: the voice check is off for this checkpoint).
+    level_range, band_range: the training audio's level and band-edge ranges
+    (`domain.training_ranges`; None: the level check, resp. the band half of the check for
+    recordings unlike the training audio, is off for this checkpoint). voice_boundary:
+    `domain.training_voice_boundary` (None: the voice check is off for this checkpoint).
     """
     ckpt = Path(ckpt_dir)
     meta_path = ckpt / "meta.json"
@@ -142,7 +146,8 @@ def attach_codec(ckpt_dir: str | os.PathLike, codec: SpeechCodec | str | os.Path
     meta["speech"] = asdict(SpeechSettings(instruction, keep_q, n_q or codec.n_q or None,
                                            recorded, fp, prosody.to_dict() if prosody else None,
                                            [float(v) for v in level_range] if level_range else None,
-                                           dict(voice_boundary) if voice_boundary else None))
+                                           dict(voice_boundary) if voice_boundary else None,
+                                           [float(v) for v in band_range] if band_range else None))
     with atomic_write(meta_path) as f:
         json.dump(meta, f, indent=2, default=str)
     return ckpt

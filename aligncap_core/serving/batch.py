@@ -10,8 +10,9 @@ Inputs:
   a manifest (`*.jsonl`, local or s3://)         one clip per row: `audio` (relative to the
                                                  manifest's folder, absolute or s3://), `id`
 Writes OUT/predictions.jsonl, one line per captioned clip, in input order:
-    {"id", "audio", "caption", "attributes", "withheld", "seconds"}
-    (seconds: the clip's duration; withheld: None, or what the level check left out and why)
+    {"id", "audio", "caption", "attributes", "withheld", "told", "seconds"}
+    (seconds: the clip's duration; withheld: None, or what the checks left out and why; told:
+    None, or the gender stated from the clip's vocal tract and why, `CaptionEngine.caption`)
 and OUT/rejects.jsonl, one line per clip that could not be captioned (missing or unreadable
 audio, a bad manifest row) with its reason: bad clips are reported and skipped, never fatal and
 never dropped silently (captioned + rejected = clips found). Clips are read a chunk at a time,

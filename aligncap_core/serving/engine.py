@@ -35,16 +35,17 @@ class CaptionEngine:
     the Captioner's default (`inference.consistent.DecodingSettings`). level_check: False turns
     the level check off, voice_check: False turns the voice check off (voice_margin: how far past
     its boundary a clip's tract must be to contradict a gender), pitch_check: True turns
-    the pitch check on, ood_checks: False stops the checks for clips the level check finds unlike
-    the training audio (`inference.domain`; None keeps the defaults: level and voice on, pitch
-    off but for those clips). max_seconds: the longest clip accepted.
+    the pitch check on, ood_checks: False stops the checks for recordings unlike the training
+    audio (level or band edge outside its range), ood_gender: False keeps the model's gender on
+    those (`inference.domain`; None keeps the defaults: level and voice on, pitch off but for
+    those clips, whose gender their tract tells). max_seconds: the longest clip accepted.
     """
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,
                  decoding: str | None = None, level_check: bool | None = None,
                  voice_check: bool | None = None, voice_margin: float | None = None,
                  pitch_check: bool | None = None, ood_checks: bool | None = None,
-                 **settings: Any) -> None:
+                 ood_gender: bool | None = None, **settings: Any) -> None:
         import dataclasses
 
         self.captioner = captioner
@@ -62,6 +63,8 @@ class CaptionEngine:
             captioner.decoding = dataclasses.replace(captioner.decoding, pitch_check=pitch_check)
         if ood_checks is not None:
             captioner.decoding = dataclasses.replace(captioner.decoding, ood_checks=ood_checks)
+        if ood_gender is not None:
+            captioner.decoding = dataclasses.replace(captioner.decoding, ood_gender=ood_gender)
         self.max_seconds = max_seconds
         self.parser = captioner.parser  # the one the consistent decoder votes with
         self._lock = threading.Lock()
@@ -124,9 +127,10 @@ class CaptionEngine:
 
     # ---- captioning -----------------------------------------------------------------------
     def caption(self, waves: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        """`{"caption", "attributes", "withheld"}` per mono wave at the codec's rate, in order;
-        withheld: None, or the attributes the level or voice check left out and why
-        (`inference.domain`). The codec buckets the clips by length and generation runs
+        """`{"caption", "attributes", "withheld", "told"}` per mono wave at the codec's rate, in
+        order; withheld: None, or the attributes the level, voice or pitch check left out and
+        why; told: None, or the gender stated from the clip's formant spacing on a recording
+        unlike the training audio, and why (`inference.domain`). The codec buckets the clips by length and generation runs
         longest first in batches of `settings.batch_size` (`Captioner.decode`)."""
         if not waves:
             return []
@@ -135,5 +139,6 @@ class CaptionEngine:
             texts, decisions = cap.decode(cap.encode_waves(waves), self.settings)
         parsed = self.parser.parse_many(texts)
         return [{"caption": t, "attributes": dict(p.attributes),
-                 "withheld": d.withheld if d is not None else None}
+                 "withheld": d.withheld if d is not None else None,
+                 "told": d.told if d is not None else None}
                 for t, p, d in zip(texts, parsed, decisions, strict=True)]

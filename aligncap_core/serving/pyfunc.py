@@ -48,7 +48,8 @@ def signature() -> Any:
     attrs = Object([Property(a, "string", required=False) for a in ATTRIBUTES])
     outputs = Schema([ColSpec("string", "id"), ColSpec("string", "caption"),
                       ColSpec(attrs, "attributes"), ColSpec("double", "seconds"),
-                      ColSpec("string", "withheld", required=False)])
+                      ColSpec("string", "withheld", required=False),
+                      ColSpec("string", "told", required=False)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -91,7 +92,8 @@ class AlignCapPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"id": ids, "caption": [r["caption"] for r in results],
                              "attributes": [r["attributes"] for r in results],
                              "seconds": [round(len(w) / self.engine.sample_rate, 3) for w in waves],
-                             "withheld": [(r["withheld"] or {}).get("reason") for r in results]})
+                             "withheld": [(r["withheld"] or {}).get("reason") for r in results],
+                             "told": [(r["told"] or {}).get("reason") for r in results]})
 
 
 def save_pyfunc_model(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:

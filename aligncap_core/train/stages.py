@@ -274,12 +274,12 @@ def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg:
     from aligncap_core.inference.speech import attach_codec, find_codec
 
     codec = find_codec(data_dir)  # copied into every checkpoint: they caption raw audio alone
-    from aligncap_core.inference.domain import training_level_range, training_voice_boundary
+    from aligncap_core.inference.domain import training_ranges, training_voice_boundary
 
     # what the student has heard: decoding does not read volume or emotion far outside it, and
     # (with the voice check on) does not state a gender the clip's vocal tract contradicts
     train_rows = data.read_rows(data_dir, "train")
-    levels = training_level_range(data_dir, train_rows)
+    levels, bands = training_ranges(data_dir, train_rows)
     voices = training_voice_boundary(data_dir, train_rows, cfg.prosody_settings)
 
     def compute_loss(m: Any, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
@@ -301,7 +301,8 @@ def _train_student(data_dir: Path, teacher_ckpt: str | Path, out_dir: Path, cfg:
                                 data_fingerprint=fp, metrics=metrics, trainer_state=state,
                                 run_key=ident.key)
         return attach_codec(saved, codec, instruction=cfg.instruction, keep_q=cfg.keep_q,
-                            prosody=cfg.prosody_settings, level_range=levels, voice_boundary=voices)
+                            prosody=cfg.prosody_settings, level_range=levels, voice_boundary=voices,
+                            band_range=bands)
 
     collate = data.student_collator(tok.pad_token_id, with_teacher=use_kd)
     task = TrainTask("student", model, train_set, valid_set, collate, compute_loss, save,

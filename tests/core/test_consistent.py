@@ -280,3 +280,96 @@ def test_a_caption_decoded_without_its_emotion_does_not_end_on_the_emotions_lead
     for whole in ("A woman speaks quickly, sounding happy.", "The speaker sounds calm.",
                   "A man speaks; he sounds tired and slow."):
         assert trim_dangling(whole) == whole  # a complete caption is left as it is
+
+
+def test_a_told_gender_counts_as_agreed_and_its_other_value_as_false(parser):
+    """On a recording unlike the training audio the clip's tract tells the gender
+    (`domain.Told`): a candidate stating it gains as if every candidate agreed, one stating
+    the other value loses as a withheld one does, whatever the candidates' majority."""
+    from aligncap_core.inference.domain import Told
+
+    told = Told({"gender": "male"}, "the tract reads male")
+    cands = ["A woman speaks quickly.", "A woman speaks quickly.", "A man speaks quickly.",
+             "Someone speaks quickly."]
+    d = choose(parser.parse_many(cands), 3.0, told=told)
+    assert d.index == 2 and d.utility == pytest.approx(2.0)  # speed 1.0 + gender 1.0
+    assert d.agreement["gender"] == ("female", 0.5)  # the candidates' own agreement, reported
+    assert d.told == {"attributes": {"gender": "male"}, "reason": "the tract reads male"}
+    d = choose(parser.parse_many(cands[:2] + cands[3:]), 3.0, told=told)
+    assert d.index == 2  # no candidate says "man": the one that leaves gender out
+
+
+def test_a_told_gender_is_decoded_or_put_into_the_caption_and_never_contradicted(parser):
+    """Every candidate says "woman", the tract tells male: the re-decoding suppresses the
+    other value's words (and offers a caption starting with the told one, dropped when it
+    loops); when the chosen caption leaves gender out, the told value is put into its subject,
+    and the decision says so. A caption the parser would read differently is not edited."""
+    from aligncap_core.inference.consistent import consistent_captions, put_told, repeats
+    from aligncap_core.inference.domain import Told
+
+    woman = "A woman speaks quickly, sounding happy."
+    told = Told({"gender": "male"}, "the tract reads male")
+
+    def generate(prompts, do_sample, n, seed):
+        return [woman] * (n * len(prompts) if do_sample else len(prompts))
+
+    asked = []
+
+    def omit(prompts, attrs, tell=None, start=False):
+        asked.append((tuple(attrs), tell, start))
+        if start:
+            return ["A man says the sentence at someone says the sentence at someone."] * len(prompts)
+        return ["The speaker talks quickly, sounding happy."] * len(prompts)
+
+    texts, why = consistent_captions(generate, [[1]], DecodingSettings(samples=3), parser, omit,
+                                     None, None, [told])
+    assert asked == [((), {"gender": "male"}, False), ((), {"gender": "male"}, True)]
+    assert texts == ["The male speaker talks quickly, sounding happy."]
+    assert why[0].told["put"] == ["gender"] and "missing" not in why[0].told
+    assert why[0].told["reason"].endswith("(put into the model's caption, which did not state gender)")
+    assert parser.parse(texts[0]).attributes == {"speed": "fast", "emotion": "happy", "gender": "male"}
+    # a readable start wins; the loop detector and the subject rule, directly
+    texts, why = consistent_captions(generate, [[1]], DecodingSettings(samples=3), parser,
+                                     lambda ps, attrs, tell=None, start=False:
+                                     ["A man speaks quickly, sounding happy." if start else
+                                      "Someone sounds happy."] * len(ps), None, None, [told])
+    assert texts == ["A man speaks quickly, sounding happy."] and "put" not in why[0].told
+    assert repeats("at someone says the sentence at someone says the sentence")
+    assert not repeats("A man speaks quickly, sounding happy; the man sounds happy.")
+    assert put_told("A person speaks.", "gender", "female") == "A woman speaks."
+    assert put_told("A calm voice.", "gender", "female") is None
+    # nothing to put it into: the decision says the caption does not state it
+    texts, why = consistent_captions(generate, [[1]], DecodingSettings(samples=3), parser,
+                                     lambda ps, attrs, tell=None, start=False:
+                                     ["Someone sounds happy."] * len(ps), None, None, [told])
+    assert texts == ["Someone sounds happy."] and why[0].told["missing"] == ["gender"]
+    assert "does not state gender so" in why[0].told["reason"]
+
+
+def test_greedy_decoding_states_a_told_gender(parser):
+    from aligncap_core.inference.consistent import greedy_captions
+    from aligncap_core.inference.domain import Told
+
+    told = Told({"gender": "female"}, "the tract reads female")
+    asked = []
+
+    def omit(prompts, attrs, tell=None, start=False):
+        asked.append((tuple(attrs), tell, start))
+        return ["A woman speaks loudly." if start else "The speaker speaks loudly."] * len(prompts)
+
+    texts, why = greedy_captions(lambda ps: ["A man speaks loudly."] * len(ps), [[1], [2]], parser, omit,
+                                 None, None, [told, None])
+    assert texts == ["A woman speaks loudly.", "A man speaks loudly."]
+    assert asked == [((), {"gender": "female"}, True)]
+    assert why[0].told["attributes"] == {"gender": "female"} and why[1] is None
+    # the start loops: decoded without the other value's words, and the value put in
+    loop = "A woman says the sentence at someone says the sentence at someone."
+    texts, why = greedy_captions(lambda ps: ["A man speaks loudly."] * len(ps), [[1]], parser,
+                                 lambda ps, attrs, tell=None, start=False:
+                                 [loop if start else "The speaker speaks loudly."] * len(ps),
+                                 None, None, [told])
+    assert texts == ["The female speaker speaks loudly."] and why[0].told["put"] == ["gender"]
+    # a free caption that states it already is kept, with the decision saying why
+    texts, why = greedy_captions(lambda ps: ["A woman speaks loudly."] * len(ps), [[1]], parser, omit,
+                                 None, None, [told])
+    assert texts == ["A woman speaks loudly."] and why[0].told["attributes"] == {"gender": "female"}

@@ -17,6 +17,8 @@ from aligncap_core.errors import DataError
 from aligncap_core.inference.domain import (
     HUMAN_F0_HZ,
     LEVEL_ATTRS,
+    band_range,
+    clip_band_hz,
     clip_f0_hz,
     clip_level_db,
     clip_verdict,
@@ -24,10 +26,12 @@ from aligncap_core.inference.domain import (
     level_verdict,
     pitch_probability,
     pitch_verdict,
-    training_level_range,
+    training_ranges,
     training_voice_boundary,
+    unlike_reason,
     voice_boundary,
     voice_reading,
+    voice_told,
     voice_verdict,
 )
 from tests.helpers.audio_corpus import vowel
@@ -72,15 +76,66 @@ def test_training_range_is_read_from_the_rows_audio(tmp_path, caplog):
     for i, amp in enumerate([0.02, 0.05, 0.1, 0.2]):
         sf.write(tmp_path / f"c{i}.wav", _speechlike(amp, seed=i).astype(np.float32), SR)
         rows.append({"id": f"c{i}", "audio": f"c{i}.wav"})
-    lo, hi = training_level_range(tmp_path, rows)
+    (lo, hi), band = training_ranges(tmp_path, rows)
     assert lo == pytest.approx(clip_level_db(_speechlike(0.02), SR), abs=0.3)
     assert hi == pytest.approx(clip_level_db(_speechlike(0.2), SR), abs=0.3)
+    from aligncap_core.codec.tokenizer import read_audio
+
+    edges = [clip_band_hz(read_audio(tmp_path / r["audio"], SR), SR) for r in rows]
+    assert band == band_range(edges) and min(edges) <= band[0] < band[1] <= max(edges)
     with pytest.raises(DataError, match="c9: audio file not found"):
-        training_level_range(tmp_path, [*rows, {"id": "c9", "audio": "c9.wav"}])
+        training_ranges(tmp_path, [*rows, {"id": "c9", "audio": "c9.wav"}])
     with caplog.at_level(logging.WARNING):  # codes without audio: no range, said out loud
-        assert training_level_range(tmp_path / "none", rows) is None
+        assert training_ranges(tmp_path / "none", rows) == (None, None)
     assert "not level-checked" in caplog.text
-    json.dumps([lo, hi])  # recorded in meta.json as plain floats
+    json.dumps([lo, hi, *band])  # recorded in meta.json as plain floats
+
+
+def _chain(x: np.ndarray, rate: int) -> np.ndarray:
+    """`x` (at SR) recorded at `rate` and read back at SR with the project's resampler: what
+    a recording chain at that rate keeps of it (everything above rate / 2 is gone)."""
+    from aligncap_core.data.audio import resample
+
+    return resample(resample(x, SR, rate), rate, SR)
+
+
+def test_the_band_edge_tells_the_recording_chain():
+    """A full-band clip reaches SR / 2; the same clip through a 22.05 kHz chain (the built-in
+    corpus' synthesizer) stops below 11.025 kHz, through a 16 kHz one below 8 kHz."""
+    noise = np.random.default_rng(0).normal(0, 0.05, SR) + _speechlike(0.1)
+    full, synth, wide = clip_band_hz(noise, SR), clip_band_hz(_chain(noise, 22_050), SR), \
+        clip_band_hz(_chain(noise, 16_000), SR)
+    assert full > 11_500 and 9_500 < synth < 11_025 and 7_000 < wide < 8_000
+    assert np.isnan(clip_band_hz(np.zeros(SR), SR))
+    assert band_range([10_000.0, float("nan"), 10_500.0]) == pytest.approx([10_002.5, 10_497.5])
+    with pytest.raises(DataError, match="band edge"):
+        band_range([float("nan")])
+
+
+def test_a_recording_unlike_the_training_audio_says_why():
+    """Outside the level range or the band range by more than their margins: the reason names
+    each with its figures; inside both, or nothing recorded, None."""
+    levels, bands = [-40.0, -20.0], [10_350.0, 10_640.0]
+    assert unlike_reason(-30.0, levels, 3.0, 10_500.0, bands, 500.0) is None
+    assert unlike_reason(-30.0, levels, 3.0, 11_100.0, bands, 500.0) is None  # inside the margin
+    why = unlike_reason(-30.0, levels, 3.0, 7_700.0, bands, 500.0)
+    assert why == ("its spectrum ends at 7.7 kHz, the training audio's at 10.3 to 10.6 kHz "
+                   "(margin 0.5 kHz)")
+    both = unlike_reason(-10.0, levels, 3.0, 11_600.0, bands, 500.0)
+    assert both.startswith("its level (-10.0 dBFS) is outside") and " and its spectrum ends at 11.6 kHz" in both
+    assert unlike_reason(-10.0, None, 3.0, 11_600.0, None, 500.0) is None  # nothing recorded
+    assert unlike_reason(None, levels, 3.0, float("nan"), bands, 500.0) is None  # nothing measured
+
+
+def test_on_a_recording_unlike_the_training_audio_the_tract_tells_the_gender():
+    b = {"threshold_hz": 1080.0, "train_accuracy": 0.8, "clips": 100}
+    t = voice_told(1010.0, b, "its spectrum ends at 7.7 kHz")
+    assert t.attributes == {"gender": "male"} and t.to_dict()["attributes"] == {"gender": "male"}
+    assert "(its spectrum ends at 7.7 kHz)" in t.reason and "states male" in t.reason
+    assert "1010 Hz" in t.reason and "1080 Hz" in t.reason
+    assert voice_told(1150.0, b, "x").attributes == {"gender": "female"}
+    assert voice_told(1070.0, {**b, "margin": 0.03}, "x") is None  # within the margin: no reading
+    assert voice_told(float("nan"), b, "x") is None and voice_told(1010.0, None, "x") is None
 
 
 def test_voice_boundary_lies_between_the_training_men_and_women():

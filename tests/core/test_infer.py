@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -108,6 +109,12 @@ def test_cli_caption(student, tmp_path):
     assert "quieter than the training audio" in res.stderr and "(1 with attributes withheld" in res.stderr
     res = CliRunner().invoke(app, ["caption", str(tmp_path / "q.wav"), "--model", str(student),
                                    "--max-new-tokens", "8", "--device", "cpu", "--no-level-check"])
+    assert res.exit_code == 0 and "the clip's level" not in res.stderr
+    # the 16-bit file's noise floor spreads past the training audio's band edge: still a
+    # recording unlike it (`--no-ood-checks` turns those checks off too)
+    res = CliRunner().invoke(app, ["caption", str(tmp_path / "q.wav"), "--model", str(student),
+                                   "--max-new-tokens", "8", "--device", "cpu", "--no-level-check",
+                                   "--no-ood-checks"])
     assert res.exit_code == 0 and "note:" not in res.stderr
     res = CliRunner().invoke(app, ["caption", str(tmp_path / "missing.wav"), "--model", str(student),
                                    "--device", "cpu"])
@@ -143,7 +150,7 @@ def test_evaluate_prepared_dir(student, corpus, tmp_path):
     # the default decoding is attribute-consistent: each prediction says why it was chosen
     assert saved["decoding"]["strategy"] == "consistent"
     assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes", "decision"}
-    assert set(preds[0]["decision"]) == {"index", "utility", "agreement", "omitted", "withheld"}
+    assert set(preds[0]["decision"]) == {"index", "utility", "agreement", "omitted", "withheld", "told"}
     assert report["metrics"]["valid"]["bleu1"] == saved["metrics"]["valid"]["bleu1"]
     assert saved["dtype"] == "fp32"  # auto: fp32 under the suite's ALIGNCAP_CPU_BF16=0
 
@@ -252,11 +259,11 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
     or the check turned off, gets none withheld."""
     from aligncap_core.inference.captioner import read_clip
     from aligncap_core.inference.consistent import DecodingSettings
-    from aligncap_core.inference.domain import training_level_range
+    from aligncap_core.inference.domain import training_ranges
     from aligncap_core.train.data import read_rows
 
     train = read_rows(corpus, "train")
-    assert speech["level_range"] == training_level_range(corpus, train)
+    assert (speech["level_range"], speech["band_range"]) == training_ranges(corpus, train)
     wav = read_clip(corpus / train[0]["audio"], cap.codec.sample_rate)
     quiet, inside = cap.encode_waves([wav * 1e-3, wav])
     gen = GenerationSettings(max_new_tokens=12)
@@ -303,42 +310,60 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
 
     from tests.helpers.audio_corpus import vowel
 
+    # the band range of the toy corpus is left out until the block on recordings unlike the
+    # training audio below (its clips are not the vowel's recording chain)
+    trained_band = cap.speech.band_range
     cap.speech = dataclasses.replace(cap.speech, voice_boundary={"threshold_hz": 1080.0,
-                                                                 "train_accuracy": 0.9, "clips": 100})
+                                                                 "train_accuracy": 0.9, "clips": 100},
+                                     band_range=None)
     try:
         on = DecodingSettings(samples=2, voice_check=True, level_check=False)  # the vowel is louder
         wave = vowel(220.0, 1000.0, sr=cap.codec.sample_rate)
         off = DecodingSettings(samples=2, voice_check=False, ood_checks=False)
         assert cap.encode_waves([wave], off)[0].spacing_hz is None  # the checks off: not measured
         [man] = cap.encode_waves([wave], on)
-        assert man.spacing_hz == pytest.approx(1000.0, rel=0.05)
-        [check] = cap.clip_checks([man], on)
+        assert man.spacing_hz == pytest.approx(1000.0, rel=0.05) and man.band_hz is None
+        [check], [told] = cap.clip_checks([man], on)
+        assert told is None  # a recording like the training audio: the tract only vetoes
         assert check({"gender": "male"}) is None and "reads male" in check({"gender": "female"}).reason
         assert check({"gender": "male", "pitch": "high"}) is None  # the pitch check is off
-        assert cap.clip_checks([man], off)[0] is None  # turned off
+        assert cap.clip_checks([man], off) == ([None], [None])  # turned off
         # on by default (the level check aside, as this vowel is louder than the training audio)
         default = DecodingSettings(samples=2, level_check=False)
-        assert "reads male" in cap.clip_checks([man], default)[0]({"gender": "female"}).reason
+        assert "reads male" in cap.clip_checks([man], default)[0][0]({"gender": "female"}).reason
         # a margin the clip is inside (1,000 Hz is 7.7% below 1,080) leaves it unchecked
         wide = dataclasses.replace(default, voice_margin=0.1)
-        assert cap.clip_checks([man], wide)[0] is None
+        assert cap.clip_checks([man], wide) == ([None], [None])
         narrow = dataclasses.replace(default, voice_margin=0.05)
-        assert "margin 5%" in cap.clip_checks([man], narrow)[0]({"gender": "female"}).reason
+        assert "margin 5%" in cap.clip_checks([man], narrow)[0][0]({"gender": "female"}).reason
         # a clip outside the training audio's level range (this vowel is louder) is a recording
-        # unlike the training audio: by default it gets the voice and pitch checks
+        # unlike the training audio: by default it gets the pitch check, and its caption states
+        # the gender its tract reads instead of the voice check's veto
         from aligncap_core.inference.domain import level_verdict
 
         [loud] = cap.encode_waves([wave])
         assert level_verdict(loud.level_db, cap.speech.level_range, 3.0) is not None
         assert loud.spacing_hz == pytest.approx(1000.0, rel=0.05) and loud.f0_hz == pytest.approx(220.0, rel=0.05)
-        assert cap.clip_checks([loud])[0]({"gender": "female", "pitch": "high"}).checks == ("voice", "pitch")
-        assert cap.clip_checks([loud], off)[0] is None
+        [check], [told] = cap.clip_checks([loud])
+        assert told.attributes == {"gender": "male"} and "is outside the training audio's" in told.reason
+        assert check({"gender": "female", "pitch": "high"}).checks == ("pitch",)
+        assert cap.clip_checks([loud], DecodingSettings(samples=2, ood_gender=False))[0][0](
+            {"gender": "female", "pitch": "high"}).checks == ("voice", "pitch")
+        assert cap.clip_checks([loud], off) == ([None], [None])
+        for strategy in ("greedy", "consistent"):
+            texts, why = cap.decode([loud], gen, DecodingSettings(samples=2, strategy=strategy))
+            said = cap.parser.parse(texts[0]).attributes
+            assert why[0].told["attributes"] == {"gender": "male"}
+            # stated as told (decoded, or put into the caption's subject), or said not to be
+            assert said.get("gender") == "male" or why[0].told["missing"] == ["gender"]
+            if "put" in why[0].told:  # put into the model's subject: "the male speaker", "a man"
+                assert re.search(r"\b(male speaker|man)\b", texts[0], re.IGNORECASE)
         # the pitch check: the clip's F0 is measured, and "high" for a 220 Hz woman is withheld
         both = dataclasses.replace(on, pitch_check=True)
         assert man.f0_hz is None
         [clip] = cap.encode_waves([wave], both)
         assert clip.f0_hz == pytest.approx(220.0, rel=0.05)
-        [check] = cap.clip_checks([clip], both)
+        [check], _ = cap.clip_checks([clip], both)
         w = check({"gender": "female", "pitch": "high"})
         assert w.checks == ("voice", "pitch") and w.attributes == ("gender", "pitch")
         assert check({"gender": "male", "pitch": "high"}) is None  # high for a man at 220 Hz
@@ -352,8 +377,26 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
             assert said.get("gender") in (None, "male")
             if said.get("pitch"):  # a stated pitch passed the check
                 assert check({"gender": said.get("gender"), "pitch": said["pitch"]}) is None
+        # the band edge: the toy corpus' clips record theirs; a clip recorded through another
+        # chain (here: the vowel, level-matched) is unlike the training audio, and says why
+        assert trained_band is not None and trained_band[0] <= trained_band[1]
+        cap.speech = dataclasses.replace(cap.speech, band_range=[trained_band[0], trained_band[1]])
+        from aligncap_core.inference.domain import clip_band_hz, clip_level_db
+
+        lo, hi = cap.speech.level_range
+        quiet = wave * 10 ** (((lo + hi) / 2 - clip_level_db(wave, cap.codec.sample_rate)) / 20)
+        [inside] = cap.encode_waves([quiet])
+        assert inside.band_hz == pytest.approx(clip_band_hz(quiet, cap.codec.sample_rate))
+        assert level_verdict(inside.level_db, cap.speech.level_range, 3.0) is None
+        why = cap.unlike(inside.level_db, None, inside.band_hz)
+        outside = not trained_band[0] - 500 <= inside.band_hz <= trained_band[1] + 500
+        assert (why is not None) == outside and (why is None or "its spectrum ends at" in why)
+        cap.speech = dataclasses.replace(cap.speech, band_range=[inside.band_hz + 2000, inside.band_hz + 2500])
+        assert "its spectrum ends at" in cap.unlike(inside.level_db, None, inside.band_hz)
+        assert cap.clip_checks([inside])[1][0].attributes == {"gender": "male"}
+        assert cap.unlike(inside.level_db, DecodingSettings(ood_checks=False), inside.band_hz) is None
     finally:
-        cap.speech = dataclasses.replace(cap.speech, voice_boundary=None)
+        cap.speech = dataclasses.replace(cap.speech, voice_boundary=None, band_range=trained_band)
 
 
 def test_student_reading_the_prosody_stream_captions_audio(corpus, tmp_path, caplog):

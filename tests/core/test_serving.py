@@ -91,7 +91,7 @@ def test_batch_caption_folder_manifest_with_bad_files(relocated, tmp_path):
     assert summary["captioned"] == 5 and summary["rejected"] == 3 and summary["clips"] == 8
     assert summary["ignored"] == [str(clips / "notes.txt")]
     for p in preds:
-        assert set(p) == {"id", "audio", "caption", "attributes", "withheld", "seconds"} and p["caption"]
+        assert set(p) == {"id", "audio", "caption", "attributes", "withheld", "told", "seconds"} and p["caption"]
         assert isinstance(p["attributes"], dict) and p["seconds"] > 0.3
     assert preds[0]["caption"] == preds[4]["caption"]  # the same file from the folder and the manifest
     a = next(p for p in preds if p["id"] == "a.wav")
