@@ -304,6 +304,7 @@ VoiceMarginOpt = Annotated[float, typer.Option("--voice-margin", min=0.0, max=0.
 PitchCheckOpt = Annotated[bool, typer.Option("--pitch-check/--no-pitch-check", help="State pitch only where the clip's F0 tells it for human voices' spread of normal F0 (pitch is relative to the speaker's normal voice, which one clip does not carry); for human recordings (the reason is reported; off by default, but see --ood-checks).")]
 OodChecksOpt = Annotated[bool, typer.Option("--ood-checks/--no-ood-checks", help="A recording unlike the training audio (its level or band edge outside the training clips' range) also gets the pitch check, and the voice check if it was turned off (on by default; the reason is reported).")]
 OodGenderOpt = Annotated[bool, typer.Option("--ood-gender/--no-ood-gender", help="On a recording unlike the training audio, the caption states the gender the clip's formant spacing reads instead of the model's (on by default, with --ood-checks; the reason is reported).")]
+OodEmotionOpt = Annotated[bool, typer.Option("--ood-emotion/--no-ood-emotion", help="On a recording unlike the training audio, the caption states no emotion: the model's reading of emotion does not carry over to such recordings (on by default, with --ood-checks; the reason is reported).")]
 MaxSeconds = Annotated[float, typer.Option("--max-seconds", help="Longest clip accepted, seconds (longer ones are refused: split them).")]
 
 
@@ -312,14 +313,16 @@ def _engine(model: str, tracking_uri: str | None, codec_dir: Path | None, device
             level_check: bool = DecodingSettings.level_check, voice_check: bool = DecodingSettings.voice_check,
             pitch_check: bool = DecodingSettings.pitch_check, ood_checks: bool = DecodingSettings.ood_checks,
             voice_margin: float = DecodingSettings.voice_margin,
-            ood_gender: bool = DecodingSettings.ood_gender, **settings):
+            ood_gender: bool = DecodingSettings.ood_gender,
+            ood_emotion: bool = DecodingSettings.ood_emotion, **settings):
     from aligncap_core.serving.engine import CaptionEngine
 
     engine = CaptionEngine.load(model, device=device, tracking_uri=tracking_uri, codec_dir=codec_dir,
                                 dtype=dtype, max_seconds=max_seconds, decoding=decoding,
                                 level_check=level_check, voice_check=voice_check,
                                 voice_margin=voice_margin, pitch_check=pitch_check,
-                                ood_checks=ood_checks, ood_gender=ood_gender, **settings)
+                                ood_checks=ood_checks, ood_gender=ood_gender, ood_emotion=ood_emotion,
+                                **settings)
     console.print(f"model {engine.model.uri} ({engine.version}, {engine.captioner.dtype_line}); "
                   f"{engine.captioner.decoding}; {engine.settings}", markup=False)
     return engine
@@ -344,6 +347,7 @@ def caption_cmd(
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     ood_gender: OodGenderOpt = DecodingSettings.ood_gender,
+    ood_emotion: OodEmotionOpt = DecodingSettings.ood_emotion,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -356,7 +360,8 @@ def caption_cmd(
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, pitch_check, ood_checks, voice_margin, ood_gender, num_beams=beams,
+                     voice_check, pitch_check, ood_checks, voice_margin, ood_gender, ood_emotion,
+                     num_beams=beams,
                      do_sample=sample, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     import tempfile
@@ -400,6 +405,7 @@ def serve_cmd(
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     ood_gender: OodGenderOpt = DecodingSettings.ood_gender,
+    ood_emotion: OodEmotionOpt = DecodingSettings.ood_emotion,
     tracking_uri: TrackingUri = None,
     codec_dir: CodecDir = None,
     device: Device = "auto",
@@ -409,7 +415,7 @@ def serve_cmd(
     from aligncap_core.serving.http import serve
 
     engine = _engine(model, tracking_uri, codec_dir, device, max_seconds, decoding, dtype, level_check,
-                     voice_check, pitch_check, ood_checks, voice_margin, ood_gender)
+                     voice_check, pitch_check, ood_checks, voice_margin, ood_gender, ood_emotion)
     serve(engine, host=host, port=port, max_mb=max_mb, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
@@ -438,6 +444,7 @@ def evaluate_cmd(
     pitch_check: PitchCheckOpt = DecodingSettings.pitch_check,
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     ood_gender: OodGenderOpt = DecodingSettings.ood_gender,
+    ood_emotion: OodEmotionOpt = DecodingSettings.ood_emotion,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
@@ -455,7 +462,7 @@ def evaluate_cmd(
                                                            level_check=level_check, voice_check=voice_check,
                                                            voice_margin=voice_margin, pitch_check=pitch_check,
                                                            ood_checks=ood_checks, ood_gender=ood_gender,
-                                                           retry_ngram=retry_ngram),
+                                                           ood_emotion=ood_emotion, retry_ngram=retry_ngram),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")

@@ -21,9 +21,10 @@ ATTRIBUTE_METRICS = ("acc", "mention", "acc_stated", "contradiction", "majority"
 # what `inference.evaluate_checkpoint` adds to each split's `compute_metrics` keys
 # level_withheld / voice_withheld / pitch_withheld: shares of clips the level / voice / pitch check
 # withheld attributes of; voice_told: share of clips whose caption states the gender their formant
-# spacing reads (recordings unlike the training audio)
+# spacing reads, unlike_withheld: of clips whose emotion is left out (both: recordings unlike the
+# training audio)
 EVALUATION_METRICS = ("kl_gap", "kl_tokens", "level_withheld", "voice_withheld",  # inference.domain
-                      "pitch_withheld", "voice_told")
+                      "pitch_withheld", "voice_told", "unlike_withheld")
 
 
 def report_keys() -> list[str]:

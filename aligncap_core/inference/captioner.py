@@ -401,15 +401,26 @@ class Captioner:
 
     def withheld(self, clips: Sequence[np.ndarray | Speech],
                  decoding: DecodingSettings | None = None) -> list[Any]:
-        """Per clip, the attributes the level check leaves out (`domain.Withheld`) or None: a
-        clip given as bare codes, or a checkpoint that records no level range, is not checked."""
-        from aligncap_core.inference.domain import level_verdict
+        """Per clip, the attributes left out before any caption is looked at
+        (`domain.Withheld`) or None: volume and emotion by the level check, and emotion on a
+        recording unlike the training audio with `ood_emotion` (`domain.unlike_withheld`,
+        where the level check has not already left it out). A clip given as bare codes, or a
+        checkpoint that records neither range, is not checked."""
+        from aligncap_core.inference.domain import level_verdict, merged, unlike_withheld
 
         d = decoding or self.decoding
-        if not d.level_check or not self.speech.level_range:
-            return [None] * len(clips)
-        return [level_verdict(c.level_db, self.speech.level_range, d.level_margin_db)
-                if isinstance(c, Speech) else None for c in clips]
+        out: list[Any] = []
+        for c in clips:
+            if not isinstance(c, Speech):
+                out.append(None)
+                continue
+            level = level_verdict(c.level_db, self.speech.level_range, d.level_margin_db) \
+                if d.level_check and self.speech.level_range else None
+            unlike = None
+            if d.ood_emotion and (level is None or "emotion" not in level.attributes):
+                unlike = unlike_withheld(self.unlike(c.level_db, d, c.band_hz))
+            out.append(merged(level, unlike))
+        return out
 
     def clip_checks(self, clips: Sequence[np.ndarray | Speech],
                     decoding: DecodingSettings | None = None) -> tuple[list[Any], list[Any]]:

@@ -40,6 +40,18 @@ captions the clip without its words when every candidate states it. The decision
 the reason (`Decision.withheld`). The voice and pitch checks withhold the same way, once the
 candidates are parsed: gender when their majority gender is the one the clip's vocal tract
 contradicts, pitch when their majority pitch is not what the clip's F0 tells for human voices.
+
+A value may also be *told* by a cue of the clip (`domain.Told`: on a recording unlike the
+training audio, the gender its formant spacing reads): it counts as agreement 1 and any other
+value of its attribute as 0, so a candidate stating it is preferred and one contradicting it
+costs `risk`. Step 4 then decodes with the other value's words suppressed ("woman", "she", ...
+when told male) and, where the chosen caption does not state the told value, once more
+starting with its words ("A man"; `TELL_PREFIX`), a caption offered only when it does not loop
+(`repeats`). A chosen caption that still leaves the attribute out gets the value put into its
+subject ("The speaker's speech ..." -> "The male speaker's speech ...", `put_told`), kept only
+when the parser then reads exactly the caption's statements plus the told one. The decision
+says what was told and why (`Decision.told`), and `told["put"]` / `told["missing"]` when the
+value was put in or is not stated.
 """
 
 from __future__ import annotations
@@ -80,7 +92,8 @@ class DecodingSettings:
     pitch check (and the voice check) whatever pitch_check / voice_check say (on by default; the
     built-in corpus' clips are never outside it). ood_gender: on such a recording the caption
     states the gender the clip's formant spacing reads (`domain.voice_told`) instead of the
-    model's (on by default; with ood_checks)."""
+    model's (on by default; with ood_checks). ood_emotion: on such a recording the caption does
+    not state an emotion (`domain.unlike_withheld`; on by default, with ood_checks)."""
 
     strategy: str = "consistent"
     samples: int = 8
@@ -97,6 +110,7 @@ class DecodingSettings:
     retry_ngram: int = 0
     band_margin_hz: float = 500.0
     ood_gender: bool = True
+    ood_emotion: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

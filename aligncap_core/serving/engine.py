@@ -37,15 +37,17 @@ class CaptionEngine:
     its boundary a clip's tract must be to contradict a gender), pitch_check: True turns
     the pitch check on, ood_checks: False stops the checks for recordings unlike the training
     audio (level or band edge outside its range), ood_gender: False keeps the model's gender on
-    those (`inference.domain`; None keeps the defaults: level and voice on, pitch off but for
-    those clips, whose gender their tract tells). max_seconds: the longest clip accepted.
+    those, ood_emotion: False lets their captions state an emotion (`inference.domain`; None
+    keeps the defaults: level and voice on, pitch off but for those clips, whose gender their
+    tract tells and whose emotion is not stated). max_seconds: the longest clip accepted.
     """
 
     def __init__(self, captioner: Any, model: ResolvedModel, *, max_seconds: float = DEFAULT_MAX_SECONDS,
                  decoding: str | None = None, level_check: bool | None = None,
                  voice_check: bool | None = None, voice_margin: float | None = None,
                  pitch_check: bool | None = None, ood_checks: bool | None = None,
-                 ood_gender: bool | None = None, **settings: Any) -> None:
+                 ood_gender: bool | None = None, ood_emotion: bool | None = None,
+                 **settings: Any) -> None:
         import dataclasses
 
         self.captioner = captioner
@@ -65,6 +67,8 @@ class CaptionEngine:
             captioner.decoding = dataclasses.replace(captioner.decoding, ood_checks=ood_checks)
         if ood_gender is not None:
             captioner.decoding = dataclasses.replace(captioner.decoding, ood_gender=ood_gender)
+        if ood_emotion is not None:
+            captioner.decoding = dataclasses.replace(captioner.decoding, ood_emotion=ood_emotion)
         self.max_seconds = max_seconds
         self.parser = captioner.parser  # the one the consistent decoder votes with
         self._lock = threading.Lock()

@@ -3,7 +3,7 @@
     log_pyfunc_model("runs/demo/champion", run_id)       # -> "runs:/<run id>/champion"
     m = mlflow.pyfunc.load_model("models:/aligncap-sec@champion")
     m.predict(pd.DataFrame({"audio": ["clip.wav"]}))      # or audio_bytes, or samples + sample_rate
-    #   id | caption | attributes | seconds | withheld
+    #   id | caption | attributes | seconds | withheld | told
 
 The model folder holds MLmodel (signature below), the `AlignCapPyfunc` instance and the
 checkpoint as the artifact `checkpoint` (inference files only: no optimizer state). The
@@ -16,9 +16,10 @@ Input (a DataFrame; one of the three per row):
     samples      array of double, with sample_rate (long, Hz): raw mono or (frames, channels) audio
     id           string  optional, echoed back (default: the row number)
 Output: a DataFrame with id, caption, attributes ({attribute: value} as the clue parser reads the
-caption), seconds (clip duration) and withheld (None, or why the level check left volume and
-emotion out of the caption: `inference.domain`). A row that cannot be read raises DataError
-naming it.
+caption), seconds (clip duration), withheld (None, or why the checks left attributes out of the
+caption) and told (None, or why the caption states the gender the clip's vocal tract reads: a
+recording unlike the training audio; `inference.domain`). A row that cannot be read raises
+DataError naming it.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from aligncap_core.inference.domain import (
     training_ranges,
     training_voice_boundary,
     unlike_reason,
+    unlike_withheld,
     voice_boundary,
     voice_reading,
     voice_told,
@@ -125,6 +126,10 @@ def test_a_recording_unlike_the_training_audio_says_why():
     assert both.startswith("its level (-10.0 dBFS) is outside") and " and its spectrum ends at 11.6 kHz" in both
     assert unlike_reason(-10.0, None, 3.0, 11_600.0, None, 500.0) is None  # nothing recorded
     assert unlike_reason(None, levels, 3.0, float("nan"), bands, 500.0) is None  # nothing measured
+    # such a recording is not read for emotion
+    held = unlike_withheld(why)
+    assert held.attributes == ("emotion",) and held.checks == ("unlike",) and why in held.reason
+    assert unlike_withheld(None) is None
 
 
 def test_on_a_recording_unlike_the_training_audio_the_tract_tells_the_gender():

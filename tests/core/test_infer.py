@@ -394,6 +394,15 @@ def _check_level_check(cap: Captioner, corpus: Path, speech: dict, caplog) -> No
         cap.speech = dataclasses.replace(cap.speech, band_range=[inside.band_hz + 2000, inside.band_hz + 2500])
         assert "its spectrum ends at" in cap.unlike(inside.level_db, None, inside.band_hz)
         assert cap.clip_checks([inside])[1][0].attributes == {"gender": "male"}
+        # ... and its emotion is not stated (ood_emotion), with the reason
+        [w] = cap.withheld([inside])
+        assert w.attributes == ("emotion",) and w.checks == ("unlike",) and "its spectrum ends at" in w.reason
+        assert cap.withheld([inside], DecodingSettings(ood_emotion=False)) == [None]
+        for strategy in ("greedy", "consistent"):
+            texts, why = cap.decode([inside], gen, DecodingSettings(samples=2, strategy=strategy))
+            assert why[0].withheld["checks"][0] == "unlike" and why[0].told is not None
+            assert "emotion" not in cap.parser.parse(texts[0]).attributes or \
+                "emotion" in why[0].withheld.get("stated", [])
         assert cap.unlike(inside.level_db, DecodingSettings(ood_checks=False), inside.band_hz) is None
     finally:
         cap.speech = dataclasses.replace(cap.speech, voice_boundary=None, band_range=trained_band)
