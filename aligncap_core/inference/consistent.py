@@ -289,14 +289,13 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
                         ) -> tuple[list[str], list[Decision]]:
     """One caption per prompt. `generate(prompts, do_sample, n, seed)` returns the decoded
     captions, n per prompt in order (the captioner's generation closure); `omit(prompts, attrs,
-    tell)` greedily captions `prompts` with the words of `attrs` suppressed and, with `tell`
-    (attribute -> value), starting with the words that state it (`TELL_PREFIX`) (step 4; None
-    skips it); `withheld`: per prompt, a `domain.Withheld` or None (module docstring); `checks`:
+    tell, start)` greedily captions `prompts` with the words of `attrs` suppressed, with `tell`
+    (attribute -> value) those of the told attribute's other values too and, with `start`,
+    starting with the words that state it (`TELL_PREFIX`) (step 4; None skips it); `withheld`: per prompt, a `domain.Withheld` or None (module docstring); `checks`:
     per prompt, a function of what the candidates state (attribute -> the most stated label) to
     a `domain.Withheld` or None (the voice and pitch checks, `domain.clip_verdict`; None: no
     check); `told`: per prompt, a `domain.Told` or None (values stated from a cue of the clip:
-    they count as agreed on, and a clip whose chosen caption does not state them is captioned
-    once more starting with them)."""
+    module docstring)."""
     held = list(withheld) if withheld is not None else [None] * len(prompts)
     tells = list(told) if told is not None else [None] * len(prompts)
     greedy = generate(prompts, False, 1, None)
@@ -426,9 +425,11 @@ def greedy_captions(free: Any, prompts: Sequence[Sequence[int]], parser: Any, om
                     told: Sequence[Any] | None = None) -> tuple[list[str], list[Decision | None]]:
     """One caption per prompt, greedily (`free(prompts)`: the captioner's own decoding). A
     prompt with attributes withheld is captioned once, with their words suppressed
-    (`omit(prompts, attrs, tell)`) instead of freely; a caption stating what its checks
+    (`omit(prompts, attrs)`) instead of freely; a caption stating what its checks
     (`consistent_captions`' `checks`) withhold, or not stating what it is `told`, is captioned
-    once more without those words and starting with the told value's. The decision is None
+    once more without those words (and the told attribute's other values'), starting with the
+    told value's words (without that start where it loops), and the told value is put into its
+    subject where it still leaves it out (`tell_in`). The decision is None
     but for those (`Decision.withheld` / `Decision.told` say what and why)."""
     held = list(withheld) if withheld is not None else [None] * len(prompts)
     tells = list(told) if told is not None else [None] * len(prompts)
