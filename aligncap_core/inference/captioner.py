@@ -277,6 +277,7 @@ class Captioner:
         def omit(ps: Sequence[Sequence[int]], attrs: Sequence[str], tell: dict | None = None,
                  start: bool = False) -> list[str]:
             from aligncap_core.inference.consistent import (
+                cut_lead_in,
                 join_prefix,
                 omit_token_ids,
                 tell_prefix,
@@ -290,7 +291,9 @@ class Captioner:
             g = dataclasses.replace(s, do_sample=False, num_return_sequences=1, num_beams=1,
                                     no_repeat_ngram_size=d.retry_ngram,
                                     max_new_tokens=max(1, s.max_new_tokens - len(start)))
-            return [trim_dangling(join_prefix(prefix, t)) for t in generate_captions(
+            # without the emotion's words, a caption is ended before an emotion's lead-in
+            end = cut_lead_in if "emotion" in attrs else trim_dangling
+            return [end(join_prefix(prefix, t)) for t in generate_captions(
                 self.model, self.tokenizer, [[*p, *start] for p in ps], g,
                 suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs, tell))]
 

@@ -250,9 +250,10 @@ OMIT_EXTRA = {"pitch": ("pitch", "pitched", "register", "high", "low", "deep", "
 
 # the lead-ins an emotion follows ("...; she sounds", ", sounding"), left at the end of a caption
 # decoded with the emotion words suppressed
-_DANGLING = re.compile(r"(?:[;,]\s*(?:and\s+)?(?:the speaker|he|she|they|the man|the woman)?\s*"
-                       r"(?:sounds|seems|comes across as)|,?\s*(?:sounding|seeming|coming across as))"
-                       r"\s*\.?\s*$", re.IGNORECASE)
+_LEAD_IN = (r"(?:[;,]\s*(?:and\s+)?(?:the speaker|he|she|they|the man|the woman)?\s*"
+            r"(?:sounds|seems|comes across as)|,?\s*(?:sounding|seeming|coming across as))")
+_DANGLING = re.compile(_LEAD_IN + r"\s*\.?\s*$", re.IGNORECASE)
+_LEAD_IN_WORD = re.compile(_LEAD_IN + r"\b", re.IGNORECASE)
 
 
 def trim_dangling(text: str) -> str:
@@ -262,6 +263,20 @@ def trim_dangling(text: str) -> str:
     they are."""
     cut = _DANGLING.sub("", text.rstrip())
     return text if cut == text.rstrip() else cut.rstrip(" ,;") + "."
+
+
+def cut_lead_in(text: str) -> str:
+    """A caption decoded with the emotion words suppressed, ended before the first lead-in an
+    emotion would have followed, wherever it is: kept off its emotion there, the model loops
+    ("...; the speaker sounds sounds sounds ...") or strings other words together ("...; the
+    speaker sounds loud; the speaker sounds loud, expressive voice is ..."). "The speaker's
+    speech is slow; the speaker sounds sounds sounds" -> "The speaker's speech is slow."
+    A caption that starts with a lead-in ("Sounding calm, ...") or has none is returned as it
+    is."""
+    m = _LEAD_IN_WORD.search(text)
+    if m is None or not text[:m.start()].strip(" ,;"):
+        return text
+    return text[:m.start()].rstrip(" ,;") + "."
 
 
 def omit_token_ids(tokenizer: Any, attrs: Sequence[str], keep: dict[str, str] | None = None) -> list[int]:

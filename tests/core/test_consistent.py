@@ -282,6 +282,27 @@ def test_a_caption_decoded_without_its_emotion_does_not_end_on_the_emotions_lead
         assert trim_dangling(whole) == whole  # a complete caption is left as it is
 
 
+def test_a_caption_decoded_without_the_emotion_words_ends_before_its_lead_in(parser):
+    """Kept off its emotion after "the speaker sounds", the model loops or strings other words
+    together; a caption decoded without the emotion's words is ended before the first lead-in,
+    and what it stated before it is kept."""
+    from aligncap_core.inference.consistent import cut_lead_in
+
+    cases = {
+        "The male speaker's speech is moderately paced and expressive; the speaker sounds sounds sounds":
+            "The male speaker's speech is moderately paced and expressive.",
+        "The speaker's speech is quick and loud, and his voice is shrill; the speaker sounds loud; the "
+        "speaker sounds loud, expressive voice is high-pitched":
+            "The speaker's speech is quick and loud, and his voice is shrill.",
+        "A man speaks slowly at the normal speed, sounding": "A man speaks slowly at the normal speed.",
+    }
+    for text, want in cases.items():
+        assert cut_lead_in(text) == want
+        assert set(parser.parse(want).attributes) <= set(parser.parse(text).attributes)
+    for whole in ("A man speaks slowly.", "Sounding tired, a man speaks slowly.", "A woman talks soundly."):
+        assert cut_lead_in(whole) == whole
+
+
 def test_a_told_gender_counts_as_agreed_and_its_other_value_as_false(parser):
     """On a recording unlike the training audio the clip's tract tells the gender
     (`domain.Told`): a candidate stating it gains as if every candidate agreed, one stating
