@@ -287,14 +287,14 @@ class Captioner:
             # a told attribute's other values are suppressed; with `start`, the caption starts
             # with the told value's words (`tell_prefix`)
             prefix = tell_prefix(tell) if start else ""
-            start = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+            start_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
             g = dataclasses.replace(s, do_sample=False, num_return_sequences=1, num_beams=1,
                                     no_repeat_ngram_size=d.retry_ngram,
-                                    max_new_tokens=max(1, s.max_new_tokens - len(start)))
+                                    max_new_tokens=max(1, s.max_new_tokens - len(start_ids)))
             # without the emotion's words, a caption is ended before an emotion's lead-in
             end = cut_lead_in if "emotion" in attrs else trim_dangling
             return [end(join_prefix(prefix, t)) for t in generate_captions(
-                self.model, self.tokenizer, [[*p, *start] for p in ps], g,
+                self.model, self.tokenizer, [[*p, *start_ids] for p in ps], g,
                 suppress_token_ids=suppress + omit_token_ids(self.tokenizer, attrs, tell))]
 
         sorted_prompts = [prompts[i] for i in order]

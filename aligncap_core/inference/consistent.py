@@ -46,7 +46,7 @@ training audio, the gender its formant spacing reads): it counts as agreement 1 
 value of its attribute as 0, so a candidate stating it is preferred and one contradicting it
 costs `risk`. Step 4 then decodes with the other value's words suppressed ("woman", "she", ...
 when told male) and, where the chosen caption does not state the told value, once more
-starting with its words ("A man"; `TELL_PREFIX`), a caption offered only when it does not loop
+starting with its words ("A man"; `tell_prefix`), a caption offered only when it does not loop
 (`repeats`). A chosen caption that still leaves the attribute out gets the value put into its
 subject ("The speaker's speech ..." -> "The male speaker's speech ...", `put_told`), kept only
 when the parser then reads exactly the caption's statements plus the told one. The decision
@@ -294,7 +294,9 @@ def omit_token_ids(tokenizer: Any, attrs: Sequence[str], keep: dict[str, str] | 
 
     out = set().union(*(first_ids(omit_words(a)) for a in attrs))
     for a, v in (keep or {}).items():
-        out |= first_ids(omit_words(a, v)) - first_ids([w for w in omit_words(a) if w not in omit_words(a, v)])
+        others = omit_words(a, v)  # the other values' words; the rest are the kept value's
+        kept = set(omit_words(a)) - set(others)
+        out |= first_ids(others) - first_ids(sorted(kept))
     return sorted(out)
 
 
@@ -306,8 +308,8 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
     captions, n per prompt in order (the captioner's generation closure); `omit(prompts, attrs,
     tell, start)` greedily captions `prompts` with the words of `attrs` suppressed, with `tell`
     (attribute -> value) those of the told attribute's other values too and, with `start`,
-    starting with the words that state it (`TELL_PREFIX`) (step 4; None skips it); `withheld`: per prompt, a `domain.Withheld` or None (module docstring); `checks`:
-    per prompt, a function of what the candidates state (attribute -> the most stated label) to
+    starting with the words that state it (`tell_prefix`) (step 4; None skips it); `withheld`:
+    per prompt, a `domain.Withheld` or None (module docstring); `checks`: per prompt, a function of what the candidates state (attribute -> the most stated label) to
     a `domain.Withheld` or None (the voice and pitch checks, `domain.clip_verdict`; None: no
     check); `told`: per prompt, a `domain.Told` or None (values stated from a cue of the clip:
     module docstring)."""
@@ -365,6 +367,8 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
 
 # the subjects a told value is put into: "the speaker" -> "the male speaker", "a person" -> "a man"
 _SUBJECT = re.compile(r"\b(?P<det>the|a|this)\s+(?:(?P<speaker>speaker)|(?P<person>person))\b", re.IGNORECASE)
+# a told value's (adjective, noun): "the male speaker", "a man"; a caption starting with it
+# starts "A man" / "A woman" (`tell_prefix`), like the built-in references' subjects
 TOLD_WORDS = {"gender": {"female": ("female", "woman"), "male": ("male", "man")}}
 
 
@@ -412,19 +416,16 @@ def repeats(text: str, n: int = 4) -> bool:
     return len(set(grams)) < len(grams)
 
 
-# the words a caption that states a told value starts with (the built-in references' subjects)
-TELL_PREFIX = {"gender": {"female": "A woman", "male": "A man"}}
-
-
 def tell_prefix(tell: dict[str, str] | None) -> str:
-    """The words a caption stating `tell` (attribute -> value) starts with ("" for None)."""
+    """The words a caption stating `tell` (attribute -> value) starts with ("A man"; "" for
+    None), from `TOLD_WORDS`."""
     if not tell:
         return ""
-    unknown = [f"{a}={v}" for a, v in tell.items() if v not in TELL_PREFIX.get(a, {})]
+    unknown = [f"{a}={v}" for a, v in tell.items() if v not in TOLD_WORDS.get(a, {})]
     if unknown or len(tell) > 1:
-        raise ConfigError(f"no caption start states {', '.join(unknown) or tell} (TELL_PREFIX)")
+        raise ConfigError(f"no caption start states {', '.join(unknown) or tell} (TOLD_WORDS)")
     a, v = next(iter(tell.items()))
-    return TELL_PREFIX[a][v]
+    return f"A {TOLD_WORDS[a][v][1]}"
 
 
 def join_prefix(prefix: str, text: str) -> str:

@@ -201,18 +201,24 @@ def band_range(edges: Sequence[float]) -> list[float]:
     return [round(float(lo), 1), round(float(hi), 1)]
 
 
+def outside(value: float | None, trained: Sequence[float] | None, margin: float) -> bool:
+    """Whether a clip's measured `value` is more than `margin` outside the `trained` [low, high]
+    range; False when either is unknown (unmeasured, nan, or a checkpoint without the range)."""
+    if value is None or not trained or not np.isfinite(value):
+        return False
+    return not trained[0] - margin <= value <= trained[1] + margin
+
+
 def unlike_reason(level_db: float | None, level_range: Sequence[float] | None, level_margin_db: float,
                   band_hz: float | None, band_range: Sequence[float] | None,
                   band_margin_hz: float) -> str | None:
     """Why a clip is a recording unlike the training audio (its level, then its band edge, more
     than the margin outside the training clips' range), or None: inside both, or unknown."""
     why = []
-    if level_db is not None and level_range and not (
-            level_range[0] - level_margin_db <= level_db <= level_range[1] + level_margin_db):
+    if outside(level_db, level_range, level_margin_db):
         why.append(f"its level ({level_db:.1f} dBFS) is outside the training audio's "
                    f"({level_range[0]:.1f} to {level_range[1]:.1f} dBFS, margin {level_margin_db:g} dB)")
-    if band_hz is not None and band_range and np.isfinite(band_hz) and not (
-            band_range[0] - band_margin_hz <= band_hz <= band_range[1] + band_margin_hz):
+    if outside(band_hz, band_range, band_margin_hz):
         why.append(f"its spectrum ends at {band_hz / 1000:.1f} kHz, the training audio's at "
                    f"{band_range[0] / 1000:.1f} to {band_range[1] / 1000:.1f} kHz (margin "
                    f"{band_margin_hz / 1000:g} kHz)")
@@ -240,11 +246,9 @@ def level_verdict(level_db: float | None, trained: Sequence[float] | None,
     """`Withheld(LEVEL_ATTRS, why)` when the clip's level is more than `margin_db` outside the
     `trained` range; None when it is inside, or when either is unknown (a checkpoint saved
     before the range was recorded)."""
-    if level_db is None or not trained:
+    if not outside(level_db, trained, margin_db):
         return None
     lo, hi = trained
-    if lo - margin_db <= level_db <= hi + margin_db:
-        return None
     side = "louder" if level_db > hi else "quieter"
     return Withheld(LEVEL_ATTRS, f"the clip's level ({level_db:.1f} dBFS) is {side} than the "
                                  f"training audio's ({lo:.1f} to {hi:.1f} dBFS, margin "

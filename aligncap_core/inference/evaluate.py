@@ -392,8 +392,8 @@ def row_speech(cap: Captioner, data_dir: Path, row: dict, decoding: DecodingSett
 
     d = decoding or cap.decoding
     checked = bool(cap.speech.level_range or cap.speech.band_range)
-    # the audio is read once, for the stream and the checks alike (the ood checks only apply
-    # with a level range, which reads it anyway)
+    # the audio is read once, for the stream and the checks alike (the checks of recordings
+    # unlike the training audio only apply with a level or band range, which read it anyway)
     wav = row_audio(data_dir, row, "the prosody stream or the level, voice and pitch checks") \
         if cap.prosody is not None or checked or d.voice_check or d.pitch_check else None
     codes, stream = row_streams(data_dir, row, cap.prosody, wav)
