@@ -23,16 +23,16 @@ def teacher_metrics(ckpt: str) -> dict[str, dict]:
 
 
 def evaluate_speech(ckpt: str, data_dir: str | None, out_dir: str, evaluation: EvalParams,
-                    store: str) -> dict[str, dict]:
-    """{split: metrics} of one speech checkpoint on the data's splits and on real data. The
-    reports are keyed by what made them (STORE/eval/<key>), so an evaluation the preference
-    rounds already ran is not run again."""
+                    store: str, real_data: bool = True) -> dict[str, dict]:
+    """{split: metrics} of one speech checkpoint on the data's splits and (`real_data`) on real
+    data. The reports are keyed by what made them (STORE/eval/<key>), so an evaluation the
+    preference rounds already ran is not run again."""
     by_split: dict[str, dict] = {}
     if data_dir:
         m, _ = run_stage(evaluate_task, ckpt, data_dir, out_dir, splits=list(evaluation.splits),
                          limit=evaluation.limit, settings=evaluation.settings(), store=store)
         by_split.update({s: m[s] for s in evaluation.splits if s in m})
-    real = evaluation.realdata_manifest()
+    real = evaluation.realdata_manifest() if real_data else None
     if real:
         # one codes folder for every stage: they share the corpus codec, so the real clips are
         # encoded once per worker, not once per stage
@@ -52,12 +52,14 @@ def evaluate_speech(ckpt: str, data_dir: str | None, out_dir: str, evaluation: E
 def evaluate(checkpoints: dict[str, str], data_dir: str | None = None,
              out_dir: str = "runs/pipeline", evaluation: EvalParams = EvalParams(),
              tracking: TrackingParams = TrackingParams(),
-             parent_run_id: str | None = None, store: str | None = None) -> dict[str, dict[str, dict]]:
+             parent_run_id: str | None = None, store: str | None = None,
+             realdata_stages: list[str] | None = None) -> dict[str, dict[str, dict]]:
     """Evaluate each `{stage: checkpoint URI}`; returns `{stage: {split: metrics}}`.
 
     Splits: `evaluation.splits` of the prepared data at `data_dir` (a URI; absent splits are
-    skipped) and, when the file exists, `evaluation.realdata` as split "realdata". Reports go to
-    the artifact store (STORE/eval/<key>).
+    skipped) and, when the file exists, `evaluation.realdata` as split "realdata" for the stages
+    named in `realdata_stages` (empty: every speech stage). Reports go to the artifact store
+    (STORE/eval/<key>).
     """
     from aligncap_core.model.checkpoint import read_meta
 
@@ -68,7 +70,8 @@ def evaluate(checkpoints: dict[str, str], data_dir: str | None = None,
             if read_meta(ckpt).get("stage") == "teacher":
                 results[stage] = teacher_metrics(ckpt)
             else:
-                results[stage] = evaluate_speech(ckpt, data_dir, out_dir, evaluation, st.root)
+                real = realdata_stages is None or stage in realdata_stages
+                results[stage] = evaluate_speech(ckpt, data_dir, out_dir, evaluation, st.root, real)
             if results[stage]:
                 log_evaluation(results[stage], stage, t.parent_run_id, t.uri)
             get_run_logger().info("evaluated %s: %s", stage, sorted(results[stage]))

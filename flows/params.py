@@ -18,7 +18,7 @@ import dataclasses
 import os
 import typing
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer, model_validator
 
@@ -232,6 +232,10 @@ class EvalParams(_Params):
     realdata_group_by: str | None = Field("corpus", description="Also report the real data per value of "
                                           "this row field ('corpus': the row's corpus, else its id prefix), "
                                           "as splits realdata/<value>. Empty: the whole set only.")
+    realdata_stages: Literal["all", "champion"] = Field(
+        "all", description="Which speech stages the real data is evaluated for: 'all', or only "
+        "'champion' (the stage the rounds' selection picks on the data's splits; one real-data "
+        "evaluation instead of one per stage, what `make demo` does to stay inside its time budget).")
     max_new_tokens: int = Field(EVAL.max_new_tokens, ge=1, description="Longest generated caption, tokens.")
     meteor: bool = Field(EVAL.meteor, description="Compute METEOR (starts a JVM, ~5 s).")
     kl_gap: bool = Field(EVAL.kl_gap, description="Measure the speech-text KL gap (teacher vs student).")

@@ -117,8 +117,18 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
                               improve=improve, evaluation=evaluation, **common)
         checkpoints = {"teacher": teacher_ckpt, "student": student_ckpt,
                        **{s: r["checkpoint"] for s, r in improved["rounds"].items()}}
-        stages = evaluate(checkpoints, data_dir, out_dir, evaluation, **common)
+        chosen = None  # evaluation.realdata_stages "champion": real data for this stage only
+        if evaluation.realdata_stages == "champion":
+            chosen, _ = pick_champion({"student": improved["start"]["metrics"],
+                                       **{s: r["metrics"] for s, r in improved["rounds"].items()}}, cfg)
+        stages = evaluate(checkpoints, data_dir, out_dir, evaluation, **common,
+                          realdata_stages=None if chosen is None else [chosen])
         champion, score = pick_champion(stages, cfg)
+        if chosen is not None and champion != chosen:  # the same selection on the same reports
+            raise RuntimeError(f"the champion picked from the final evaluation ({champion}) is not "
+                               f"the one the rounds' reports picked ({chosen}), whose real data was "
+                               "evaluated: the two evaluations differ; set evaluation.realdata_stages "
+                               "to 'all' and report this")
         published = register(checkpoints[champion], champion, str(out / "champion"),
                              t.parent_run_id if tracking.register_champion else None, t.uri,
                              tracking.model_name, score, data_dir)

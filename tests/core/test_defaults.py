@@ -64,7 +64,7 @@ def _library() -> dict[str, dict[str, Any]]:
 # flow-only knobs with no library counterpart (where runs go, what a run is called, optional inputs)
 FLOW_ONLY = {
     "DataParams": {"source", "prepare", "augment"},
-    "EvalParams": {"realdata_limit", "realdata_group_by"},
+    "EvalParams": {"realdata_limit", "realdata_group_by", "realdata_stages"},
     "TrackingParams": {"enabled", "tracking_uri", "experiment", "register_champion"},
 }
 

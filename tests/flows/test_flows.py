@@ -246,6 +246,9 @@ def test_pipeline_end_to_end_micro(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
+    evaluation = EvalParams(limit=3, realdata_limit=3, max_new_tokens=12, meteor=False, kl_gap=False,
+                            realdata=str(REPO.parent / "shared/realdata/manifest.jsonl"),
+                            realdata_stages="champion")
     state = aligncap_pipeline(
         out_dir=str(out),
         data=DataParams(synth_n=40, synth_workers=1, n_q=1),
@@ -254,8 +257,7 @@ def test_pipeline_end_to_end_micro(tmp_path):
         improve=ImproveParams(
             rounds=1, patience=0, n=2, max_new_tokens=12, clips_per_round=8, min_margin=0.0,
             dpo={"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3, "max_length": 256}),
-        evaluation=EvalParams(limit=3, realdata_limit=3, max_new_tokens=12, meteor=False,
-                              kl_gap=False, realdata=str(REPO.parent / "shared/realdata/manifest.jsonl")),
+        evaluation=evaluation,
         tracking=TrackingParams(tracking_uri=uri, experiment="flows-test"),
         return_state=True)
     results = state.result()
@@ -267,13 +269,23 @@ def test_pipeline_end_to_end_micro(tmp_path):
     assert set(stages) == {"teacher", "student", "round-1"}
     assert "loss" in stages["teacher"]["valid"]
     has_real = (REPO.parent / "shared/realdata/manifest.jsonl").is_file()
+    assert results["champion"] in {"student", "round-1"}
+    # realdata_stages "champion": the real clips for the champion only, the data's splits for all
+    # (the real data is also reported per corpus: the first 3 rows are RAVDESS clips)
+    real = {"realdata", "realdata/ravdess"} if has_real else set()
     for stage in ("student", "round-1"):
-        expected = {"valid", "zeroshot"} | ({"realdata"} if has_real else set())
-        # the real data is also reported per corpus (the first 3 rows are RAVDESS clips)
-        expected |= {"realdata/ravdess"} if has_real else set()
+        expected = {"valid", "zeroshot"} | (real if stage == results["champion"] else set())
         assert set(stages[stage]) == expected
         assert {"bleu4", "cider", "clue_f1"} <= set(stages[stage]["valid"])
-    assert results["champion"] in {"student", "round-1"}
+    # the evaluate flow with realdata_stages empty ("all") scores the other stage's real clips
+    # too, beside the same reports of its data splits
+    from flows.evaluate import evaluate
+
+    other = ({"student", "round-1"} - {results["champion"]}).pop()
+    again = evaluate({other: results["checkpoints"][other]}, results["data"], str(out), evaluation,
+                     tracking=TrackingParams(enabled=False), store=results["store"])
+    assert set(again[other]) == {"valid", "zeroshot"} | real
+    assert again[other]["valid"] == stages[other]["valid"]
     assert (out / "champion" / "meta.json").is_file()
 
     # the table `python -m flows.pipeline` (make demo) prints at the end
