@@ -445,6 +445,7 @@ def evaluate_cmd(
     ood_checks: OodChecksOpt = DecodingSettings.ood_checks,
     ood_gender: OodGenderOpt = DecodingSettings.ood_gender,
     ood_emotion: OodEmotionOpt = DecodingSettings.ood_emotion,
+    strike: Annotated[bool, typer.Option("--strike/--no-strike", help="Consistent decoding: delete a statement the candidates do not agree on from the chosen caption, where the rest then reads the same (on by default).")] = DecodingSettings.strike,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Also score each value of this row field (e.g. corpus: the id prefix of real-data rows).")] = None,
 ) -> None:
     """Caption held-out clips, score them (BLEU, METEOR, ROUGE-L, CIDEr, clues, hallucination,
@@ -462,7 +463,8 @@ def evaluate_cmd(
                                                            level_check=level_check, voice_check=voice_check,
                                                            voice_margin=voice_margin, pitch_check=pitch_check,
                                                            ood_checks=ood_checks, ood_gender=ood_gender,
-                                                           ood_emotion=ood_emotion, retry_ngram=retry_ngram),
+                                                           ood_emotion=ood_emotion, retry_ngram=retry_ngram,
+                                                           strike=strike),
                                  group_by=group_by)
     Console().print(format_table(report["metrics"], title=f"{model}"))
     console.print(f"report: {out}  predictions: {out.parent / 'predictions.jsonl'}")

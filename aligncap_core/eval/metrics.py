@@ -22,9 +22,10 @@ ATTRIBUTE_METRICS = ("acc", "mention", "acc_stated", "contradiction", "majority"
 # level_withheld / voice_withheld / pitch_withheld: shares of clips the level / voice / pitch check
 # withheld attributes of; voice_told: share of clips whose caption states the gender their formant
 # spacing reads, unlike_withheld: of clips whose emotion is left out (both: recordings unlike the
-# training audio)
+# training audio); struck: of clips with a statement deleted from the chosen caption because the
+# candidates did not agree with it (inference.strike)
 EVALUATION_METRICS = ("kl_gap", "kl_tokens", "level_withheld", "voice_withheld",  # inference.domain
-                      "pitch_withheld", "voice_told", "unlike_withheld")
+                      "pitch_withheld", "voice_told", "unlike_withheld", "struck")
 
 
 def report_keys() -> list[str]:

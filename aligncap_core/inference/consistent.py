@@ -31,8 +31,13 @@ sure of. This decoder looks at what the model believes about each *attribute* in
    instead state some wrong values; measured, it is off by default
    (docs/experiments/zeroshot_ceiling.md, "Loops in the re-decoded captions").
 
-The choice and the agreement per attribute are returned with the caption (`Decision`), so a
-user can see why a caption says what it says.
+5. when the chosen caption *still* states an attribute below the bar (step 4's captions lost
+   the sure statements too, so the choice kept it), that statement's phrase is deleted from
+   the caption (`strike_unsure`, `inference.strike`), kept only when the parser then reads
+   exactly the caption's other statements; `strike` off skips it
+   (docs/experiments/zeroshot_ceiling.md, "Striking the statements below the bar").
+The choice and the agreement per attribute are returned with the caption (`Decision`; the
+attributes struck in `struck`), so a user can see why a caption says what it says.
 
 An attribute may also be *withheld* from a clip before any candidate is looked at (the level
 check, `inference.domain`): it counts as agreement 0, so stating it costs `risk`, and step 4
@@ -93,7 +98,10 @@ class DecodingSettings:
     built-in corpus' clips are never outside it). ood_gender: on such a recording the caption
     states the gender the clip's formant spacing reads (`domain.voice_told`) instead of the
     model's (on by default; with ood_checks). ood_emotion: on such a recording the caption does
-    not state an emotion (`domain.unlike_withheld`; on by default, with ood_checks)."""
+    not state an emotion (`domain.unlike_withheld`; on by default, with ood_checks).
+    strike: a statement the chosen caption still makes below the agreement bar (or of a
+    withheld attribute) is deleted from it where the parser then reads exactly the other
+    statements (`inference.strike`; on by default)."""
 
     strategy: str = "consistent"
     samples: int = 8
@@ -111,6 +119,7 @@ class DecodingSettings:
     band_margin_hz: float = 500.0
     ood_gender: bool = True
     ood_emotion: bool = True
+    strike: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -144,7 +153,9 @@ class Decision:
     caption states a withheld attribute all the same (no caption without it won the choice),
     `withheld["stated"]` names it and the reason says so (`flag_stated`). told: the values
     stated from a cue of the clip instead of the model's reading (`domain.Told.to_dict`);
-    `told["missing"]` names those the returned caption does not state (`flag_stated`)."""
+    `told["missing"]` names those the returned caption does not state (`flag_stated`).
+    struck: the attributes whose statement was deleted from the chosen caption because the
+    candidates did not agree with it (`strike_unsure`)."""
 
     index: int
     utility: float
@@ -152,6 +163,7 @@ class Decision:
     omitted: list[str] = field(default_factory=list)
     withheld: dict | None = None
     told: dict | None = None
+    struck: list[str] = field(default_factory=list)
 
 
 def flag_stated(decision: Decision | None, said: dict[str, str]) -> Decision | None:
@@ -362,7 +374,34 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
     texts = [g[d.index] for g, d in zip(groups, decisions, strict=True)]
     said = [pool[i][d.index].attributes for i, d in enumerate(decisions)]
     texts, said, decisions = tell_in(texts, said, decisions, tells, parser)
+    if settings.strike:
+        texts, said, decisions = strike_unsure(texts, said, decisions, parsed, held, tells,
+                                               settings.risk, parser)
     return texts, [flag_stated(d, a) for d, a in zip(decisions, said, strict=True)]
+
+
+def strike_unsure(texts: list[str], said: list[dict], decisions: list[Any], parsed: Sequence[Any],
+                  held: Sequence[Any], tells: Sequence[Any], risk: float,
+                  parser: Any) -> tuple[list[str], list[dict], list[Any]]:
+    """The chosen captions with each statement below the agreement bar (risk / (1 + risk) of
+    the freely decoded candidates `parsed` state its value) or of a withheld attribute deleted
+    (`strike.strike`), a told value never; the decisions name what was struck (`struck`)."""
+    from aligncap_core.inference.strike import strike
+
+    threshold = risk / (1 + risk)
+    unsure = []
+    for i, stated in enumerate(said):
+        votes, n = agreement(parsed[i]), len(parsed[i])
+        barred = set(held[i].attributes) if held[i] is not None else set()
+        fixed = set(tells[i].attributes) if tells[i] is not None else set()
+        unsure.append([a for a, v in stated.items() if a in ATTRS and a not in fixed
+                       and (a in barred or votes[a][v] / n < threshold)])
+    if not any(unsure):
+        return texts, said, decisions
+    texts, said, struck = strike(texts, said, unsure, parser.parse_many(texts), parser)
+    decisions = [dataclasses.replace(d, struck=k) if k else d
+                 for d, k in zip(decisions, struck, strict=True)]
+    return texts, said, decisions
 
 
 # the subjects a told value is put into: "the speaker" -> "the male speaker", "a person" -> "a man"

@@ -229,7 +229,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
 
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
     {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap, kl_tokens, level_withheld,
-    voice_withheld, pitch_withheld, voice_told and unlike_withheld.
+    voice_withheld, pitch_withheld, voice_told, unlike_withheld and struck.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -317,12 +317,14 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
 
     held, voiced, pitched, unlike = by("level"), by("voice"), by("pitch"), by("unlike")
     told = [d is not None and d.told is not None for d in decisions or [None] * len(rows)]
+    struck = [d is not None and bool(d.struck) for d in decisions or [None] * len(rows)]
     for name, idx in [*groups.items(), *((f"{group_by}:{v}", i) for v, i in _groups(rows, group_by).items())]:
         metrics[name]["level_withheld"] = sum(held[i] for i in idx) / len(idx)
         metrics[name]["voice_withheld"] = sum(voiced[i] for i in idx) / len(idx)
         metrics[name]["pitch_withheld"] = sum(pitched[i] for i in idx) / len(idx)
         metrics[name]["voice_told"] = sum(told[i] for i in idx) / len(idx)
         metrics[name]["unlike_withheld"] = sum(unlike[i] for i in idx) / len(idx)
+        metrics[name]["struck"] = sum(struck[i] for i in idx) / len(idx)
     if len(groups) == 1:
         metrics["all"] = dict(metrics[next(iter(groups))])
     else:
@@ -333,7 +335,7 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens,
                               level_withheld=sum(held) / len(rows), voice_withheld=sum(voiced) / len(rows),
                               pitch_withheld=sum(pitched) / len(rows), voice_told=sum(told) / len(rows),
-                              unlike_withheld=sum(unlike) / len(rows))
+                              unlike_withheld=sum(unlike) / len(rows), struck=sum(struck) / len(rows))
     return metrics, list(groups)
 
 

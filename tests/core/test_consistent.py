@@ -83,8 +83,12 @@ def test_an_attribute_every_candidate_states_uncertainly_is_decoded_away(parser)
     assert asked == [("gender",)]
     assert texts == ["The speaker speaks slowly, sounding sad."] and why[0].index == 5
     assert why[0].omitted == ["gender"] and why[0].agreement["gender"][1] == 0.6
-    # without the re-decoding step the coin flip is stated
-    assert consistent_captions(generate, [[1, 2]], s, parser)[0] == [cands[0]]
+    # without the re-decoding step the coin flip is stated, unless step 5 strikes it out
+    off = DecodingSettings(samples=4, strike=False)
+    assert consistent_captions(generate, [[1, 2]], off, parser)[0] == [cands[0]]
+    texts, why = consistent_captions(generate, [[1, 2]], s, parser)
+    assert texts == ["A speaker speaks slowly, sounding sad."] and why[0].struck == ["gender"]
+    assert why[0].index == 0  # the chosen candidate, edited: "A man" -> "A speaker"
     assert {"he", "she", "man", "woman", "lady"} <= set(omit_words("gender"))
     assert {"pitch", "high", "deep"} <= set(omit_words("pitch"))
 
@@ -141,14 +145,18 @@ def test_a_caption_that_states_a_withheld_attribute_all_the_same_says_so(parser)
     def omit(prompts, attrs):
         return ["Someone sounds happy."] * len(prompts)
 
-    texts, why = consistent_captions(generate, [[1]], DecodingSettings(samples=3), parser, omit, [held])
+    off = DecodingSettings(samples=3, strike=False)
+    texts, why = consistent_captions(generate, [[1]], off, parser, omit, [held])
     assert texts == [full] and why[0].withheld["stated"] == ["gender"]
     assert why[0].withheld["reason"].endswith("but the returned caption still states gender "
                                               "(no caption decoded without it was chosen)")
+    # by default (step 5) the withheld statement is struck out of that caption instead
+    texts, why = consistent_captions(generate, [[1]], DecodingSettings(samples=3), parser, omit, [held])
+    assert texts == [full.replace("A woman", "A speaker")] and why[0].struck == ["gender"]
+    assert "stated" not in why[0].withheld
     # a caption that leaves it out is not flagged (the usual case), nor one without a check
     texts, why = consistent_captions(lambda ps, s_, n, seed: ["Someone speaks quickly, sounding happy."] *
-                                     (n * len(ps) if s_ else len(ps)), [[1]], DecodingSettings(samples=3),
-                                     parser, omit, [held])
+                                     (n * len(ps) if s_ else len(ps)), [[1]], off, parser, omit, [held])
     assert "stated" not in why[0].withheld and why[0].withheld["reason"] == held.reason
     assert flag_stated(None, {"gender": "male"}) is None
     # greedy decoding: a suppression that slips through is flagged too
