@@ -57,6 +57,18 @@ def tidy(text: str) -> str:
     return t if not t or t.endswith((".", "!", "?")) else t + "."
 
 
+def article(left: str, right: str) -> str:
+    """`left` with its last word, an indefinite article, made to fit the word `right` starts
+    with: "An " + "squeaky voice" -> "A ", "a " + "angry voice" -> "an "."""
+    m = re.search(r"\b(a|an)\s*$", left, re.IGNORECASE)
+    w = re.match(r"[\s,;]*([a-z])", right, re.IGNORECASE)
+    if m is None or w is None:
+        return left
+    word = ("an" if w.group(1).lower() in "aeiou" else "a")
+    word = word.capitalize() if m.group(1)[0].isupper() else word
+    return left[:m.start()] + word + " "
+
+
 def edits(text: str, phrase: str, attr: str) -> list[str]:
     """Every readable caption made by deleting `phrase` (the first time it occurs, any case)
     with the words it hangs on and one separator, shortest deletion first; a gender noun is
@@ -82,7 +94,7 @@ def edits(text: str, phrase: str, attr: str) -> list[str]:
         cuts = [(m.start(), b) for m in [_SEP_BEFORE.search(low[:a])] if m]
         cuts += [(a, b + m.end()) for m in [_SEP_AFTER.match(low[b:])] if m]
         for x, y in cuts or [(a, b)]:
-            t = tidy(text[:x] + " " + text[y:])
+            t = tidy(article(text[:x], text[y:]) + " " + text[y:])
             # the words around the cut (and the caption's start) must not be left hanging
             j = len(tidy(text[:x] + " ")) - 1 if x else 0
             holes = [h.start() for h in _HOLE.finditer(t)]

@@ -44,6 +44,9 @@ CASES = [
      "A high-pitched, loud male voice saying something at a loud volume."),
     ("The speaker's speech is hurried and loud, and the speaker's voice is shrill.", "speed",
      "The speaker's speech is loud, and the speaker's voice is shrill."),
+    # the article fits the word after the cut
+    ("An angry, squeaky female voice saying something at a loud volume.", "emotion",
+     "A squeaky female voice saying something at a loud volume."),
     # gender: the adjective goes, the noun becomes "speaker"
     ("A bored female speaker says the sentence at a sluggish pace in a deep voice.", "gender",
      "A bored speaker says the sentence at a sluggish pace in a deep voice."),
