@@ -311,20 +311,19 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         metrics[f"{group_by}:{value}"] = compute_metrics(
             [preds[i] for i in idx], [rows[i].get("captions") or [] for i in idx],
             [rows[i].get("attributes") for i in idx], parser=parser, meteor=scorer)
+    per_clip = [*decisions] if decisions else [None] * len(rows)
+
     def by(check: str) -> list[bool]:
         return [d is not None and d.withheld is not None and check in d.withheld["checks"]
-                for d in decisions or [None] * len(rows)]
+                for d in per_clip]
 
-    held, voiced, pitched, unlike = by("level"), by("voice"), by("pitch"), by("unlike")
-    told = [d is not None and d.told is not None for d in decisions or [None] * len(rows)]
-    struck = [d is not None and bool(d.struck) for d in decisions or [None] * len(rows)]
+    # per clip, whether the decoder withheld / told / struck something: each a share per group
+    flags = {"level_withheld": by("level"), "voice_withheld": by("voice"), "pitch_withheld": by("pitch"),
+             "voice_told": [d is not None and d.told is not None for d in per_clip],
+             "unlike_withheld": by("unlike"),
+             "struck": [d is not None and bool(d.struck) for d in per_clip]}
     for name, idx in [*groups.items(), *((f"{group_by}:{v}", i) for v, i in _groups(rows, group_by).items())]:
-        metrics[name]["level_withheld"] = sum(held[i] for i in idx) / len(idx)
-        metrics[name]["voice_withheld"] = sum(voiced[i] for i in idx) / len(idx)
-        metrics[name]["pitch_withheld"] = sum(pitched[i] for i in idx) / len(idx)
-        metrics[name]["voice_told"] = sum(told[i] for i in idx) / len(idx)
-        metrics[name]["unlike_withheld"] = sum(unlike[i] for i in idx) / len(idx)
-        metrics[name]["struck"] = sum(struck[i] for i in idx) / len(idx)
+        metrics[name].update({k: sum(f[i] for i in idx) / len(idx) for k, f in flags.items()})
     if len(groups) == 1:
         metrics["all"] = dict(metrics[next(iter(groups))])
     else:
@@ -333,9 +332,7 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         tokens = sum(n for _, n in kls.values())
         weighted = sum(v * n for v, n in kls.values() if v is not None)
         metrics["all"].update(kl_gap=weighted / tokens if tokens else None, kl_tokens=tokens,
-                              level_withheld=sum(held) / len(rows), voice_withheld=sum(voiced) / len(rows),
-                              pitch_withheld=sum(pitched) / len(rows), voice_told=sum(told) / len(rows),
-                              unlike_withheld=sum(unlike) / len(rows), struck=sum(struck) / len(rows))
+                              **{k: sum(f) / len(rows) for k, f in flags.items()})
     return metrics, list(groups)
 
 
