@@ -354,8 +354,8 @@ def caption_cmd(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Caption clips; unreadable ones are reported (rejects.jsonl, stderr) and skipped. With
-    --out: OUT/predictions.jsonl (id, audio, caption, attributes, withheld, seconds) and a JSON
-    summary."""
+    --out: OUT/predictions.jsonl (id, audio, caption, attributes, withheld, told, struck, unsure,
+    seconds) and a JSON summary."""
     from aligncap_core.serving.batch import caption_to_jsonl, expand_inputs
 
     refs, ignored = expand_inputs(inputs)  # a bad folder or manifest fails before the model loads
@@ -376,14 +376,18 @@ def caption_cmd(
             for line in Path(summary["predictions"]).read_text().splitlines():
                 row = json.loads(line)
                 typer.echo(f"{row['audio']}\t{row['caption']}")
-                for note in (row.get("withheld"), row.get("told")):
-                    if note:
-                        console.print(f"note: {row['audio']}: {note['reason']}", soft_wrap=True,
-                                      markup=False)
+                notes = [n["reason"] for n in (row.get("withheld"), row.get("told")) if n]
+                for key, what in (("struck", "struck out (the candidates disagreed)"),
+                                  ("unsure", "stated although the candidates disagree")):
+                    if row.get(key):
+                        notes.append(f"{', '.join(row[key])} {what}")
+                for note in notes:
+                    console.print(f"note: {row['audio']}: {note}", soft_wrap=True, markup=False)
     if out is not None:
         stdout.print_json(json.dumps(summary))
     console.print(f"{summary['captioned']} captioned ({summary['withheld']} with attributes withheld, "
-                  f"each noted with its reason), {summary['rejected']} skipped, "
+                  f"{summary['struck']} with a statement struck, {summary['unsure']} with one "
+                  f"stated below the agreement bar; each noted), {summary['rejected']} skipped, "
                   f"{len(ignored)} non-audio files ignored ({summary['clips_per_s']} clips/s)")
     if summary["rejected"] and not summary["captioned"]:
         raise typer.Exit(1)

@@ -23,9 +23,10 @@ ATTRIBUTE_METRICS = ("acc", "mention", "acc_stated", "contradiction", "majority"
 # withheld attributes of; voice_told: share of clips whose caption states the gender their formant
 # spacing reads, unlike_withheld: of clips whose emotion is left out (both: recordings unlike the
 # training audio); struck: of clips with a statement deleted from the chosen caption because the
-# candidates did not agree with it (inference.strike)
+# candidates did not agree with it (inference.strike); unsure: of clips whose returned caption
+# still states something below the agreement bar (no deletion read right, or strike off)
 EVALUATION_METRICS = ("kl_gap", "kl_tokens", "level_withheld", "voice_withheld",  # inference.domain
-                      "pitch_withheld", "voice_told", "unlike_withheld", "struck")
+                      "pitch_withheld", "voice_told", "unlike_withheld", "struck", "unsure")
 
 
 def report_keys() -> list[str]:

@@ -37,7 +37,8 @@ sure of. This decoder looks at what the model believes about each *attribute* in
    exactly the caption's other statements; `strike` off skips it
    (docs/experiments/zeroshot_ceiling.md, "Striking the statements below the bar").
 The choice and the agreement per attribute are returned with the caption (`Decision`; the
-attributes struck in `struck`), so a user can see why a caption says what it says.
+attributes struck in `struck`, those still stated below the bar in `unsure`), so a user can see
+why a caption says what it says and which of its statements to doubt.
 
 An attribute may also be *withheld* from a clip before any candidate is looked at (the level
 check, `inference.domain`): it counts as agreement 0, so stating it costs `risk`, and step 4
@@ -155,7 +156,9 @@ class Decision:
     stated from a cue of the clip instead of the model's reading (`domain.Told.to_dict`);
     `told["missing"]` names those the returned caption does not state (`flag_stated`).
     struck: the attributes whose statement was deleted from the chosen caption because the
-    candidates did not agree with it (`strike_unsure`)."""
+    candidates did not agree with it (`strike_unsure`). unsure: those the returned caption
+    still states below the agreement bar (or withheld): no deletion read right, or `strike`
+    is off; a statement to doubt, named so a user can."""
 
     index: int
     utility: float
@@ -164,6 +167,7 @@ class Decision:
     withheld: dict | None = None
     told: dict | None = None
     struck: list[str] = field(default_factory=list)
+    unsure: list[str] = field(default_factory=list)
 
 
 def flag_stated(decision: Decision | None, said: dict[str, str]) -> Decision | None:
@@ -374,18 +378,18 @@ def consistent_captions(generate: Any, prompts: Sequence[Sequence[int]], setting
     texts = [g[d.index] for g, d in zip(groups, decisions, strict=True)]
     said = [pool[i][d.index].attributes for i, d in enumerate(decisions)]
     texts, said, decisions = tell_in(texts, said, decisions, tells, parser)
-    if settings.strike:
-        texts, said, decisions = strike_unsure(texts, said, decisions, parsed, held, tells,
-                                               settings.risk, parser)
+    texts, said, decisions = strike_unsure(texts, said, decisions, parsed, held, tells,
+                                           settings.risk, parser, settings.strike)
     return texts, [flag_stated(d, a) for d, a in zip(decisions, said, strict=True)]
 
 
 def strike_unsure(texts: list[str], said: list[dict], decisions: list[Any], parsed: Sequence[Any],
                   held: Sequence[Any], tells: Sequence[Any], risk: float,
-                  parser: Any) -> tuple[list[str], list[dict], list[Any]]:
+                  parser: Any, strike_out: bool = True) -> tuple[list[str], list[dict], list[Any]]:
     """The chosen captions with each statement below the agreement bar (risk / (1 + risk) of
     the freely decoded candidates `parsed` state its value) or of a withheld attribute deleted
-    (`strike.strike`), a told value never; the decisions name what was struck (`struck`)."""
+    (`strike.strike`; not with `strike_out` False), a told value never; the decisions name what
+    was struck (`struck`) and what is still stated below the bar (`unsure`)."""
     from aligncap_core.inference.strike import strike
 
     threshold = risk / (1 + risk)
@@ -398,9 +402,11 @@ def strike_unsure(texts: list[str], said: list[dict], decisions: list[Any], pars
                        and (a in barred or votes[a][v] / n < threshold)])
     if not any(unsure):
         return texts, said, decisions
-    texts, said, struck = strike(texts, said, unsure, parser.parse_many(texts), parser)
-    decisions = [dataclasses.replace(d, struck=k) if k else d
-                 for d, k in zip(decisions, struck, strict=True)]
+    struck: list[list[str]] = [[] for _ in texts]
+    if strike_out:
+        texts, said, struck = strike(texts, said, unsure, parser.parse_many(texts), parser)
+    decisions = [dataclasses.replace(d, struck=k, unsure=[a for a in u if a in s]) if u else d
+                 for d, k, u, s in zip(decisions, struck, unsure, said, strict=True)]
     return texts, said, decisions
 
 

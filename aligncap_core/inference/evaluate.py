@@ -229,7 +229,7 @@ def evaluate_checkpoint(ckpt_uri: str | os.PathLike, manifest_or_data_dir: str |
 
     Returns the report: {"checkpoint", "data", "generation", "metrics": {split: {...}, "all":
     {...}}}; each metrics dict has `compute_metrics` keys plus kl_gap, kl_tokens, level_withheld,
-    voice_withheld, pitch_withheld, voice_told, unlike_withheld and struck.
+    voice_withheld, pitch_withheld, voice_told, unlike_withheld, struck and unsure.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -317,11 +317,13 @@ def _score(rows: Sequence[dict], preds: list[str], kls: dict[str, tuple[float | 
         return [d is not None and d.withheld is not None and check in d.withheld["checks"]
                 for d in per_clip]
 
-    # per clip, whether the decoder withheld / told / struck something: each a share per group
+    # per clip, whether the decoder withheld / told / struck something or left an unsure statement
+    # in: each a share per group
     flags = {"level_withheld": by("level"), "voice_withheld": by("voice"), "pitch_withheld": by("pitch"),
              "voice_told": [d is not None and d.told is not None for d in per_clip],
              "unlike_withheld": by("unlike"),
-             "struck": [d is not None and bool(d.struck) for d in per_clip]}
+             "struck": [d is not None and bool(d.struck) for d in per_clip],
+             "unsure": [d is not None and bool(d.unsure) for d in per_clip]}
     for name, idx in [*groups.items(), *((f"{group_by}:{v}", i) for v, i in _groups(rows, group_by).items())]:
         metrics[name].update({k: sum(f[i] for i in idx) / len(idx) for k, f in flags.items()})
     if len(groups) == 1:

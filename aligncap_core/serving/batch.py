@@ -10,9 +10,11 @@ Inputs:
   a manifest (`*.jsonl`, local or s3://)         one clip per row: `audio` (relative to the
                                                  manifest's folder, absolute or s3://), `id`
 Writes OUT/predictions.jsonl, one line per captioned clip, in input order:
-    {"id", "audio", "caption", "attributes", "withheld", "told", "seconds"}
+    {"id", "audio", "caption", "attributes", "withheld", "told", "struck", "unsure", "seconds"}
     (seconds: the clip's duration; withheld: None, or what the checks left out and why; told:
-    None, or the gender stated from the clip's vocal tract and why, `CaptionEngine.caption`)
+    None, or the gender stated from the clip's vocal tract and why; struck / unsure: the
+    attributes deleted from the caption / still stated in it below the candidates' agreement
+    bar, `CaptionEngine.caption`)
 and OUT/rejects.jsonl, one line per clip that could not be captioned (missing or unreadable
 audio, a bad manifest row) with its reason: bad clips are reported and skipped, never fatal and
 never dropped silently (captioned + rejected = clips found). Clips are read a chunk at a time,
@@ -127,7 +129,7 @@ def caption_to_jsonl(engine: Any, inputs: Sequence[str | os.PathLike], out_dir: 
     pred_path, rej_path = out / "predictions.jsonl", out / "rejects.jsonl"
     tmp_pred, tmp_rej = out / ".predictions.jsonl.partial", out / ".rejects.jsonl.partial"
     t0 = time.perf_counter()
-    n_ok = n_bad = n_held = 0
+    n_ok = n_bad = n_held = n_struck = n_unsure = 0
     audio_s = 0.0
     with open(tmp_pred, "w", encoding="utf-8") as fp, open(tmp_rej, "w", encoding="utf-8") as fr, \
             progress(disable=not show_progress) as bar:
@@ -148,6 +150,8 @@ def caption_to_jsonl(engine: Any, inputs: Sequence[str | os.PathLike], out_dir: 
                                     ensure_ascii=False) + "\n")
                 audio_s += seconds
                 n_held += res.get("withheld") is not None
+                n_struck += bool(res.get("struck"))
+                n_unsure += bool(res.get("unsure"))
             n_ok += len(rows)
             fp.flush()
             fr.flush()
@@ -158,7 +162,8 @@ def caption_to_jsonl(engine: Any, inputs: Sequence[str | os.PathLike], out_dir: 
     os.replace(tmp_rej, rej_path)
     wall = time.perf_counter() - t0
     return {"predictions": str(pred_path), "rejects": str(rej_path), "clips": len(refs),
-            "captioned": n_ok, "rejected": n_bad, "withheld": n_held, "ignored": ignored,
+            "captioned": n_ok, "rejected": n_bad, "withheld": n_held, "struck": n_struck,
+            "unsure": n_unsure, "ignored": ignored,
             "audio_seconds": round(audio_s, 2),
             "wall_s": round(wall, 2), "clips_per_s": round(n_ok / wall, 2) if wall else None,
             "model": engine.model.uri, "model_version": engine.version}

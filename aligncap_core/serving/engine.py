@@ -131,10 +131,13 @@ class CaptionEngine:
 
     # ---- captioning -----------------------------------------------------------------------
     def caption(self, waves: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        """`{"caption", "attributes", "withheld", "told"}` per mono wave at the codec's rate, in
-        order; withheld: None, or the attributes the level, voice or pitch check left out and
-        why; told: None, or the gender stated from the clip's formant spacing on a recording
-        unlike the training audio, and why (`inference.domain`). The codec buckets the clips by length and generation runs
+        """`{"caption", "attributes", "withheld", "told", "struck", "unsure"}` per mono wave at
+        the codec's rate, in order; withheld: None, or the attributes the level, voice or pitch
+        check left out and why; told: None, or the gender stated from the clip's formant spacing
+        on a recording unlike the training audio, and why (`inference.domain`); struck: the
+        attributes deleted from the caption because the candidates did not agree on them;
+        unsure: those the caption still states below the agreement bar (`consistent.Decision`;
+        both [] with greedy decoding, which has no candidates to agree). The codec buckets the clips by length and generation runs
         longest first in batches of `settings.batch_size` (`Captioner.decode`)."""
         if not waves:
             return []
@@ -144,5 +147,7 @@ class CaptionEngine:
         parsed = self.parser.parse_many(texts)
         return [{"caption": t, "attributes": dict(p.attributes),
                  "withheld": d.withheld if d is not None else None,
-                 "told": d.told if d is not None else None}
+                 "told": d.told if d is not None else None,
+                 "struck": list(d.struck) if d is not None else [],
+                 "unsure": list(d.unsure) if d is not None else []}
                 for t, p, d in zip(texts, parsed, decisions, strict=True)]

@@ -1,7 +1,8 @@
 """The HTTP captioning service (FastAPI on uvicorn): `aligncap serve --model ...`.
 
     POST /caption   multipart upload, field `file` (WAV/FLAC/OGG/MP3: what soundfile reads)
-                    -> 200 {"caption", "attributes", "withheld", "told", "model_version", "seconds", "file"}
+                    -> 200 {"caption", "attributes", "withheld", "told", "struck", "unsure",
+                           "model_version", "seconds", "file"}
                     -> 400 undecodable/empty audio, 413 over --max-mb or --max-seconds,
                        422 no `file` field, 503 queue full (retry later); each with {"detail"}
     GET  /health    -> {"status": "ok", "model", "model_version", "dtype", "queued", "served",

@@ -3,7 +3,7 @@
     log_pyfunc_model("runs/demo/champion", run_id)       # -> "runs:/<run id>/champion"
     m = mlflow.pyfunc.load_model("models:/aligncap-sec@champion")
     m.predict(pd.DataFrame({"audio": ["clip.wav"]}))      # or audio_bytes, or samples + sample_rate
-    #   id | caption | attributes | seconds | withheld | told
+    #   id | caption | attributes | seconds | withheld | told | struck | unsure
 
 The model folder holds MLmodel (signature below), the `AlignCapPyfunc` instance and the
 checkpoint as the artifact `checkpoint` (inference files only: no optimizer state). The
@@ -18,7 +18,9 @@ Input (a DataFrame; one of the three per row):
 Output: a DataFrame with id, caption, attributes ({attribute: value} as the clue parser reads the
 caption), seconds (clip duration), withheld (None, or why the checks left attributes out of the
 caption) and told (None, or why the caption states the gender the clip's vocal tract reads: a
-recording unlike the training audio; `inference.domain`). A row that cannot be read raises
+recording unlike the training audio; `inference.domain`), struck and unsure (None, or the
+attributes, comma-separated, deleted from the caption / still stated in it below the agreement
+bar of the sampled candidates: a statement to doubt). A row that cannot be read raises
 DataError naming it.
 """
 
@@ -50,7 +52,9 @@ def signature() -> Any:
     outputs = Schema([ColSpec("string", "id"), ColSpec("string", "caption"),
                       ColSpec(attrs, "attributes"), ColSpec("double", "seconds"),
                       ColSpec("string", "withheld", required=False),
-                      ColSpec("string", "told", required=False)])
+                      ColSpec("string", "told", required=False),
+                      ColSpec("string", "struck", required=False),
+                      ColSpec("string", "unsure", required=False)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -94,7 +98,9 @@ class AlignCapPyfunc(mlflow.pyfunc.PythonModel):
                              "attributes": [r["attributes"] for r in results],
                              "seconds": [round(len(w) / self.engine.sample_rate, 3) for w in waves],
                              "withheld": [(r["withheld"] or {}).get("reason") for r in results],
-                             "told": [(r["told"] or {}).get("reason") for r in results]})
+                             "told": [(r["told"] or {}).get("reason") for r in results],
+                             "struck": [", ".join(r["struck"]) or None for r in results],
+                             "unsure": [", ".join(r["unsure"]) or None for r in results]})
 
 
 def save_pyfunc_model(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:

@@ -85,11 +85,20 @@ def test_an_attribute_every_candidate_states_uncertainly_is_decoded_away(parser)
     assert why[0].omitted == ["gender"] and why[0].agreement["gender"][1] == 0.6
     # without the re-decoding step the coin flip is stated, unless step 5 strikes it out
     off = DecodingSettings(samples=4, strike=False)
-    assert consistent_captions(generate, [[1, 2]], off, parser)[0] == [cands[0]]
+    texts, why = consistent_captions(generate, [[1, 2]], off, parser)
+    assert texts == [cands[0]] and why[0].unsure == ["gender"] and why[0].struck == []
     texts, why = consistent_captions(generate, [[1, 2]], s, parser)
     assert texts == ["A speaker speaks slowly, sounding sad."] and why[0].struck == ["gender"]
+    assert why[0].unsure == []  # what is left says nothing below the bar
     assert why[0].index == 0  # the chosen candidate, edited: "A man" -> "A speaker"
     assert {"he", "she", "man", "woman", "lady"} <= set(omit_words("gender"))
+    # an unsure statement no deletion reads right stays, and the decision names it
+    anger = {0: "There is anger in the man's voice as he says the sentence at a high pitch.",
+             1: "There is sadness in the man's voice as he says the sentence at a high pitch."}
+    texts, why = consistent_captions(
+        lambda ps, s_, n, seed: [anger[0]] * len(ps) if not s_ else [anger[j % 2] for j in range(n * len(ps))],
+        [[1, 2]], s, parser)
+    assert texts == [anger[0]] and why[0].struck == [] and why[0].unsure == ["emotion"]
     assert {"pitch", "high", "deep"} <= set(omit_words("pitch"))
 
 

@@ -151,7 +151,7 @@ def test_evaluate_prepared_dir(student, corpus, tmp_path):
     assert saved["decoding"]["strategy"] == "consistent"
     assert set(preds[0]) == {"id", "split", "prediction", "references", "attributes", "decision"}
     assert set(preds[0]["decision"]) == {"index", "utility", "agreement", "omitted", "withheld", "told",
-                                          "struck"}
+                                          "struck", "unsure"}
     assert report["metrics"]["valid"]["bleu1"] == saved["metrics"]["valid"]["bleu1"]
     assert saved["dtype"] == "fp32"  # auto: fp32 under the suite's ALIGNCAP_CPU_BF16=0
 

@@ -91,7 +91,8 @@ def test_batch_caption_folder_manifest_with_bad_files(relocated, tmp_path):
     assert summary["captioned"] == 5 and summary["rejected"] == 3 and summary["clips"] == 8
     assert summary["ignored"] == [str(clips / "notes.txt")]
     for p in preds:
-        assert set(p) == {"id", "audio", "caption", "attributes", "withheld", "told", "seconds"} and p["caption"]
+        assert set(p) == {"id", "audio", "caption", "attributes", "withheld", "told", "struck",
+                          "unsure", "seconds"} and p["caption"]
         assert isinstance(p["attributes"], dict) and p["seconds"] > 0.3
     assert preds[0]["caption"] == preds[4]["caption"]  # the same file from the folder and the manifest
     a = next(p for p in preds if p["id"] == "a.wav")
@@ -108,6 +109,8 @@ def test_engine_inputs_and_limits(engine, relocated):
     assert np.allclose(engine.from_samples(x, sr), wave, atol=1e-5)
     [r] = engine.caption([wave])
     assert r["caption"] == relocated["caption"]
+    assert set(r) == {"caption", "attributes", "withheld", "told", "struck", "unsure"}
+    assert isinstance(r["struck"], list) and isinstance(r["unsure"], list)
     assert r["attributes"] == engine.parser.parse(r["caption"]).attributes
     with pytest.raises(DataError, match="longer than"):
         engine.waveform(wav_bytes("sad", 0, seconds=engine.max_seconds + 1), "long.wav")
@@ -186,6 +189,7 @@ def test_service_under_64_concurrent_requests(service):
         body = r.json()
         if want == 200:
             assert body["caption"] and isinstance(body["attributes"], dict) and body["file"] == name
+            assert isinstance(body["struck"], list) and isinstance(body["unsure"], list)
             assert body["model_version"].startswith("student step")
         else:
             assert body["detail"]  # the reason

@@ -96,6 +96,8 @@ def test_registered_pyfunc_loads_and_captions_in_a_clean_process(relocated, mlfl
     assert r.returncode == 0, r.stderr[-3000:]
     [row] = json.loads(r.stdout.strip().splitlines()[-1])
     assert row["caption"] == want["caption"] and row["attributes"] == want["attributes"]
+    for key in ("struck", "unsure"):  # what the decoder doubted, as the engine says it
+        assert row[key] == (", ".join(want[key]) or None)
     assert sorted(p.name for p in clean.iterdir()) == ["x.wav"]  # nothing written into the cwd
 
     r = subprocess.run([sys.executable, "-m", "aligncap_core.cli", "caption", "x.wav", "--model",
