@@ -582,6 +582,13 @@ def ablation_cmd(
 def main() -> None:
     from aligncap_core.errors import AlignCapError
 
+    if not sys.stderr.isatty():  # no bar is drawn: its count and ETA as lines (utils.LoggedProgress)
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logging.getLogger("aligncap_core.progress").addHandler(handler)
+        logging.getLogger("aligncap_core.progress").setLevel(logging.INFO)
     try:
         app()
     except AlignCapError as e:

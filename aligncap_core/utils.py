@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from aligncap_core.errors import ConfigError
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -211,12 +215,72 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
+PROGRESS_EVERY_ENV = "ALIGNCAP_PROGRESS_EVERY_S"
+progress_log = logging.getLogger("aligncap_core.progress")
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class LoggedProgress(Progress):
+    """A rich progress bar that, where no bar is drawn (not a terminal, or disabled: a Prefect
+    worker, a log file, CI), logs its state instead: one line per task to the
+    `aligncap_core.progress` logger (INFO) every `every` seconds and when the task ends,
+    "<description>: 120/600 (20%), 0:01:36 elapsed, eta 0:06:24". The Prefect tasks send
+    `aligncap_core`'s records to the run's logs, so a long stage shows its count and ETA in the
+    Prefect UI, not only its state."""
+
+    def __init__(self, *columns: Any, every: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self.every = every
+        self._logged: dict[Any, float] = {}
+
+    def update(self, task_id: Any, *args: Any, **kwargs: Any) -> None:
+        super().update(task_id, *args, **kwargs)
+        self._report(task_id)
+
+    def advance(self, task_id: Any, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._report(task_id)
+
+    def _report(self, task_id: Any) -> None:
+        if not self.disable and self.console.is_terminal:
+            return  # the bar itself is on the screen
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        now, last = time.monotonic(), self._logged.get(task_id)
+        if last == -1.0 or not (task.finished or last is None or now - last >= self.every):
+            return
+        if last is None and not task.finished:  # the first line once `every` has passed
+            self._logged[task_id] = now
+            return
+        self._logged[task_id] = -1.0 if task.finished else now
+        total = f"/{task.total:.0f} ({task.percentage:.0f}%)" if task.total else ""
+        progress_log.info("%s: %.0f%s, %s elapsed, eta %s", task.description, task.completed, total,
+                          _hms(task.elapsed), "0:00:00" if task.finished else _hms(task.time_remaining))
+
+
 def progress(disable: bool = False, transient: bool = False) -> Progress:
     """A rich progress bar with counts, elapsed time and ETA. Use as a context manager.
 
     Put live rates in the task description: `bar.update(t, advance=1, description=f"encode {r:.0f}x rt")`.
+    Where the bar is not drawn (no terminal, or `disable`), its state is logged every
+    ALIGNCAP_PROGRESS_EVERY_S seconds (30) instead (`LoggedProgress`).
     """
-    return Progress(
+    raw = os.environ.get(PROGRESS_EVERY_ENV, "30")
+    try:
+        every = float(raw)
+    except ValueError:
+        every = -1.0
+    if not every >= 0:
+        raise ConfigError(f"{PROGRESS_EVERY_ENV}={raw!r}: expected seconds >= 0 between progress lines")
+    return LoggedProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -225,4 +289,5 @@ def progress(disable: bool = False, transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         disable=disable,
         transient=transient,
+        every=every,
     )

@@ -33,6 +33,7 @@ def test_retried_training_task_resumes_in_the_same_mlflow_run(tmp_path, monkeypa
     from tasks.train import train_teacher
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("ALIGNCAP_PROGRESS_EVERY_S", "0")  # a progress line per step
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     data = make_corpus(tmp_path / "data")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -65,7 +66,10 @@ def test_retried_training_task_resumes_in_the_same_mlflow_run(tmp_path, monkeypa
         # run logs reach the API from a background sender: wait for this run's to arrive
         log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         deadline = time.monotonic() + 30
-        while not (logs := client.read_logs(log_filter=log_filter, limit=200)) and time.monotonic() < deadline:
+        while True:  # until the stage's last progress line is in
+            logs = client.read_logs(log_filter=log_filter, limit=200)
+            if any("12/12 (100%)" in (log.message or "") for log in logs) or time.monotonic() > deadline:
+                break
             time.sleep(0.5)
     assert task_run.run_count == 2 and task_run.state.is_completed()
     assert len(saves) == 3 and saves[1][-1] == "step-00000008" and saves[2][-1] == "step-00000012"
@@ -78,6 +82,13 @@ def test_retried_training_task_resumes_in_the_same_mlflow_run(tmp_path, monkeypa
     steps = [m.step for m in c.get_metric_history(children[0].info.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, 13)), steps  # a restart would have logged 1..8 twice
     assert children[0].info.status == "FINISHED"
+
+    # the library's progress lines reach the task run's logs in the API (tasks.logs): what a
+    # user watching the run in the Prefect UI sees of a long stage; the retry resumed at step 8
+    steps = [log.message for log in logs if log.task_run_id == task_run.id
+             and log.name == "aligncap_core.progress"]
+    assert any(m.startswith("teacher") and "/12 (" in m and "eta" in m for m in steps), steps
+    assert steps[-1].startswith("teacher") and ": 12/12 (100%)" in steps[-1] and steps[-1].endswith("eta 0:00:00")
 
     # the secret in the environment is nowhere in what Prefect stored for the run
     assert SECRET not in json.dumps(flow_run.parameters, default=str)
