@@ -182,6 +182,22 @@ def cpu_bf16(refresh: bool = False) -> CpuBf16:
     return report
 
 
+def slow_cpu_note() -> str | None:
+    """A warning for a run that will train on a CPU without bf16 matrix units (None on a GPU
+    machine or a CPU with them): the demo's time budget is measured with them, and without
+    them a user would otherwise find out an hour in (README, "How long the demo takes")."""
+    if torch.cuda.is_available():
+        return None
+    r = cpu_bf16()
+    if r.use_bf16:
+        return None
+    return (f"no GPU and no bf16 CPU work on this machine ({r.cpu}: {r.reason}): training and "
+            "captioning run in fp32, several times slower than on a CPU with bf16 matrix units "
+            "(Intel AMX, AVX512-BF16), where the demo's ~15-minute figure is measured; on a "
+            "2-core AVX2-only CPU plan on about an hour for the demo (README: \"How long the demo "
+            "takes\")")
+
+
 def cpu_dtype(name: str = "auto") -> torch.dtype:
     """The dtype CPU inference runs in for `name` (auto / fp32 / bf16)."""
     if name == "auto":

@@ -27,6 +27,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from aligncap_core.precision import slow_cpu_note
 from flows.common import (
     call_stage,
     deployments_enabled,
@@ -101,6 +102,8 @@ def aligncap_pipeline(out_dir: str = "runs/pipeline", data: DataParams = DataPar
     cfg = improve.resolved(evaluation)
     if missing := evaluation.realdata_missing():
         log.warning(missing)
+    if not remote and (slow := slow_cpu_note()):  # said at the start, not found out an hour in
+        log.warning(slow)
     params = {"out_dir": out_dir, "data": data.model_dump(), "teacher": teacher.resolved(),
               "student": student.resolved(), "improve": cfg, "evaluation": evaluation.model_dump(),
               "use_deployments": remote, "store": st.root}

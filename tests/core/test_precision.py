@@ -96,6 +96,20 @@ def test_auto_follows_the_probe_and_explicit_dtypes_win(monkeypatch):
         precision.cpu_dtype("half")
 
 
+def test_a_run_on_a_cpu_without_bf16_work_is_told_at_the_start(monkeypatch):
+    """The pipeline warns before its first stage (flows.pipeline) where training will run in
+    fp32 on the CPU: the demo's time budget is measured on CPUs with bf16 units."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(precision.ENV_OVERRIDE, "0")
+    note = precision.slow_cpu_note()
+    assert note and f"{precision.ENV_OVERRIDE}=0" in note and "fp32" in note and "about an hour" in note
+    monkeypatch.setenv(precision.ENV_OVERRIDE, "1")
+    assert precision.slow_cpu_note() is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv(precision.ENV_OVERRIDE, "0")
+    assert precision.slow_cpu_note() is None  # a GPU trains the stages
+
+
 # ---- bf16 and fp32 agree -----------------------------------------------------------------------
 def _batches(tok):
     """A KD batch of the micro vocabulary: {"student": ..., "teacher": ...}, 4 rows each."""
